@@ -1,0 +1,128 @@
+"""Typed configuration, loaded once from YAML with environment overrides.
+
+Precedence, lowest first: the embedded default (conf/local.yaml shipped in the package), the YAML file
+given with --config, `MARKETLAKE__SECTION__KEY=value` variables, then the named variables in
+`ENV_OVERRIDES` (`MARKETLAKE_LAKE`, `MARKETLAKE_ENGINE`, ...). An unknown key or a bad value is a
+ConfigError whose message names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from marketlake.errors import ConfigError
+
+Engine = Literal["auto", "delta-spark", "delta-rs"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LakeConfig(Section):
+    root: str = "./lakehouse"
+    engine: Engine = "auto"
+    # Passed to the deltalake package for object stores (credentials are better left to the environment).
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    vacuum_retention_hours: int = Field(default=168, ge=0)
+
+
+class SparkConfig(Section):
+    master: str = "local[*]"
+    app_name: str = "marketlake"
+    shuffle_partitions: int = Field(default=8, ge=1)
+    driver_memory: str = "4g"
+    ui: bool = False
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = "WARN"
+    # Any further Spark setting, for example spark.sql.adaptive.enabled: "true".
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class Config(Section):
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+
+
+# Named environment variables and the key each overrides.
+ENV_OVERRIDES = {
+    "MARKETLAKE_LAKE": ("lake", "root"),
+    "MARKETLAKE_ENGINE": ("lake", "engine"),
+    "MARKETLAKE_MASTER": ("spark", "master"),
+}
+ENV_PREFIX = "MARKETLAKE__"
+
+
+def default_config_text() -> str:
+    return resources.files("marketlake").joinpath("local.yaml").read_text()
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load the configuration once: embedded default, then `path`, then the environment."""
+    environ = os.environ if environ is None else environ
+    raw = _parse_yaml(default_config_text(), "embedded default")
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        raw = _deep_merge(raw, _parse_yaml(file.read_text(), str(file)))
+    raw = _deep_merge(raw, _environment_overrides(environ))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return data
+
+
+def _environment_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in sorted(environ.items()):
+        if name in ENV_OVERRIDES:
+            keys: tuple[str, ...] = ENV_OVERRIDES[name]
+        elif name.startswith(ENV_PREFIX):
+            keys = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+            value = yaml.safe_load(value) if value else value
+        else:
+            continue
+        node = overrides
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return overrides
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(exc: ValidationError, path: Any) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key '{key}'"
+    else:
+        message = f"bad value for '{key}': {first['msg']} (got {first.get('input')!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"config{f' {path}' if path else ''}: {message}{more}"

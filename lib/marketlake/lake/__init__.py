@@ -1,0 +1,127 @@
+"""marketlake.lake: the one place that knows where tables live and how they are read and written.
+
+A table named `layer.name` lives at `<lake root>/<layer>/<name>` and is a real Delta table. Jobs call
+`Lake.read`, `Lake.write`, `Lake.upsert`; no job builds a path or names a format.
+
+Engines (see docs/DESIGN.md): `delta-spark` (format("delta"), needs the io.delta jars), `delta-rs`
+(Spark's Parquet writer plus a commit through the `deltalake` package), `auto` (delta-spark when its
+classes load in the session, otherwise delta-rs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Literal
+
+from pyspark.sql import DataFrame, SparkSession
+
+from marketlake.config import LakeConfig
+from marketlake.errors import TableError, UsageError
+from marketlake.lake.delta_rs import DeltaRsEngine, WriteResult
+from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
+
+__all__ = ["Lake", "WriteResult", "resolve_engine"]
+
+log = logging.getLogger("marketlake.lake")
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+Partitions = dict[str, list] | Literal["dynamic"] | None
+
+
+def resolve_engine(spark: SparkSession, wanted: str, storage_options: dict[str, str] | None = None):
+    """The engine object for `wanted` (auto, delta-spark, delta-rs) in this session."""
+    if wanted == "delta-rs":
+        return DeltaRsEngine(spark, storage_options)
+    available, why = delta_spark_available(spark)
+    if wanted == "delta-spark":
+        if not available:
+            raise UsageError(
+                f"engine delta-spark: {why}; add --packages io.delta:delta-spark_2.13:4.4.1 "
+                "(or use engine delta-rs)"
+            )
+        return DeltaSparkEngine(spark)
+    if available:
+        return DeltaSparkEngine(spark)
+    log.info("engine auto: delta-rs, because %s", why)
+    return DeltaRsEngine(spark, storage_options)
+
+
+def absolute_root(root: str) -> str:
+    """Local roots become absolute paths; URIs (s3a://, hdfs://, file:/...) stay as they are."""
+    if "://" in root or root.startswith("file:"):
+        return root.rstrip("/")
+    return os.path.abspath(root)
+
+
+class Lake:
+    def __init__(self, spark: SparkSession, config: LakeConfig, root: str | None = None):
+        self.spark = spark
+        self.config = config
+        self.root = absolute_root(root or config.root)
+        self.engine = resolve_engine(spark, config.engine, config.storage_options)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    def path(self, table: str) -> str:
+        if not TABLE_NAME.match(table):
+            raise TableError(f"table name '{table}' is not of the form layer.name (lower case)")
+        layer, name = table.split(".")
+        return f"{self.root}/{layer}/{name}"
+
+    def exists(self, table: str) -> bool:
+        return self.engine.exists(self.path(table))
+
+    def version(self, table: str) -> int:
+        return self.engine.version(table, self.path(table))
+
+    def read(self, table: str, version: int | None = None) -> DataFrame:
+        """The table at its latest version, or at `version` (time travel)."""
+        return self.engine.read(table, self.path(table), version)
+
+    def write(
+        self,
+        table: str,
+        df: DataFrame,
+        mode: Literal["append", "overwrite"] = "append",
+        partition_by: list[str] | None = None,
+        partitions: Partitions = None,
+        merge_schema: bool = False,
+        overwrite_schema: bool = False,
+    ) -> WriteResult:
+        """Append, overwrite the whole table, or overwrite selected partitions, in one commit.
+
+        partitions: None (with overwrite: the whole table), "dynamic" (the partitions present in `df`),
+        or {column: [values]} (exactly those; rows outside them are an error).
+        merge_schema: add new columns of `df` as nullable columns instead of failing.
+        overwrite_schema: with a whole-table overwrite, replace the table's schema by `df`'s.
+        """
+        if mode not in ("append", "overwrite"):
+            raise TableError(f"{table}: write mode must be append or overwrite, not {mode!r}")
+        if partitions is not None and mode != "overwrite":
+            raise TableError(f"{table}: partitions= goes with mode='overwrite'")
+        operation = f"{mode}" if partitions is None else f"{mode} partitions"
+        return self.engine.write(
+            table, self.path(table), df, mode, partition_by, partitions, merge_schema, overwrite_schema,
+            operation,
+        )
+
+    def upsert(self, table: str, df: DataFrame, keys: list[str], partition_by: list[str] | None = None) -> WriteResult:
+        """Insert rows with new keys, replace rows whose keys exist (dimension tables). Keys must be
+        unique in `df`: a duplicate key would make the result depend on row order, so it is an error."""
+        duplicate = df.groupBy(*keys).count().filter("count > 1").limit(1).collect()
+        if duplicate:
+            example = ", ".join(f"{k}={duplicate[0][k]!r}" for k in keys)
+            raise TableError(f"{table}: upsert data has more than one row for key {example}")
+        return self.engine.upsert(table, self.path(table), df, keys, partition_by)
+
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits, newest first: version, timestamp (ms), operation, parameters, metrics."""
+        return self.engine.history(table, self.path(table), limit)
+
+    def vacuum(self, table: str, retention_hours: int | None = None) -> list[str]:
+        """Delete files that no version within the retention needs (and staged files of dead writes)."""
+        hours = self.config.vacuum_retention_hours if retention_hours is None else retention_hours
+        return self.engine.vacuum(table, self.path(table), hours)

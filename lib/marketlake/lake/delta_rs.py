@@ -1,0 +1,422 @@
+"""The delta-rs engine: Spark writes and reads the Parquet files, the `deltalake` package keeps the log.
+
+A write goes in three steps:
+1. executors write Parquet files with Spark's own writer into `<table>/_staging/<write id>/`
+   (a hidden folder: no Delta reader looks there);
+2. the driver moves each file into the table's partition folders and reads its footer for the Delta
+   statistics (metadata only; no data row reaches the driver);
+3. the driver commits one Delta transaction with the add actions (and, for an overwrite, the removes
+   the `deltalake` package derives from the replaced partitions).
+A write that dies before step 3 leaves files no snapshot references; `vacuum` removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from marketlake.errors import ConcurrentWriteError, TableError
+from marketlake.lake.schema import align_to_table, as_nullable, check_partition_columns
+from marketlake.lake.stats import file_stats
+
+STAGING = "_staging"
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# Table features this engine can read and write faithfully; anything else is refused, not ignored.
+SUPPORTED_FEATURES = {"appendOnly", "invariants", "timestampNtz"}
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    version: int
+    files_added: int
+    files_removed: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    relative_path: str  # as on disk, relative to the table root
+    partition_values: dict[str, str | None]
+    size: int
+    modification_time: int
+    stats: str
+    rows: int
+
+
+def store_uri(uri: str) -> str:
+    """The form `deltalake` and pyarrow understand (Hadoop's s3a:// is plain s3:// to them)."""
+    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+
+
+class DeltaRsEngine:
+    name = "delta-rs"
+
+    def __init__(self, spark: SparkSession, storage_options: dict[str, str] | None = None):
+        self.spark = spark
+        self.storage_options = dict(storage_options or {}) or None
+
+    # ---- snapshot access -------------------------------------------------------------------------
+
+    def _table(self, uri: str, version: int | None = None) -> DeltaTable | None:
+        try:
+            return DeltaTable(store_uri(uri), version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def _open(self, table: str, uri: str, version: int | None = None) -> DeltaTable:
+        delta_table = self._table(uri, version)
+        if delta_table is None:
+            raise TableError(f"table {table} does not exist at {uri}")
+        _check_features(table, delta_table)
+        return delta_table
+
+    def exists(self, uri: str) -> bool:
+        return DeltaTable.is_deltatable(store_uri(uri), storage_options=self.storage_options)
+
+    def version(self, table: str, uri: str) -> int:
+        return self._open(table, uri).version()
+
+    def schema(self, table: str, uri: str) -> tuple[T.StructType, list[str]] | None:
+        delta_table = self._table(uri)
+        if delta_table is None:
+            return None
+        return _spark_schema(delta_table), list(delta_table.metadata().partition_columns)
+
+    def history(self, table: str, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return [
+            {
+                "version": entry.get("version"),
+                "timestamp": entry.get("timestamp"),
+                "operation": entry.get("operation"),
+                "parameters": entry.get("operationParameters", {}),
+                "metrics": entry.get("operationMetrics", {}),
+                "user_metadata": {k: v for k, v in entry.items() if k.startswith("marketlake.")},
+            }
+            for entry in self._open(table, uri).history(limit)
+        ]
+
+    # ---- read ------------------------------------------------------------------------------------
+
+    def read(self, table: str, uri: str, version: int | None = None) -> DataFrame:
+        delta_table = self._open(table, uri, version)
+        schema = _spark_schema(delta_table)
+        partition_columns = list(delta_table.metadata().partition_columns)
+        actions = pa.table(delta_table.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return self.spark.createDataFrame([], schema)
+        relative = [urllib.parse.unquote(path) for path in actions.column("path").to_pylist()]
+        files = [_join(uri, path) for path in relative]
+        if not partition_columns:
+            return self.spark.read.schema(schema).parquet(*files)
+        values = [
+            {c: actions.column(f"partition.{c}").to_pylist()[i] for c in partition_columns} for i in range(len(files))
+        ]
+        if all(_hive_values(path, partition_columns) == _as_hive(v) for path, v in zip(relative, values)):
+            frame = self.spark.read.schema(schema).option("basePath", uri).parquet(*files)
+            return frame.select(*[F.col(f"`{f.name}`") for f in schema.fields])
+        return self._read_by_partition(schema, partition_columns, files, values)
+
+    def _read_by_partition(self, schema, partition_columns, files, values) -> DataFrame:
+        """Tables whose file paths do not spell their partition values: one scan per partition."""
+        data_schema = T.StructType([f for f in schema.fields if f.name not in partition_columns])
+        groups: dict[tuple, list[str]] = {}
+        for path, value in zip(files, values):
+            groups.setdefault(tuple(value[c] for c in partition_columns), []).append(path)
+        types = {f.name: f.dataType for f in schema.fields}
+        frames = [
+            self.spark.read.schema(data_schema)
+            .parquet(*paths)
+            .select("*", *[F.lit(v).cast(types[c]).alias(c) for c, v in zip(partition_columns, key)])
+            for key, paths in groups.items()
+        ]
+        result = frames[0]
+        for frame in frames[1:]:
+            result = result.unionByName(frame)
+        return result.select(*[F.col(f"`{f.name}`") for f in schema.fields])
+
+    # ---- write -----------------------------------------------------------------------------------
+
+    def write(
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        mode: str,
+        partition_by: list[str] | None,
+        partitions: dict[str, list] | str | None,
+        merge_schema: bool,
+        overwrite_schema: bool,
+        operation: str,
+        read_version: int | None = None,
+    ) -> WriteResult:
+        current = self._table(uri, read_version)
+        if current is not None:
+            _check_features(table, current)
+        schema, partition_by, df, new_columns = _plan_schema(
+            table, current, df, mode, partition_by, partitions, merge_schema, overwrite_schema
+        )
+        staged = self._stage(table, uri, df, schema, partition_by)
+        try:
+            filters = _partition_filters(table, partitions, partition_by, staged)
+            return self._commit(
+                table, uri, current, schema, partition_by, staged, mode, filters, new_columns,
+                overwrite_schema, operation,
+            )
+        except BaseException:
+            self._discard(uri, staged)
+            raise
+
+    def _stage(self, table: str, uri: str, df: DataFrame, schema: T.StructType, partition_by) -> list[StagedFile]:
+        write_id = uuid.uuid4().hex
+        staging = _join(uri, f"{STAGING}/{write_id}")
+        self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        writer = df.write.mode("errorifexists")
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        writer.parquet(staging)
+        filesystem, staging_path = pafs.FileSystem.from_uri(store_uri(staging))
+        _, table_path = pafs.FileSystem.from_uri(store_uri(uri))
+        found = [
+            info
+            for info in filesystem.get_file_info(pafs.FileSelector(staging_path, recursive=True))
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            and not info.base_name.startswith((".", "_"))
+        ]
+        data_schema = T.StructType([f for f in schema.fields if f.name not in partition_by])
+
+        def place(info: pafs.FileInfo) -> StagedFile | None:
+            relative = info.path[len(staging_path):].lstrip("/")
+            metadata = pq.read_metadata(info.path, filesystem=filesystem)
+            if metadata.num_rows == 0:
+                return None
+            target = f"{table_path}/{relative}"
+            filesystem.create_dir(os.path.dirname(target), recursive=True)
+            filesystem.move(info.path, target)
+            return StagedFile(
+                relative_path=relative,
+                partition_values=_hive_values(relative, partition_by),
+                size=info.size,
+                modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else 0,
+                stats=file_stats(metadata, data_schema),
+                rows=metadata.num_rows,
+            )
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            staged = [s for s in pool.map(place, found) if s is not None]
+        filesystem.delete_dir(staging_path)
+        return staged
+
+    def _commit(
+        self, table, uri, current, schema, partition_by, staged, mode, filters, new_columns,
+        overwrite_schema, operation,
+    ) -> WriteResult:
+        adds = [
+            AddAction(s.relative_path, s.size, s.partition_values, s.modification_time, True, s.stats)
+            for s in staged
+        ]
+        delta_schema = Schema.from_json(json.dumps(as_nullable(schema).jsonValue()))
+        # Appends may rebase on commits that landed meanwhile; anything that reads the table (overwrite,
+        # upsert) must not, or it would silently drop what a concurrent writer added.
+        retries = None if mode == "append" else 0
+        properties = CommitProperties(
+            max_commit_retries=retries, custom_metadata={"marketlake.operation": operation}
+        )
+        removed = 0
+        try:
+            if current is None or (mode == "overwrite" and overwrite_schema and filters is None):
+                if current is not None:
+                    removed = len(current.file_uris())
+                create_table_with_add_actions(
+                    store_uri(uri), delta_schema, adds, mode="overwrite" if current is not None else "append",
+                    partition_by=partition_by or None, storage_options=self.storage_options,
+                    commit_properties=properties,
+                )
+            else:
+                if new_columns:
+                    current.alter.add_columns(
+                        [_delta_field(field) for field in new_columns], commit_properties=CommitProperties(
+                            max_commit_retries=retries, custom_metadata={"marketlake.operation": "add columns"}
+                        ),
+                    )
+                if mode == "overwrite":
+                    removed = _count_replaced(current, filters)
+                current.create_write_transaction(
+                    adds, mode, delta_schema, partition_by=partition_by or None,
+                    partition_filters=filters, commit_properties=properties,
+                )
+        except CommitFailedError as exc:
+            raise ConcurrentWriteError(
+                f"{table}: another writer committed to the table while this {mode} ran; "
+                f"nothing was committed, run it again ({' '.join(str(exc).split())})"
+            ) from None
+        version = self._open(table, uri).version()
+        return WriteResult(version, len(adds), removed, sum(s.rows for s in staged))
+
+    def _discard(self, uri: str, staged: list[StagedFile]) -> None:
+        filesystem, table_path = pafs.FileSystem.from_uri(store_uri(uri))
+        for s in staged:
+            try:
+                filesystem.delete_file(f"{table_path}/{s.relative_path}")
+            except OSError:
+                pass  # vacuum removes what is left
+
+    # ---- upsert ----------------------------------------------------------------------------------
+
+    def upsert(self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by) -> WriteResult:
+        """Rows of `df` replace the table's rows with the same keys; the rest are kept.
+
+        The table is rewritten from the snapshot it was read at, and the commit fails if anyone
+        committed since (dimension tables are small; this keeps the engine free of a driver-side merge).
+        """
+        current = self._table(uri)
+        if current is None:
+            return self.write(table, uri, df, "append", partition_by, None, False, False, "upsert")
+        read_version = current.version()
+        existing = self.read(table, uri, read_version)
+        aligned, _ = align_to_table(table, df, existing.schema, merge_schema=True)
+        kept = existing.join(aligned.select(*keys).distinct(), on=keys, how="left_anti")
+        merged = kept.unionByName(aligned, allowMissingColumns=True)
+        return self.write(
+            table, uri, merged, "overwrite", list(current.metadata().partition_columns) or partition_by,
+            None, True, False, "upsert", read_version=read_version,
+        )
+
+    # ---- vacuum ----------------------------------------------------------------------------------
+
+    def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
+        """Delete files no snapshot within the retention needs, and staged files of writes that died."""
+        import time
+
+        delta_table = self._open(table, uri)
+        deleted = delta_table.vacuum(
+            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
+        )
+        filesystem, table_path = pafs.FileSystem.from_uri(store_uri(uri))
+        staging = f"{table_path}/{STAGING}"
+        cutoff_ns = (time.time() - retention_hours * 3600) * 1e9
+        if filesystem.get_file_info(staging).type == pafs.FileType.Directory:
+            for info in filesystem.get_file_info(pafs.FileSelector(staging)):
+                newest = max(
+                    [info.mtime_ns or 0]
+                    + [i.mtime_ns or 0 for i in filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True))]
+                )
+                if newest <= cutoff_ns:
+                    filesystem.delete_dir(info.path)
+                    deleted.append(info.path)
+        return list(deleted)
+
+
+def _join(uri: str, relative: str) -> str:
+    return uri.rstrip("/") + "/" + relative
+
+
+def _spark_schema(delta_table: DeltaTable) -> T.StructType:
+    return T.StructType.fromJson(json.loads(delta_table.schema().to_json()))
+
+
+def _delta_field(field: T.StructField):
+    from deltalake.schema import Field
+
+    return Field.from_json(json.dumps(as_nullable(T.StructType([field])).jsonValue()["fields"][0]))
+
+
+def _check_features(table: str, delta_table: DeltaTable) -> None:
+    protocol = delta_table.protocol()
+    features = set(protocol.reader_features or []) | set(protocol.writer_features or [])
+    unsupported = sorted(features - SUPPORTED_FEATURES)
+    if unsupported or protocol.min_reader_version > 3:
+        raise TableError(
+            f"{table}: the table uses Delta features {', '.join(unsupported) or protocol} that the delta-rs "
+            "engine does not handle; use engine delta-spark"
+        )
+
+
+def _hive_values(relative_path: str, partition_by: list[str]) -> dict[str, str | None]:
+    """Partition values spelled by a Hive-style path (`col=value/...`), unescaped as Spark escapes them."""
+    folders = relative_path.split("/")[:-1]
+    values: dict[str, str | None] = {}
+    for folder in folders:
+        name, sep, value = folder.partition("=")
+        if sep:
+            value = urllib.parse.unquote(value)
+            values[urllib.parse.unquote(name)] = None if value == HIVE_NULL else value
+    return {c: values.get(c, "\0missing") for c in partition_by}
+
+
+def _as_hive(values: dict[str, Any]) -> dict[str, str | None]:
+    def spell(value):
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            return str(value).lower()
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+    return {c: spell(v) for c, v in values.items()}
+
+
+def _plan_schema(table, current, df, mode, partition_by, partitions, merge_schema, overwrite_schema):
+    """The schema to commit, the partition columns, the aligned DataFrame and any new columns."""
+    if current is None or (mode == "overwrite" and overwrite_schema and partitions is None):
+        schema = as_nullable(df.schema)
+        partition_by = list(partition_by or [])
+        check_partition_columns(table, schema, partition_by)
+        return schema, partition_by, df, []
+    table_schema = _spark_schema(current)
+    table_partitions = list(current.metadata().partition_columns)
+    if partition_by is not None and list(partition_by) != table_partitions:
+        raise TableError(f"{table}: the table is partitioned by {table_partitions}, not {list(partition_by)}")
+    aligned, merged = align_to_table(table, df, table_schema, merge_schema)
+    new_columns = merged.fields[len(table_schema.fields):]
+    return merged, table_partitions, aligned, new_columns
+
+
+def _partition_filters(table, partitions, partition_by, staged: list[StagedFile]):
+    """deltalake partition filters for an overwrite of selected partitions (None: the whole table)."""
+    if partitions is None:
+        return None
+    if partitions == "dynamic":
+        if len(partition_by) != 1:
+            raise TableError(f"{table}: a dynamic partition overwrite needs exactly one partition column")
+        column = partition_by[0]
+        present = sorted({s.partition_values[column] for s in staged}, key=str)
+        if any(value is None for value in present):
+            raise TableError(f"{table}: a dynamic partition overwrite cannot replace the null partition of '{column}'")
+        if not present:
+            return [(column, "in", ["\0none"])]  # nothing written, nothing replaced
+        return [(column, "in", present)]
+    if not partitions:
+        raise TableError(f"{table}: name the partitions to overwrite")
+    filters = []
+    for column, values in partitions.items():
+        if column not in partition_by:
+            raise TableError(f"{table}: '{column}' is not a partition column (the table has {partition_by})")
+        wanted = sorted({_as_hive({column: v})[column] for v in values})
+        filters.append((column, "in", wanted))
+        outside = {s.partition_values[column] for s in staged} - set(wanted)
+        if outside:
+            raise TableError(
+                f"{table}: the data has rows for {column}={sorted(outside, key=str)[0]}, "
+                "outside the partitions being overwritten"
+            )
+    return filters
+
+
+def _count_replaced(delta_table: DeltaTable, filters) -> int:
+    if filters is None:
+        return len(delta_table.file_uris())
+    return len(delta_table.file_uris(filters))

@@ -1,0 +1,135 @@
+"""The delta-spark engine: `format("delta")` and the DeltaTable API; needs the io.delta jars."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from marketlake.errors import ConcurrentWriteError, TableError
+from marketlake.lake.delta_rs import WriteResult
+from marketlake.lake.schema import align_to_table, check_partition_columns
+
+
+def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
+    """Whether the delta-spark classes load in this session's JVM and the session is set up for them."""
+    try:
+        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # noqa: SLF001
+    except Exception:  # py4j wraps ClassNotFoundException; Spark Connect has no _jvm
+        return False, "the delta-spark jars (io.delta:delta-spark_2.13) are not on the session's classpath"
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if "io.delta.sql.DeltaSparkSessionExtension" not in extensions:
+        return False, "the session lacks spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension"
+    return True, "delta-spark classes load in this session"
+
+
+class DeltaSparkEngine:
+    name = "delta-spark"
+
+    def __init__(self, spark: SparkSession):
+        from delta.tables import DeltaTable  # the Python half; the JVM half must be on the classpath
+
+        self.spark = spark
+        self.DeltaTable = DeltaTable
+
+    def exists(self, uri: str) -> bool:
+        return bool(self.DeltaTable.isDeltaTable(self.spark, uri))
+
+    def _open(self, table: str, uri: str):
+        if not self.exists(uri):
+            raise TableError(f"table {table} does not exist at {uri}")
+        return self.DeltaTable.forPath(self.spark, uri)
+
+    def version(self, table: str, uri: str) -> int:
+        return int(self._open(table, uri).history(1).select("version").first()[0])
+
+    def schema(self, table: str, uri: str) -> tuple[T.StructType, list[str]] | None:
+        if not self.exists(uri):
+            return None
+        detail = self._open(table, uri).detail().select("partitionColumns").first()
+        return self.spark.read.format("delta").load(uri).schema, list(detail[0])
+
+    def history(self, table: str, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
+        frame = self._open(table, uri).history(limit) if limit else self._open(table, uri).history()
+        return [
+            {
+                "version": row["version"],
+                "timestamp": int(row["timestamp"].timestamp() * 1000),
+                "operation": row["operation"],
+                "parameters": dict(row["operationParameters"] or {}),
+                "metrics": dict(row["operationMetrics"] or {}),
+                "user_metadata": {"marketlake.operation": row["userMetadata"]} if row["userMetadata"] else {},
+            }
+            for row in frame.collect()  # the log's history: one small row per commit
+        ]
+
+    def read(self, table: str, uri: str, version: int | None = None) -> DataFrame:
+        self._open(table, uri)
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(uri)
+
+    def write(
+        self, table, uri, df, mode, partition_by, partitions, merge_schema, overwrite_schema, operation,
+        read_version=None,
+    ) -> WriteResult:
+        current = self.schema(table, uri)
+        if current is None:
+            check_partition_columns(table, df.schema, list(partition_by or []))
+        elif not (mode == "overwrite" and overwrite_schema and partitions is None):
+            table_schema, table_partitions = current
+            if partition_by is not None and list(partition_by) != table_partitions:
+                raise TableError(f"{table}: the table is partitioned by {table_partitions}, not {list(partition_by)}")
+            partition_by = table_partitions
+            df, _ = align_to_table(table, df, table_schema, merge_schema)
+        writer = df.write.format("delta").mode(mode).option("userMetadata", operation)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if merge_schema:
+            writer = writer.option("mergeSchema", "true")
+        if overwrite_schema and mode == "overwrite":
+            writer = writer.option("overwriteSchema", "true")
+        if partitions == "dynamic":
+            writer = writer.option("partitionOverwriteMode", "dynamic")
+        elif partitions:
+            writer = writer.option("replaceWhere", _replace_where(partitions))
+        try:
+            writer.save(uri)
+        except Exception as exc:  # delta-spark's concurrency exceptions arrive through py4j
+            if "Concurrent" in type(exc).__name__ or "ConcurrentModification" in str(exc)[:300]:
+                raise ConcurrentWriteError(f"{table}: {str(exc).splitlines()[0]}") from None
+            raise
+        return self._result(table, uri)
+
+    def upsert(self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by) -> WriteResult:
+        if not self.exists(uri):
+            return self.write(table, uri, df, "append", partition_by, None, False, False, "upsert")
+        target = self._open(table, uri)
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        self.spark.conf.set("spark.databricks.delta.schema.autoMerge.enabled", "true")
+        target.alias("t").merge(df.alias("s"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        return self._result(table, uri)
+
+    def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
+        self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        self._open(table, uri).vacuum(float(retention_hours))
+        return []  # delta-spark reports the count in its own log, not the paths
+
+    def _result(self, table: str, uri: str) -> WriteResult:
+        last = self._open(table, uri).history(1).first()
+        metrics = dict(last["operationMetrics"] or {})
+        return WriteResult(
+            version=int(last["version"]),
+            files_added=int(metrics.get("numFiles", metrics.get("numTargetFilesAdded", 0))),
+            files_removed=int(metrics.get("numRemovedFiles", metrics.get("numTargetFilesRemoved", 0))),
+            rows=int(metrics.get("numOutputRows", 0)),
+        )
+
+
+def _replace_where(partitions: dict[str, list]) -> str:
+    def literal(value) -> str:
+        return "'" + str(value).replace("'", "\\'") + "'"
+
+    return " AND ".join(f"`{c}` IN ({', '.join(literal(v) for v in values)})" for c, values in partitions.items())

@@ -1,0 +1,75 @@
+"""The Spark session factory: defaults sized for a small machine, never overriding spark-submit."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from marketlake.config import Config
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def session_defaults(config: Config, submitted: dict[str, str] | None = None) -> dict[str, str]:
+    """Settings marketlake wants, each applied only where nobody (spark-submit, a caller) set it."""
+    submitted = submitted or {}
+    spark = config.spark
+    defaults = {
+        "spark.master": spark.master,
+        "spark.app.name": spark.app_name,
+        "spark.driver.memory": spark.driver_memory,
+        "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.ui.enabled": str(spark.ui).lower(),
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
+        "spark.sql.session.timeZone": "UTC",
+        # Delta readers expect microsecond timestamps, not Spark's default INT96.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.sql.sources.partitionOverwriteMode": "static",
+        # marketlake writes no _SUCCESS markers into table directories.
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    if config.lake.engine == "delta-spark" or _delta_jars_requested(submitted):
+        defaults["spark.sql.extensions"] = DELTA_EXTENSION
+        defaults["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    defaults.update(spark.conf)
+    return defaults
+
+
+def submitted_settings() -> dict[str, str]:
+    """What spark-submit already set. Under spark-submit the JVM is up (PYSPARK_GATEWAY_PORT) and
+    SparkConf reads its settings; under plain `python` nothing is set yet, and asking would start the
+    JVM before spark.driver.memory could be applied."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    return dict(SparkConf().getAll())
+
+
+def _delta_jars_requested(submitted: dict[str, str]) -> bool:
+    """True when spark-submit (or PYSPARK_SUBMIT_ARGS) brings the delta-spark jars."""
+    wanted = " ".join(submitted.get(key, "") for key in ("spark.jars.packages", "spark.jars"))
+    wanted += " " + os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+    return "delta-spark" in wanted or "delta-core" in wanted
+
+
+def build_session(config: Config) -> SparkSession:
+    """Get or create the session; what is already set (spark-submit, an existing session) wins."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.sparkContext.setLogLevel(config.spark.log_level)
+        return active
+    submitted = submitted_settings()
+    builder = SparkSession.builder
+    for key, value in session_defaults(config, submitted).items():
+        if key not in submitted:
+            builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(config.spark.log_level)
+    return session
