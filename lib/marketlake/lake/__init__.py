@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from marketlake.config import LakeConfig
 from marketlake.errors import TableError, UsageError
-from marketlake.lake.delta_rs import DeltaRsEngine, WriteResult
+from marketlake.lake.delta_rs import DeltaRsEngine, WriteResult, store_uri
 from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
 
 __all__ = ["Lake", "WriteResult", "resolve_engine"]
@@ -73,6 +73,29 @@ class Lake:
 
     def exists(self, table: str) -> bool:
         return self.engine.exists(self.path(table))
+
+    def tables(self) -> list[tuple[str, int, int]]:
+        """(table, version, rows) for every Delta table under the root, from the logs alone."""
+        import pyarrow as pa
+        import pyarrow.fs as pafs
+        from deltalake import DeltaTable
+
+        filesystem, root = pafs.FileSystem.from_uri(store_uri(self.root))
+        found = []
+        for layer in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+            if layer.type != pafs.FileType.Directory:
+                continue
+            for entry in filesystem.get_file_info(pafs.FileSelector(layer.path)):
+                table = f"{layer.base_name}.{entry.base_name}"
+                if entry.type != pafs.FileType.Directory or not TABLE_NAME.match(table):
+                    continue
+                if filesystem.get_file_info(f"{entry.path}/_delta_log").type != pafs.FileType.Directory:
+                    continue
+                delta_table = DeltaTable(store_uri(self.path(table)), storage_options=self.config.storage_options or None)
+                actions = pa.table(delta_table.get_add_actions(flatten=True))
+                rows = sum(n or 0 for n in actions.column("num_records").to_pylist()) if actions.num_rows else 0
+                found.append((table, delta_table.version(), rows))
+        return sorted(found)
 
     def version(self, table: str) -> int:
         return self.engine.version(table, self.path(table))

@@ -1,0 +1,8 @@
+"""pipeline job: see `marketlake.jobs.pipeline` (run with ./spark-submit.sh pipeline --help)."""
+
+import sys
+
+from marketlake.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main("pipeline"))

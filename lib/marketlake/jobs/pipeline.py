@@ -1,0 +1,84 @@
+"""pipeline: every job in order for one run date, skipping those already done unless --force."""
+
+from __future__ import annotations
+
+import argparse
+
+from pyspark.sql import functions as F
+
+from marketlake.errors import MarketlakeError
+from marketlake.jobs import available_jobs, get_job
+from marketlake.runner import JOB_RUNS, Job, JobContext, build_parser, run_job
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="re-run steps already done for this run date")
+    parser.add_argument("--only", help="comma-separated subset of jobs to run, in pipeline order")
+
+
+def validate(args, config) -> None:
+    for name in _selected(args):
+        get_job(name)
+
+
+def _selected(args) -> list[str]:
+    jobs = available_jobs()
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        for name in wanted:
+            get_job(name)
+        jobs = [name for name in jobs if name in wanted]
+    return jobs
+
+
+def done_for(ctx: JobContext) -> set[str]:
+    """Jobs with a succeeded run for this run date."""
+    if not ctx.lake.exists(JOB_RUNS):
+        return set()
+    rows = (
+        ctx.lake.read(JOB_RUNS)
+        .filter((F.col("run_date") == F.lit(ctx.run_date)) & (F.col("status") == "succeeded"))
+        .select("job").distinct().collect()  # at most one row per job name
+    )
+    return {row.job for row in rows}
+
+
+def run(ctx: JobContext, args) -> dict[str, int]:
+    jobs = _selected(args)
+    done = set() if args.force else done_for(ctx)
+    ran = 0
+    for name in jobs:
+        if name in done:
+            ctx.counts[f"skipped_{name}"] = 1
+            with ctx.step(f"{name} (already done for {ctx.run_date}; --force re-runs it)"):
+                pass
+            continue
+        job = get_job(name)
+        forwarded = ["--run-date", ctx.run_date.isoformat(), "--lake", ctx.lake.root]
+        if args.config:
+            forwarded += ["--config", args.config]
+        sub_args = build_parser(job).parse_args(forwarded)
+        job.validate(sub_args, ctx.config)
+        code = run_job(job, sub_args, ctx.spark, ctx.config, ctx.lake)
+        if code:
+            raise MarketlakeError(f"step {name} failed (exit {code}); later steps were not run")
+        ran += 1
+    return {"jobs_run": ran}
+
+
+def print_tables(ctx: JobContext) -> None:
+    tables = ctx.lake.tables()
+    lines = [f"\nmarketlake: {len(tables)} Delta tables under {ctx.lake.root} (engine {ctx.lake.engine_name})"]
+    for table, version, rows in tables:
+        lines.append(f"  {table:<28} version {version:<4} {rows:>12,} rows   {ctx.lake.path(table)}")
+    example = ctx.lake.path(tables[0][0]) if tables else f"{ctx.lake.root}/ops/job_runs"
+    lines += [
+        "Look at them with any Delta reader, for example:",
+        f"  .venv/bin/python -c \"from deltalake import DeltaTable; print(DeltaTable('{example}').to_pandas())\"",
+        f"  .venv/bin/python -c \"import polars as pl; print(pl.read_delta('{example}'))\"   # with the dev extra",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+JOB = Job(name="pipeline", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate, finish=print_tables)

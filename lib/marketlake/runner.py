@@ -1,0 +1,199 @@
+"""The job runner: shared arguments, one log line per step, one ops.job_runs row per run, exit codes.
+
+Every job module in `marketlake.jobs` defines `JOB = Job(...)`; the file `jobs/NAME.py` is only
+`sys.exit(main("NAME"))`. Exit codes: 0 success; 2 bad arguments, configuration or input paths (found
+before anything is written); 1 a failure during the run. Failures print one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import socket
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from marketlake.config import Config, load_config
+from marketlake.errors import MarketlakeError, UsageError
+
+log = logging.getLogger("marketlake")
+
+JOB_RUNS = "ops.job_runs"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    help: str
+    run: Callable[[JobContext, argparse.Namespace], dict[str, int] | None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    # Checks arguments and input paths before Spark starts; raises UsageError.
+    validate: Callable[[argparse.Namespace, Config], None] = lambda args, config: None
+    # Runs after the ops.job_runs row is written, on success only (for example, a closing summary).
+    finish: Callable[[JobContext], None] | None = None
+
+
+@dataclass
+class Step:
+    name: str
+    rows: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class JobContext:
+    job: str
+    spark: Any
+    config: Config
+    lake: Any
+    run_date: dt.date
+    run_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[Step]:
+        """Time a step and log one line: job | step | rows | seconds."""
+        step = Step(name)
+        started = time.perf_counter()
+        yield step
+        seconds = time.perf_counter() - started
+        rows = "" if step.rows is None else f" rows={step.rows}"
+        detail = f" {step.detail}" if step.detail else ""
+        log.info("%s | %s |%s%s %.2fs", self.job, name, rows, detail, seconds)
+
+
+def parse_run_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date of the form YYYY-MM-DD: {text!r}") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's name
+        raise UsageError(f"{message} (see --help)")
+
+
+def build_parser(job: Job) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=f"marketlake {job.name}", description=job.help)
+    parser.add_argument("--config", help="YAML config merged over the embedded default (conf/local.yaml)")
+    parser.add_argument("--lake", help="lake root; overrides the config and MARKETLAKE_LAKE")
+    parser.add_argument(
+        "--run-date", type=parse_run_date, default=dt.datetime.now(dt.timezone.utc).date(),
+        help="the date this run is for, YYYY-MM-DD (default: today, UTC)",
+    )
+    job.add_arguments(parser)
+    return parser
+
+
+def configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def main(name: str, argv: list[str] | None = None) -> int:
+    """Entry point of `jobs/NAME.py`: parse, validate, run, record; returns the exit code."""
+    from marketlake.jobs import get_job
+
+    configure_logging()
+    job = get_job(name)
+    try:
+        args = build_parser(job).parse_args(sys.argv[1:] if argv is None else argv)
+        config = load_config(args.config)
+        if args.lake:
+            config = config.model_copy(update={"lake": config.lake.model_copy(update={"root": args.lake})})
+        job.validate(args, config)
+        from marketlake.java import ensure_java
+
+        ensure_java()
+    except UsageError as exc:
+        print(f"marketlake {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+    from marketlake.lake import Lake
+    from marketlake.spark import build_session
+
+    spark = build_session(config)
+    try:
+        lake = Lake(spark, config.lake)
+    except UsageError as exc:
+        print(f"marketlake {name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return run_job(job, args, spark, config, lake)
+
+
+def run_job(job: Job, args: argparse.Namespace, spark, config: Config, lake) -> int:
+    """Run one job in an existing session and record it in ops.job_runs; returns the exit code."""
+    ctx = JobContext(job.name, spark, config, lake, args.run_date, uuid.uuid4().hex)
+    started_at = dt.datetime.now(dt.timezone.utc)
+    started = time.perf_counter()
+    log.info("%s | start | run_date=%s lake=%s engine=%s", job.name, args.run_date, lake.root, lake.engine_name)
+    status, message, code = "succeeded", "", 0
+    try:
+        counts = job.run(ctx, args) or {}
+        ctx.counts.update(counts)
+    except MarketlakeError as exc:
+        status, message, code = "failed", str(exc), exc.exit_code
+    except Exception as exc:  # a failure during the run: one line on stderr, the trace in the log
+        log.debug("%s", traceback.format_exc())
+        status, message, code = "failed", f"{type(exc).__name__}: {_first_line(exc)}", 1
+    seconds = time.perf_counter() - started
+    try:
+        record_run(ctx, args, status, message, started_at, seconds)
+    except Exception as exc:  # the run's own outcome matters more than its bookkeeping
+        log.warning("%s | could not append to %s: %s", job.name, JOB_RUNS, _first_line(exc))
+    counts_text = " ".join(f"{k}={v}" for k, v in ctx.counts.items())
+    log.info("%s | %s | %s %.2fs", job.name, status, counts_text, seconds)
+    if code:
+        print(f"marketlake {job.name}: {message}", file=sys.stderr)
+    elif job.finish is not None:
+        job.finish(ctx)
+    return code
+
+
+def record_run(ctx: JobContext, args, status: str, message: str, started_at: dt.datetime, seconds: float) -> None:
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [
+            T.StructField("run_id", T.StringType()),
+            T.StructField("job", T.StringType()),
+            T.StructField("run_date", T.DateType()),
+            T.StructField("status", T.StringType()),
+            T.StructField("message", T.StringType()),
+            T.StructField("started_at", T.TimestampType()),
+            T.StructField("ended_at", T.TimestampType()),
+            T.StructField("seconds", T.DoubleType()),
+            T.StructField("counts", T.MapType(T.StringType(), T.LongType())),
+            T.StructField("arguments", T.StringType()),
+            T.StructField("engine", T.StringType()),
+            T.StructField("spark_version", T.StringType()),
+            T.StructField("host", T.StringType()),
+        ]
+    )
+    arguments = {k: str(v) for k, v in vars(args).items() if v is not None and k != "func"}
+    row = (
+        ctx.run_id, ctx.job, ctx.run_date, status, message[:2000], started_at,
+        dt.datetime.now(dt.timezone.utc), round(seconds, 3), {k: int(v) for k, v in ctx.counts.items()},
+        json.dumps(arguments, sort_keys=True), ctx.lake.engine_name, ctx.spark.version, socket.gethostname(),
+    )
+    ctx.lake.write(JOB_RUNS, ctx.spark.createDataFrame([row], schema), mode="append")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
