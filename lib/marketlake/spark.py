@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from marketlake.config import Config
@@ -49,6 +49,7 @@ def submitted_settings() -> dict[str, str]:
     JVM before spark.driver.memory could be applied."""
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         return {}
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; SparkConf then reads its settings
     return dict(SparkConf().getAll())
 
 

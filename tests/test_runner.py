@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from marketlake.errors import TableError
+from marketlake.jobs import pipeline
+from marketlake.lake import Lake
+from marketlake.runner import Job, main, run_job
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def job_runs(lake_root):
+    return pl.read_delta(os.path.join(lake_root, "ops", "job_runs")).sort("started_at")
+
+
+def test_pipeline_records_a_run(spark, lake_root, capsys):
+    assert main("pipeline", ["--lake", lake_root, "--run-date", "2026-01-31"]) == 0
+    runs = job_runs(lake_root)
+    assert runs.height == 1
+    row = runs.row(0, named=True)
+    assert row["job"] == "pipeline" and row["status"] == "succeeded" and row["run_date"] == dt.date(2026, 1, 31)
+    assert row["seconds"] >= 0 and row["engine"] in ("delta-rs", "delta-spark")
+    assert "ops.job_runs" in capsys.readouterr().out  # the closing summary names the tables
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--run-date", "31/01/2026"], "not a date of the form YYYY-MM-DD"),
+        (["--no-such-option"], "unrecognized arguments"),
+        (["--config", "conf/missing.yaml"], "config file not found"),
+        (["--only", "nosuchjob"], "no job named 'nosuchjob'"),
+    ],
+)
+def test_usage_errors_exit_2_before_writing(spark, lake_root, capsys, argv, message):
+    assert main("pipeline", ["--lake", lake_root, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not os.path.exists(lake_root)
+
+
+def test_a_failure_during_the_run_exits_1_and_is_recorded(spark, config, lake_root, capsys):
+    def explode(ctx, args):
+        with ctx.step("load"):
+            raise TableError("silver.events: something specific went wrong")
+
+    job = Job(name="exploder", help="", run=explode)
+    args = argparse.Namespace(run_date=dt.date(2026, 2, 1), config=None, lake=lake_root)
+    lake = Lake(spark, config.lake, lake_root)
+    assert run_job(job, args, spark, config, lake) == 1
+    assert capsys.readouterr().err.strip() == "marketlake exploder: silver.events: something specific went wrong"
+    row = job_runs(lake_root).row(0, named=True)
+    assert row["status"] == "failed" and "something specific" in row["message"]
+
+
+def test_steps_log_counts_and_seconds(spark, config, lake_root, caplog):
+    def work(ctx, args):
+        with ctx.step("count things") as step:
+            step.rows = spark.range(42).count()
+        return {"things": 42}
+
+    job = Job(name="counter", help="", run=work)
+    args = argparse.Namespace(run_date=dt.date(2026, 2, 1), config=None, lake=lake_root)
+    with caplog.at_level("INFO", logger="marketlake"):
+        assert run_job(job, args, spark, config, Lake(spark, config.lake, lake_root)) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("counter | count things | rows=42 ") and line.endswith("s") for line in lines)
+    assert job_runs(lake_root).row(0, named=True)["counts"] == {"things": 42}
+
+
+def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, config, lake_root, monkeypatch):
+    calls = []
+
+    def ok(ctx, args):
+        calls.append("a")
+
+    def broken(ctx, args):
+        calls.append("b")
+        raise RuntimeError("disk on fire")
+
+    jobs = {"a": Job(name="a", help="", run=ok), "b": Job(name="b", help="", run=broken)}
+    monkeypatch.setattr(pipeline, "available_jobs", lambda: ["a", "b"])
+    monkeypatch.setattr(pipeline, "get_job", lambda name: jobs[name])
+    lake = Lake(spark, config.lake, lake_root)
+    args = argparse.Namespace(run_date=dt.date(2026, 3, 1), config=None, lake=lake_root, force=False, only=None)
+    assert run_job(pipeline.JOB, args, spark, config, lake) == 1
+    assert calls == ["a", "b"]
+    assert "step b failed" in job_runs(lake_root).filter(pl.col("job") == "pipeline")["message"][0]
+
+    jobs["b"] = Job(name="b", help="", run=ok)
+    assert run_job(pipeline.JOB, args, spark, config, lake) == 0
+    assert calls == ["a", "b", "a"]  # a was already done for this date: skipped
+    args.force = True
+    assert run_job(pipeline.JOB, args, spark, config, lake) == 0
+    assert calls == ["a", "b", "a", "a", "a"]
+
+
+@pytest.mark.slow
+def test_spark_submit_script_runs_a_job(tmp_path):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    lake_root = str(tmp_path / "lake")
+    out = subprocess.run(
+        ["./spark-submit.sh", "pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+         "--lake", lake_root, "--run-date", "2026-01-31"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert job_runs(lake_root)["status"].to_list() == ["succeeded"]
+    bad = subprocess.run(["./spark-submit.sh", "nosuchjob"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "no job named 'nosuchjob'" in bad.stderr
