@@ -94,7 +94,8 @@ def test_partition_overwrite_replaces_exactly_the_selected_partitions(lake, spar
     assert set(before) - set(after) == replaced
     assert result.files_removed == len(replaced) and result.version == 1
     log = os.path.join(lake.path("silver.events"), "_delta_log", "00000000000000000001.json")
-    removes = [json.loads(line)["remove"]["path"] for line in open(log) if '"remove"' in line]
+    with open(log) as commit:
+        removes = [json.loads(line)["remove"]["path"] for line in commit if '"remove"' in line]
     assert {p for p in removes} == replaced
 
     expected = events(spark, days=3).filter("event_date <> date'2024-01-02'").unionByName(replacement)

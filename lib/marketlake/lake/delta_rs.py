@@ -12,6 +12,7 @@ A write that dies before step 3 leaves files no snapshot references; `vacuum` re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.parse
@@ -126,7 +127,7 @@ class DeltaRsEngine:
         values = [
             {c: actions.column(f"partition.{c}").to_pylist()[i] for c in partition_columns} for i in range(len(files))
         ]
-        if all(_hive_values(path, partition_columns) == _as_hive(v) for path, v in zip(relative, values)):
+        if all(_hive_values(path, partition_columns) == _as_hive(v) for path, v in zip(relative, values, strict=True)):
             frame = self.spark.read.schema(schema).option("basePath", uri).parquet(*files)
             return frame.select(*[F.col(f"`{f.name}`") for f in schema.fields])
         return self._read_by_partition(schema, partition_columns, files, values)
@@ -135,13 +136,13 @@ class DeltaRsEngine:
         """Tables whose file paths do not spell their partition values: one scan per partition."""
         data_schema = T.StructType([f for f in schema.fields if f.name not in partition_columns])
         groups: dict[tuple, list[str]] = {}
-        for path, value in zip(files, values):
+        for path, value in zip(files, values, strict=True):
             groups.setdefault(tuple(value[c] for c in partition_columns), []).append(path)
         types = {f.name: f.dataType for f in schema.fields}
         frames = [
             self.spark.read.schema(data_schema)
             .parquet(*paths)
-            .select("*", *[F.lit(v).cast(types[c]).alias(c) for c, v in zip(partition_columns, key)])
+            .select("*", *[F.lit(v).cast(types[c]).alias(c) for c, v in zip(partition_columns, key, strict=True)])
             for key, paths in groups.items()
         ]
         result = frames[0]
@@ -270,10 +271,8 @@ class DeltaRsEngine:
     def _discard(self, uri: str, staged: list[StagedFile]) -> None:
         filesystem, table_path = pafs.FileSystem.from_uri(store_uri(uri))
         for s in staged:
-            try:
+            with contextlib.suppress(OSError):  # vacuum removes what is left
                 filesystem.delete_file(f"{table_path}/{s.relative_path}")
-            except OSError:
-                pass  # vacuum removes what is left
 
     # ---- upsert ----------------------------------------------------------------------------------
 
