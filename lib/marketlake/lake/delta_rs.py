@@ -36,6 +36,7 @@ from marketlake.lake.schema import align_to_table, as_nullable, check_partition_
 from marketlake.lake.stats import file_stats
 
 STAGING = "_staging"
+DRIVER_LISTING_LIMIT = 20_000
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # Table features this engine can read and write faithfully; anything else is refused, not ignored.
 SUPPORTED_FEATURES = {"appendOnly", "invariants", "timestampNtz"}
@@ -122,15 +123,36 @@ class DeltaRsEngine:
             return self.spark.createDataFrame([], schema)
         relative = [urllib.parse.unquote(path) for path in actions.column("path").to_pylist()]
         files = [_join(uri, path) for path in relative]
+        with self._listing_in_driver(uri, len(files)):
+            return self._scan(schema, partition_columns, uri, files, relative, actions)
+
+    def _scan(self, schema, partition_columns, uri, files, relative, actions) -> DataFrame:
         if not partition_columns:
             return self.spark.read.schema(schema).parquet(*files)
-        values = [
-            {c: actions.column(f"partition.{c}").to_pylist()[i] for c in partition_columns} for i in range(len(files))
-        ]
+        columns = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_columns}
+        values = [{c: columns[c][i] for c in partition_columns} for i in range(len(files))]
         if all(_hive_values(path, partition_columns) == _as_hive(v) for path, v in zip(relative, values, strict=True)):
             frame = self.spark.read.schema(schema).option("basePath", uri).parquet(*files)
             return frame.select(*[F.col(f"`{f.name}`") for f in schema.fields])
         return self._read_by_partition(schema, partition_columns, files, values)
+
+    @contextlib.contextmanager
+    def _listing_in_driver(self, uri: str, files: int):
+        """The Delta log already lists the files; past 32 paths Spark would start a distributed job just
+        to look them up again. On local and HDFS roots the driver does it faster (read when the
+        DataFrame is created, so the setting is restored right after)."""
+        key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+        previous = self.spark.conf.get(key, None)
+        cheap_lookups = not uri.startswith(("s3", "gs:", "abfs", "wasb", "oss:"))
+        if cheap_lookups and files < DRIVER_LISTING_LIMIT:
+            self.spark.conf.set(key, str(max(files + 1, int(previous or 32))))
+        try:
+            yield
+        finally:
+            if previous is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, previous)
 
     def _read_by_partition(self, schema, partition_columns, files, values) -> DataFrame:
         """Tables whose file paths do not spell their partition values: one scan per partition."""
