@@ -57,3 +57,24 @@ def test_reads_tables_whose_paths_do_not_spell_partitions(spark, config, tmp_pat
         [(0, "north"), (1, "north"), (10, "south"), (11, "south"), (20, None), (21, None)], "id long, region string"
     )
     assert_df_equality(lake.read("silver.foreign"), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_append_joins_a_table_another_writer_created_meanwhile(spark, config, tmp_path, monkeypatch):
+    from pyspark.sql import functions as F
+
+    from marketlake.lake.delta_rs import DeltaRsEngine
+
+    lake = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), str(tmp_path / "lake"))
+    rows = spark.range(10).select("id", F.lit("a").alias("tag"))
+    lake.write("bronze.race", rows)
+    real = DeltaRsEngine._table
+    calls = []
+
+    def first_sees_no_table(self, uri, version=None):
+        calls.append(uri)
+        return None if len(calls) == 1 else real(self, uri, version)
+
+    monkeypatch.setattr(DeltaRsEngine, "_table", first_sees_no_table)
+    lake.write("bronze.race", rows)  # began when the table did not exist; another writer created it
+    monkeypatch.undo()
+    assert lake.read("bronze.race").count() == 20 and lake.version("bronze.race") == 1

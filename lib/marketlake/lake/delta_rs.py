@@ -260,6 +260,10 @@ class DeltaRsEngine:
             max_commit_retries=retries, custom_metadata={"marketlake.operation": operation}
         )
         removed = 0
+        if current is None and mode == "append":
+            current = self._create_or_join(table, uri, delta_schema, schema, partition_by, adds, properties)
+            if current is None:
+                return WriteResult(self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged))
         try:
             if current is None or (mode == "overwrite" and overwrite_schema and filters is None):
                 if current is not None:
@@ -289,6 +293,27 @@ class DeltaRsEngine:
             ) from None
         version = self._open(table, uri).version()
         return WriteResult(version, len(adds), removed, sum(s.rows for s in staged))
+
+    def _create_or_join(self, table, uri, delta_schema, schema, partition_by, adds, properties):
+        """Create the table with this append; if another writer created it meanwhile, return it so the
+        append lands there (when the schemas agree). None means the table was created here."""
+        try:
+            create_table_with_add_actions(
+                store_uri(uri), delta_schema, adds, mode="append", partition_by=partition_by or None,
+                storage_options=self.storage_options, commit_properties=properties,
+            )
+            return None
+        except Exception:
+            existing = self._table(uri)
+            if existing is None:
+                raise
+        _check_features(table, existing)
+        theirs = _spark_schema(existing)
+        if [(f.name, f.dataType) for f in theirs] != [(f.name, f.dataType) for f in as_nullable(schema)] or list(
+            existing.metadata().partition_columns
+        ) != list(partition_by):
+            raise ConcurrentWriteError(f"{table}: another writer created the table meanwhile with another schema")
+        return existing
 
     def _discard(self, uri: str, staged: list[StagedFile]) -> None:
         filesystem, table_path = pafs.FileSystem.from_uri(store_uri(uri))
