@@ -1,0 +1,319 @@
+"""The synthetic shop generator: layout, determinism, dirty records and the planted truth.
+
+One small shop (200 users, 50 items, 20,000 events) is generated once for the module; the files are read
+back with plain Python, independently of the generator's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from marketlake.errors import UsageError
+from marketlake.generate import DIRTY_KINDS, ShopSpec, generate_shop
+
+SPEC = ShopSpec(users=200, items=50, events=20_000, seed=11)
+EVENT_TYPES = {"view", "click", "add_to_cart", "purchase", "exposure"}
+REQUIRED = ("user_id", "item_id", "event_type", "ts")
+TS_PATTERN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
+
+
+@pytest.fixture(scope="module")
+def shop(spark, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shop")
+    counts = generate_shop(spark, SPEC, str(out))
+    return out, counts
+
+
+def event_lines(out: Path) -> list[tuple[str, str]]:
+    """(file relative to out, line) in arrival order: by day, then file, then line."""
+    lines = []
+    for path in sorted(out.glob("events/date=*/part-*.json")):
+        relative = path.relative_to(out).as_posix()
+        lines.extend((relative, line) for line in path.read_text().splitlines())
+    return lines
+
+
+def classify(line: str, end_date: dt.date) -> tuple[str | None, dict | None]:
+    """The dirty kind of one line taken alone (duplicates need the stream), or None for a valid line."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return "malformed_json", None
+    if not isinstance(event, dict):
+        return "malformed_json", None
+    if any(event.get(field) is None for field in REQUIRED):
+        return "missing_field", event
+    if event["event_type"] not in EVENT_TYPES:
+        return "unknown_event_type", event
+    if event.get("price") is not None and event["price"] < 0:
+        return "negative_price", event
+    try:
+        ts = dt.datetime.fromisoformat(event["ts"])
+    except ValueError:
+        return "unparseable_ts", event
+    if ts.tzinfo is None:
+        return "unparseable_ts", event
+    if ts.astimezone(dt.timezone.utc).date() > end_date:
+        return "future_ts", event
+    return None, event
+
+
+def read_back(out: Path) -> tuple[Counter, pd.DataFrame]:
+    """Dirty kinds counted from the files, and the valid events (first copy of each event_id)."""
+    kinds: Counter = Counter()
+    seen: dict[str, str] = {}
+    valid = []
+    for file, line in event_lines(out):
+        kind, event = classify(line, SPEC.end_date)
+        if kind is None and event["event_id"] in seen:
+            kind = "exact_resend" if seen[event["event_id"]] == line else "conflicting_duplicate"
+        if kind is not None:
+            kinds[kind] += 1
+            continue
+        seen[event["event_id"]] = line
+        valid.append({**event, "file": file})
+    events = pd.DataFrame(valid)
+    events["utc"] = pd.to_datetime(events["ts"], format="ISO8601", utc=True)
+    return kinds, events
+
+
+@pytest.fixture(scope="module")
+def parsed(shop):
+    return read_back(shop[0])
+
+
+@pytest.fixture(scope="module")
+def valid(parsed):
+    return parsed[1]
+
+
+def test_layout_files_and_columns(shop):
+    out, counts = shop
+    days = [SPEC.start_date + dt.timedelta(days=i) for i in range(SPEC.days)]
+    assert sorted(p.name for p in (out / "events").iterdir()) == [f"date={d}" for d in days]
+    names = {p.name for p in out.glob("events/*/*")}
+    assert names and all(re.fullmatch(r"part-\d{5}\.json", n) for n in names)
+    assert not (out / "_staging").exists() and not list(out.rglob(".*.crc"))
+    users = pd.read_csv(out / "users.csv")
+    assert list(users.columns) == ["user_id", "signup_date", "age", "gender", "region", "email"]
+    assert len(users) == counts["users"] == SPEC.users and users.user_id.is_unique
+    items = pd.read_csv(out / "items.csv")
+    assert list(items.columns) == ["item_id", "category", "brand", "price", "title", "active"]
+    assert len(items) == counts["items"] == SPEC.items and (items.price > 0).all()
+    for name in ("personas.csv", "taste_groups.csv", "bundles.csv", "experiment.json", "dirty_counts.json"):
+        assert (out / "truth" / name).is_file(), name
+    assert list(out.glob("truth/dirty/date=*/part-*.json"))
+    assert abs(counts["events"] - SPEC.events) <= 0.01 * SPEC.events
+    assert counts["events"] == len(event_lines(out))
+
+
+def test_events_are_well_formed_and_coherent(shop, valid):
+    out, counts = shop
+    assert len(valid) == counts["valid_events"]
+    assert set(valid.event_type) == EVENT_TYPES
+    assert valid.ts.str.match(TS_PATTERN).all()
+    zones = valid.ts.str.extract(r"(Z|[+-]\d\d:\d\d)$")[0]
+    assert zones.nunique() >= 3 and (zones == "+02:00").any()
+    users = pd.read_csv(out / "users.csv")
+    items = pd.read_csv(out / "items.csv")
+    assert set(valid.user_id) <= set(users.user_id)
+    assert set(valid.item_id) <= set(items.item_id[items.active])
+    assert set(valid.channel) == {"web", "app", "email", "ads"}
+    assert valid.campaign_id.isna().eq(~valid.channel.isin(["email", "ads"])).all()
+
+    purchases = valid[valid.event_type == "purchase"]
+    assert purchases.order_id.notna().all() and valid[valid.event_type != "purchase"].order_id.isna().all()
+    assert (purchases.quantity >= 1).all() and (purchases.price > 0).all()
+    carts = valid[valid.event_type == "add_to_cart"]
+    assert (carts.quantity >= 1).all()
+    assert valid.groupby("session_id").user_id.nunique().max() == 1
+    assert purchases.groupby("order_id").session_id.nunique().max() == 1
+    # every purchase line follows an add_to_cart of its item in the same session (a few carts are dirty)
+    first_cart = carts.groupby(["session_id", "item_id"]).utc.min()
+    key = pd.MultiIndex.from_frame(purchases[["session_id", "item_id"]])
+    carted = first_cart.reindex(key).to_numpy() <= purchases.utc.to_numpy()
+    assert carted.mean() > 0.97
+
+    exposures = valid[valid.event_type == "exposure"]
+    assert (exposures.experiment_id == "exp-checkout-redesign").all()
+    assert set(exposures.variant) == {"control", "treatment"}
+    assert valid[valid.event_type != "exposure"].variant.isna().all()
+
+
+def test_file_date_is_the_utc_arrival_day(shop, valid):
+    _, counts = shop
+    file_day = pd.to_datetime(valid.file.str.extract(r"date=(\d{4}-\d\d-\d\d)")[0]).dt.date
+    lag = (file_day - valid.utc.dt.date).map(lambda d: d.days)
+    assert set(lag) == {0, 1}
+    assert (lag == 1).sum() == counts["late_events"] > 0
+    # lines are in arrival order: the on-time events of a file are sorted by time
+    on_time = valid[lag.to_numpy() == 0]
+    assert on_time.groupby("file").utc.apply(lambda t: t.is_monotonic_increasing).all()
+
+
+def test_dirty_kinds_match_counts_files_and_rate(shop, parsed):
+    out, counts = shop
+    kinds, _ = parsed
+    assert {k: kinds[k] for k in DIRTY_KINDS} == {k: counts[f"dirty_{k}"] for k in DIRTY_KINDS}
+    assert all(kinds[k] >= 5 for k in DIRTY_KINDS), kinds
+    assert sum(kinds.values()) == counts["dirty"]
+    assert 0.006 <= counts["dirty"] / counts["events"] <= 0.014
+    assert counts["events"] == counts["valid_events"] + counts["dirty"]
+
+    truth = [json.loads(line) for p in out.glob("truth/dirty/*/*.json") for line in p.open()]
+    assert Counter(r["kind"] for r in truth) == Counter({k: counts[f"dirty_{k}"] for k in DIRTY_KINDS})
+    lines_by_file = defaultdict(Counter)
+    for file, line in event_lines(out):
+        lines_by_file[file][line] += 1
+    for record in truth:
+        assert lines_by_file[record["file"]][record["raw"]] >= 1, record
+    reasons = {r["reason"] for r in truth}
+    plain = {"malformed_json", "negative_price", "unparseable_ts", "future_ts", "exact_duplicate"}
+    assert plain | {"conflicting_duplicate"} <= reasons
+    assert any(r.startswith("missing:") for r in reasons)
+    assert any(r.startswith("unknown_event_type:") for r in reasons)
+    saved = json.loads((out / "truth" / "dirty_counts.json").read_text())
+    assert saved["kinds"] == {k: counts[f"dirty_{k}"] for k in DIRTY_KINDS}
+
+
+def test_same_seed_same_files_other_seed_other_files(spark, shop, tmp_path):
+    out, counts = shop
+
+    def contents(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    again = tmp_path / "again"
+    assert generate_shop(spark, SPEC, str(again)) == counts
+    assert contents(again) == contents(out)
+    other = tmp_path / "other"
+    generate_shop(spark, ShopSpec(users=200, items=50, events=20_000, seed=12), str(other))
+    assert (other / "users.csv").read_bytes() != (out / "users.csv").read_bytes()
+    mine = {line for _, line in event_lines(out)}
+    assert sum(line in mine for _, line in event_lines(other)) < 0.001 * counts["events"]  # error pages
+
+
+def user_features(valid: pd.DataFrame) -> pd.DataFrame:
+    end = pd.Timestamp(SPEC.end_date + dt.timedelta(days=1), tz="UTC")
+    by_user = valid.groupby("user_id")
+    kinds = valid.pivot_table(index="user_id", columns="event_type", values="event_id", aggfunc="count")
+    purchases = valid[valid.event_type == "purchase"]
+    return pd.DataFrame({
+        "recency_days": (end - by_user.utc.max()).dt.total_seconds() / 86_400,
+        "orders": purchases.groupby("user_id").order_id.nunique(),
+        "spend": (purchases.quantity * purchases.price).groupby(purchases.user_id).sum(),
+        "views": kinds["view"],
+        "purchases": kinds["purchase"],
+    }).fillna(0)  # fmt: skip
+
+
+def test_personas_behave_distinctly(shop, valid):
+    out, _ = shop
+    personas = pd.read_csv(out / "truth" / "personas.csv").set_index("user_id").persona
+    assert personas.nunique() >= 5 and personas.value_counts().min() >= 20
+    features = user_features(valid).join(personas)
+    mean = features.groupby("persona").mean()
+    orders, recency, spend = mean.orders, mean.recency_days, mean.spend
+    assert orders.champions > 2 * orders.loyal and orders.loyal > 1.5 * max(orders.new, orders.at_risk)
+    assert orders.new >= 1 and orders.at_risk >= 1 and orders.window_shoppers == 0
+    assert spend.champions > 2 * spend.loyal > 2 * spend.new > 0
+    assert recency.at_risk > 0.5 * SPEC.days and recency.drop("at_risk").max() < 0.25 * SPEC.days
+    assert features[features.persona == "champions"].recency_days.max() <= 2
+    views_per_order = (mean.views / mean.orders.clip(lower=0.01)).drop("window_shoppers")
+    assert mean.views.window_shoppers > 1.5 * mean.views.loyal and views_per_order.idxmin() == "champions"
+    users = pd.read_csv(out / "users.csv").set_index("user_id")
+    new_users = features.index[features.persona == "new"]
+    first_day = valid.groupby("user_id").utc.min().dt.date.loc[new_users]
+    signup = pd.to_datetime(users.signup_date.loc[new_users]).dt.date
+    assert (first_day >= signup).all() and (signup >= SPEC.end_date - dt.timedelta(days=SPEC.days // 5)).all()
+
+
+def test_bundles_bought_together_at_about_the_planted_rate(shop, valid):
+    out, _ = shop
+    bundles = pd.read_csv(out / "truth" / "bundles.csv")
+    assert len(bundles) >= 2 and bundles["size"].between(2, 3).all()
+    purchases = valid[valid.event_type == "purchase"]
+    orders = purchases.groupby("order_id").item_id.agg(set)
+    anchored = together = planted = 0.0
+    for bundle in bundles.itertuples():
+        members = set(bundle.item_ids.split("|"))
+        with_anchor = orders[orders.map(lambda items, a=bundle.anchor_item_id: a in items)]
+        anchored += len(with_anchor)
+        together += with_anchor.map(members.issubset).sum()
+        planted += bundle.rate * len(with_anchor)
+        others = members - {bundle.anchor_item_id}
+        without_anchor = orders[orders.map(lambda items, a=bundle.anchor_item_id: a not in items)]
+        assert without_anchor.map(others.issubset).mean() < 0.1  # rarely together without the anchor
+    assert anchored >= 50
+    assert abs(together / anchored - planted / anchored) < 0.1, (together / anchored, planted / anchored)
+
+
+def test_taste_groups_shape_what_users_touch(shop, valid):
+    out, _ = shop
+    groups = pd.read_csv(out / "truth" / "taste_groups.csv").set_index("user_id")
+    category = pd.read_csv(out / "items.csv").set_index("item_id").category
+    touched = valid[valid.event_type != "exposure"].assign(category=lambda d: d.item_id.map(category))
+    preferred = touched.user_id.map(groups.categories.str.split("|"))
+    inside = [c in cats for c, cats in zip(touched.category, preferred, strict=True)]
+    share = pd.Series(inside, index=touched.index).groupby(touched.user_id).mean()
+    assert groups.taste_group.nunique() >= 2
+    assert share.mean() > 0.8 and share.median() > 0.75
+
+
+def test_experiment_truth_matches_the_events(shop, valid):
+    out, _ = shop
+    truth = json.loads((out / "truth" / "experiment.json").read_text())
+    assert truth["variants"] == ["control", "treatment"] and truth["planned_split"]["treatment"] == 0.5
+    assert truth["true_relative_lift"] > 0 and 0 < truth["base_conversion_rate"] < 1
+    exposures = valid[valid.event_type == "exposure"].sort_values("utc")
+    assert exposures.groupby("user_id").variant.nunique().max() == 1
+    first = exposures.groupby("user_id").first()
+    purchase_sessions = set(valid.session_id[valid.event_type == "purchase"])
+    first["converted"] = first.session_id.isin(purchase_sessions)
+    for variant, group in first.groupby("variant"):
+        assert truth["realised"][variant]["users"] == len(group)
+        assert truth["realised"][variant]["conversions"] == int(group.converted.sum())
+    n = len(first)
+    assert abs((first.variant == "treatment").mean() - 0.5) < 4 * (0.25 / n) ** 0.5
+
+
+def test_emails_only_in_users_csv(shop):
+    out, _ = shop
+    assert pd.read_csv(out / "users.csv").email.str.contains("@").all()
+    for path in out.rglob("*"):
+        if path.is_file() and path.name != "users.csv":
+            assert "@" not in path.read_text(), path
+
+
+def test_spec_validation_and_demo_scale():
+    with pytest.raises(UsageError, match="users"):
+        ShopSpec(users=1, items=50, events=1000, seed=1).validate()
+    with pytest.raises(UsageError, match="dirty_rate"):
+        ShopSpec(users=100, items=50, events=1000, seed=1, dirty_rate=0.9).validate()
+    demo = ShopSpec.DEMO
+    assert (demo.users, demo.items, demo.events, demo.days) == (2_000, 300, 200_000, 30)
+    assert ShopSpec.demo(seed=5).seed == 5 and ShopSpec.demo(seed=5).users == demo.users
+
+
+def test_part_files_renamed_through_hadoop_too(spark, tmp_path):
+    from marketlake.generate import Files, part_name
+
+    assert part_name("part-00003-1b2c-4d.c000.txt") == "part-00003.json"
+    assert part_name("part-00003-1b2c-4d.c001.txt") == "part-00003-001.json"
+    assert part_name("_SUCCESS") is None and part_name(".part-00003-1b2c.c000.txt.crc") is None
+    day = tmp_path / "_staging" / "target=events" / "date=2024-06-01"
+    day.mkdir(parents=True)
+    (day / "part-00001-abc.c000.txt").write_text("x\n")
+    (day / "_SUCCESS").write_text("")
+    files = Files(spark, str(tmp_path), python_moves=False)
+    assert files.local is None
+    assert files.move_parts("_staging/target=events", "events") == ["events/date=2024-06-01/part-00001.json"]
+    assert (tmp_path / "events" / "date=2024-06-01" / "part-00001.json").read_text() == "x\n"
+    files.write("truth/x.json", "{}\n")
+    assert files.read("truth/x.json") == "{}" and not list(tmp_path.rglob(".*.crc"))
