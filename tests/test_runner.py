@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from marketlake.errors import TableError
-from marketlake.jobs import pipeline
+from marketlake.jobs import available_jobs, pipeline
 from marketlake.lake import Lake
 from marketlake.runner import Job, main, run_job
 
@@ -21,14 +21,17 @@ def job_runs(lake_root):
     return pl.read_delta(os.path.join(lake_root, "ops", "job_runs")).sort("started_at")
 
 
-def test_pipeline_records_a_run(spark, lake_root, capsys):
-    assert main("pipeline", ["--lake", lake_root, "--run-date", "2026-01-31"]) == 0
-    runs = job_runs(lake_root)
-    assert runs.height == 1
-    row = runs.row(0, named=True)
-    assert row["job"] == "pipeline" and row["status"] == "succeeded" and row["run_date"] == dt.date(2026, 1, 31)
+def test_pipeline_records_a_run(spark, lake_root, tmp_path, capsys):
+    small = tmp_path / "small.yaml"
+    small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
+    argv = ["--lake", lake_root, "--run-date", "2026-01-31", "--config", str(small)]
+    assert main("pipeline", argv) == 0
+    runs = job_runs(lake_root).sort("ended_at")
+    assert runs["job"].to_list() == [*available_jobs(), "pipeline"]
+    assert set(runs["status"]) == {"succeeded"} and set(runs["run_date"]) == {dt.date(2026, 1, 31)}
+    row = runs.row(runs.height - 1, named=True)
     assert row["seconds"] >= 0 and row["engine"] in ("delta-rs", "delta-spark")
-    assert "ops.job_runs" in capsys.readouterr().out  # the closing summary names the tables
+    assert "silver.events" in capsys.readouterr().out  # the closing summary names the tables
 
 
 @pytest.mark.parametrize(
@@ -107,12 +110,15 @@ def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, c
 def test_spark_submit_script_runs_a_job(tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     lake_root = str(tmp_path / "lake")
+    small = tmp_path / "small.yaml"
+    small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
     out = subprocess.run(
         ["./spark-submit.sh", "pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-         "--lake", lake_root, "--run-date", "2026-01-31"],
+         "--config", str(small), "--lake", lake_root, "--run-date", "2026-01-31"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert job_runs(lake_root)["status"].to_list() == ["succeeded"]
+    runs = job_runs(lake_root)
+    assert set(runs["job"]) == {*available_jobs(), "pipeline"} and set(runs["status"]) == {"succeeded"}
     bad = subprocess.run(["./spark-submit.sh", "nosuchjob"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "no job named 'nosuchjob'" in bad.stderr

@@ -44,9 +44,53 @@ class SparkConfig(Section):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
+class LandingConfig(Section):
+    # Where raw files arrive (and where `generate` writes its shop); default <lake root>/landing.
+    root: str | None = None
+
+
+class GenerateConfig(Section):
+    """The shop `generate` writes when no size arguments are given (the demo scale)."""
+
+    users: int = Field(default=2_000, ge=10)
+    items: int = Field(default=300, ge=10)
+    events: int = Field(default=200_000, ge=100)
+    seed: int = Field(default=42, ge=0)
+    days: int = Field(default=30, ge=1, le=3660)
+    dirty_rate: float = Field(default=0.01, ge=0.0, le=0.3)
+    # Folder name under the landing root.
+    shop: str = "shop"
+
+
+class IngestConfig(Section):
+    # What `ingest` reads when no --source is given; default: the shop `generate` writes.
+    source: str | None = None
+    event_types: list[str] = Field(
+        default_factory=lambda: ["view", "click", "add_to_cart", "purchase", "exposure", "rating"]
+    )
+    # An event later than the end of the run date (UTC) by more than this is quarantined as future_ts.
+    future_tolerance_hours: float = Field(default=24.0, ge=0)
+    # Columns dropped from users and items before anything is stored (and from quarantined raw rows).
+    pii_columns: list[str] = Field(
+        default_factory=lambda: [
+            "email", "name", "first_name", "last_name", "full_name", "phone", "mobile", "address",
+            "street", "ip", "ip_address", "birth_date", "date_of_birth",
+        ]
+    )  # fmt: skip
+    # Replace user ids by a keyed hash (HMAC-SHA256); the key is read from this environment variable.
+    pseudonymise_user_ids: bool = False
+    pseudonym_key_env: str = "MARKETLAKE_PSEUDONYM_KEY"
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
+    landing: LandingConfig = Field(default_factory=LandingConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+    def with_lake_root(self, root: str) -> Config:
+        return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})
 
 
 # Named environment variables and the key each overrides.
@@ -126,3 +170,18 @@ def _describe(exc: ValidationError, path: Any) -> str:
         message = f"bad value for '{key}': {first['msg']} (got {first.get('input')!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"config{f' {path}' if path else ''}: {message}{more}"
+
+
+def landing_root(config: Config) -> str:
+    """Where raw files arrive: landing.root, or <lake root>/landing."""
+    if config.landing.root:
+        return config.landing.root.rstrip("/")
+    root = config.lake.root
+    if "://" not in root and not root.startswith("file:"):
+        root = os.path.abspath(root)
+    return f"{root.rstrip('/')}/landing"
+
+
+def shop_root(config: Config) -> str:
+    """The folder `generate` writes its shop to by default, and `ingest` reads by default."""
+    return f"{landing_root(config)}/{config.generate.shop}"

@@ -115,7 +115,7 @@ def main(name: str, argv: list[str] | None = None) -> int:
         args = build_parser(job).parse_args(sys.argv[1:] if argv is None else argv)
         config = load_config(args.config)
         if args.lake:
-            config = config.model_copy(update={"lake": config.lake.model_copy(update={"root": args.lake})})
+            config = config.with_lake_root(args.lake)
         job.validate(args, config)
         from marketlake.java import ensure_java
 

@@ -67,6 +67,10 @@ def build_session(config: Config) -> SparkSession:
         active.sparkContext.setLogLevel(config.spark.log_level)
         return active
     submitted = submitted_settings()
+    if submitted.get("spark.master", config.spark.master).startswith("local"):
+        # Local Python workers run the driver's interpreter (the venv with marketlake), not python3 on PATH;
+        # PySpark reads this variable when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in session_defaults(config, submitted).items():
         if key not in submitted:

@@ -1,0 +1,271 @@
+"""Benchmark: the `ingest` job on the generator's JSON events against plain Spark, in one run.
+
+Generates a synthetic shop once (`marketlake.generate.generate_shop`: users = events / 100, 2,000 items,
+seed 7, ending on 2024-06-30), then times, on the same files and in the same Spark session:
+- baseline: `spark.read.json(events_dir).write.parquet(dir)`, plain Spark with its schema inference, as a
+  user would write it;
+- ingest: the real job (`marketlake.runner.run_job(get_job("ingest"), ...)` with `--source events_dir
+  --entity events --run-date 2024-06-30`) into a fresh, empty lake each time: bronze.events,
+  silver.events, quarantine.events, ops.ingested_files and the ops.job_runs row.
+
+After an untimed warm-up of both sides on one day's files, baseline and ingest runs alternate, in
+swapped order from one repeat to the next (B I, I B, ...); each figure is the median over --repeat runs.
+The machine is shared, so compare the ratio, not the absolute seconds: ratio = ingest events/s /
+baseline events/s, measured in the same run. The goal (the ingest issue) is a ratio of at least 0.7 at
+10^6 events. Every ingest run must exit 0 and its counts in ops.job_runs must conserve records (read =
+accepted + rejected + duplicates = the lines generated). The job's own step log (one line per step with
+its seconds) is captured and shown as a breakdown of where ingest time goes.
+
+    python bench/ingest.py [--events N] [--repeat R] [--keep DIR]
+
+--keep DIR works in DIR and leaves the shop and the last lake there; a shop generated there before for
+the same --events is reused. The last line of stdout is a JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+END_DATE = dt.date(2024, 6, 30)
+ITEMS = 2_000
+SEED = 7
+GOAL = 0.7
+# One step line of the job log: "ingest | events: read, validate, deduplicate | rows=123 11.55s".
+STEP_LINE = re.compile(r"^ingest \| (?P<step>.+?) \|(?: rows=(?P<rows>\d+))?.*? (?P<seconds>\d+\.\d+)s$")
+# Lines of the runner, not steps: the start line and the closing one with the whole run's seconds.
+NOT_STEPS = ("start", "succeeded", "failed")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class IngestFailed(Exception):
+    pass
+
+
+class StepLog(logging.Handler):
+    """Collects the job's step lines (logger "marketlake") and echoes every line to stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.steps: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        log(f"    {record.name}: {message}")
+        match = STEP_LINE.match(message)
+        if match and match["step"] not in NOT_STEPS:
+            step = match["step"]
+            if step.startswith("events: list "):
+                step = "events: list source files"
+            self.steps.append((step, float(match["seconds"])))
+
+
+def files_under(folder: str) -> tuple[int, int]:
+    """(files, bytes) under `folder`, hidden names (_x, .x) excluded as Spark does."""
+    files = size = 0
+    for parent, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+        for name in names:
+            if not name.startswith(("_", ".")):
+                files += 1
+                size += os.path.getsize(os.path.join(parent, name))
+    return files, size
+
+
+def shop(spark, events: int, work: str) -> tuple[str, int]:
+    """The shop's events folder and its number of lines; generates it unless `work` holds it already."""
+    from marketlake.generate import ShopSpec, generate_shop
+
+    spec = ShopSpec(users=max(10, events // 100), items=ITEMS, events=events, seed=SEED, end_date=END_DATE)
+    out = os.path.join(work, "shop")
+    marker = os.path.join(work, "shop.json")
+    wanted = {"users": spec.users, "items": spec.items, "events": spec.events, "seed": spec.seed,
+              "end_date": spec.end_date.isoformat()}  # fmt: skip
+    if os.path.exists(marker):
+        with open(marker) as f:
+            saved = json.load(f)
+        if saved["spec"] == wanted:
+            log(f"reusing the shop in {out}")
+            return os.path.join(out, "events"), saved["lines"]
+    log(f"generating the shop: {spec}")
+    started = time.perf_counter()
+    counts = generate_shop(spark, spec, out)
+    log(f"generated {counts['events']:,} event lines in {time.perf_counter() - started:.1f} s")
+    with open(marker, "w") as f:
+        json.dump({"spec": wanted, "lines": counts["events"]}, f)
+    return os.path.join(out, "events"), counts["events"]
+
+
+def run_baseline(spark, events_dir: str, out: str) -> float:
+    started = time.perf_counter()
+    spark.read.json(events_dir).write.mode("overwrite").parquet(out)
+    return time.perf_counter() - started
+
+
+def run_ingest(spark, config, events_dir: str, lake_root: str) -> tuple[float, dict[str, int], str]:
+    """Seconds of one ingest run into a fresh lake, its counts from ops.job_runs, and what it printed."""
+    from marketlake.jobs import get_job
+    from marketlake.lake import Lake
+    from marketlake.runner import build_parser, run_job
+
+    shutil.rmtree(lake_root, ignore_errors=True)
+    job = get_job("ingest")
+    args = build_parser(job).parse_args([
+        "--source", events_dir, "--entity", "events", "--run-date", END_DATE.isoformat(), "--lake", lake_root,
+    ])  # fmt: skip
+    lake = Lake(spark, config.lake, lake_root)
+    printed = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        code = run_job(job, args, spark, config, lake)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise IngestFailed(f"ingest exited with {code}")
+    rows = lake.read("ops.job_runs").select("counts").collect()
+    if len(rows) != 1:
+        raise IngestFailed(f"ops.job_runs holds {len(rows)} rows in a fresh lake, not 1")
+    return seconds, dict(rows[0]["counts"]), printed.getvalue()
+
+
+def check_counts(counts: dict[str, int], lines: int) -> None:
+    read, accepted = counts["events.records_read"], counts["events.accepted"]
+    rejected, duplicates = counts["events.rejected"], counts["events.duplicates"]
+    if read != accepted + rejected + duplicates:
+        raise IngestFailed(f"counts do not add up: {read} read != {accepted} + {rejected} + {duplicates}")
+    if read + counts.get("events.blank_lines", 0) != lines:
+        raise IngestFailed(f"ingest read {read} records, the generator wrote {lines} lines")
+
+
+def step_table(runs: list[list[tuple[str, float]]], totals: list[float]) -> list[str]:
+    """One line per step: its seconds in each ingest run, and its share of the median run."""
+    middle = sorted(range(len(totals)), key=lambda k: totals[k])[(len(totals) - 1) // 2]
+    other = "(outside the steps: ops.job_runs row)"
+    names = [name for name, _ in runs[middle]]
+    width = max(len(name) for name in [*names, other])
+    table = {name: [dict(run).get(name, float("nan")) for run in runs] for name in names}
+    table[other] = [total - sum(s for _, s in run) for run, total in zip(runs, totals, strict=True)]
+    table["total"] = totals
+    head = " ".join(f"{f'run {k + 1}':>8}" for k in range(len(totals)))
+    lines = [f"  {'step':<{width}} {head}   share of run {middle + 1} (median)"]
+    for name, seconds in table.items():
+        share = f"   {100 * seconds[middle] / totals[middle]:6.1f} %" if name != "total" else ""
+        lines.append(f"  {name:<{width}} " + " ".join(f"{s:8.2f}" for s in seconds) + share)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="event lines (default 1000000)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each side (default 3)")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.events < 1_000 or args.repeat < 1:
+        parser.error("--events must be at least 1000 and --repeat at least 1")
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+    import pyspark
+
+    from marketlake.config import load_config
+    from marketlake.java import ensure_java
+    from marketlake.spark import build_session
+
+    work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="marketlake-bench-ingest-")
+    os.makedirs(work, exist_ok=True)
+    handler = StepLog()
+    logger = logging.getLogger("marketlake")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    spark = None
+    try:
+        config = load_config(None)
+        ensure_java()
+        log(f"starting Spark (master {config.spark.master})")
+        spark = build_session(config)
+        events_dir, lines = shop(spark, args.events, work)
+        files, size = files_under(events_dir)
+
+        day = os.path.join(events_dir, sorted(os.listdir(events_dir))[0])
+        log(f"warm-up (untimed): both sides on {day}")
+        run_baseline(spark, day, os.path.join(work, "warmup"))
+        run_ingest(spark, config, day, os.path.join(work, "warmup-lake"))
+
+        baseline: list[float] = []
+        ingest: list[float] = []
+        steps: list[list[tuple[str, float]]] = []
+        counts: dict[str, int] = {}
+        summary_text = ""
+        for repeat in range(args.repeat):
+            sides = ["baseline", "ingest"] if repeat % 2 == 0 else ["ingest", "baseline"]
+            for side in sides:
+                log(f"repeat {repeat + 1}: {side}")
+                if side == "baseline":
+                    seconds = run_baseline(spark, events_dir, os.path.join(work, "baseline"))
+                    baseline.append(seconds)
+                else:
+                    handler.steps = []
+                    lake_root = os.path.join(work, "lake")
+                    seconds, counts, summary_text = run_ingest(spark, config, events_dir, lake_root)
+                    check_counts(counts, lines)
+                    ingest.append(seconds)
+                    steps.append(handler.steps)
+                log(f"repeat {repeat + 1}: {side} {seconds:.2f} s")
+        baseline_rows = spark.read.parquet(os.path.join(work, "baseline")).count()
+        cores, parallelism = os.cpu_count(), spark.sparkContext.defaultParallelism
+        master = spark.sparkContext.master
+    except IngestFailed as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        logger.removeHandler(handler)
+        if spark is not None:
+            spark.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    b, i = statistics.median(baseline), statistics.median(ingest)
+    ratio = (lines / i) / (lines / b)
+    print(f"marketlake ingest benchmark: {lines:,} event lines in {files} JSON files ({size / 1e6:.1f} MB), "
+          f"{cores} cores (os.cpu_count), master {master}, Spark default parallelism {parallelism}")
+    print(f"pyspark {pyspark.__version__}, Python {sys.version.split()[0]}; {args.repeat} repeats, medians; "
+          f"baseline wrote {baseline_rows:,} rows")
+    print(summary_text.strip())
+    print("  counts: " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    print()
+    header = f"{'side':<10} {'median s':>9} {'events/s':>10}   all runs (s, in run order)"
+    print(header)
+    print("-" * len(header))
+    for side, runs in (("baseline", baseline), ("ingest", ingest)):
+        m = statistics.median(runs)
+        print(f"{side:<10} {m:9.2f} {lines / m:10,.0f}   " + " ".join(f"{s:.2f}" for s in runs))
+    print()
+    verdict = "meets" if ratio >= GOAL else "below"
+    print(f"ratio = ingest events/s / baseline events/s = {ratio:.2f} ({verdict} the goal of {GOAL})")
+    best = min(baseline) / min(ingest)
+    print(f"ratio from the fastest run of each side: {best:.2f}")
+    print()
+    print("where ingest time goes (seconds per step, from the job's step log):")
+    for line in step_table(steps, ingest):
+        print(line)
+    summary = {"events": lines, "baseline_s": round(b, 3), "ingest_s": round(i, 3), "ratio": round(ratio, 4)}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

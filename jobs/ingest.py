@@ -1,0 +1,8 @@
+"""ingest job: see `marketlake.jobs.ingest` (run with ./spark-submit.sh ingest --help)."""
+
+import sys
+
+from marketlake.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main("ingest"))

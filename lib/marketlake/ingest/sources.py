@@ -1,0 +1,181 @@
+"""Finding input files and reading them as records: the input edge of ingestion.
+
+A record is one line of newline-delimited JSON, or one row of CSV or Parquet. Every record keeps its text
+as received (`_raw`: the line; for CSV and Parquet rows the row as a JSON object), its file, and its
+arrival order (file path, then position in the file), which decides which of two records with one key
+came first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from marketlake.errors import ConfigError, UsageError
+from marketlake.mapping import CANONICAL, SourceMapping
+
+# Names Spark and Hadoop skip, and we too: _SUCCESS, .crc files, _staging folders, hidden files.
+HIDDEN = re.compile(r"^[._]")
+CORRUPT = "_corrupt_record"
+IDENTIFIER = re.compile(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # as Spark names it in _metadata.file_path (a URI)
+    size: int
+    modified_ms: int
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path and not path.startswith("file:")
+
+
+def check_local_source(source: str) -> None:
+    """Before Spark starts: a local source must exist, hold files, not all empty, all readable."""
+    if not is_local(source):
+        return
+    if not os.path.exists(source):
+        raise UsageError(f"source not found: {source}")
+    files = [source] if os.path.isfile(source) else [
+        os.path.join(folder, name)
+        for folder, dirs, names in os.walk(source)
+        for name in names
+        if not HIDDEN.match(name) and not any(HIDDEN.match(part) for part in os.path.relpath(folder, source).split(os.sep) if part != ".")
+    ]  # fmt: skip
+    if not files:
+        raise UsageError(f"no input files under {source}")
+    unreadable = [path for path in files if not os.access(path, os.R_OK)]
+    if unreadable:
+        raise UsageError(f"cannot read {unreadable[0]}: permission denied ({len(unreadable)} unreadable file(s))")
+    if all(os.path.getsize(path) == 0 for path in files):
+        raise UsageError(f"input is empty: {len(files)} file(s) under {source}, all of 0 bytes")
+
+
+def list_source_files(spark: SparkSession, source: str) -> list[SourceFile]:
+    """The files under `source` (a file, or a folder searched recursively), with Hadoop's view of their
+    size and modification time, sorted by path. Hidden names (_x, .x) are skipped, as Spark does."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(source)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hadoop_path):
+        raise UsageError(f"source not found: {source}")
+    root = fs.getFileStatus(hadoop_path)
+    found: list[SourceFile] = []
+    if root.isFile():
+        statuses = [root]
+    else:
+        statuses = []
+        iterator = fs.listFiles(hadoop_path, True)
+        base = len(fs.makeQualified(hadoop_path).toUri().getPath().rstrip("/"))
+        while iterator.hasNext():
+            status = iterator.next()
+            relative = status.getPath().toUri().getPath()[base:]
+            if not any(HIDDEN.match(part) for part in relative.split("/") if part):
+                statuses.append(status)
+    for status in statuses:
+        found.append(SourceFile(
+            fs.makeQualified(status.getPath()).toUri().toString(), status.getLen(), status.getModificationTime(),
+        ))  # fmt: skip
+    if not found:
+        raise UsageError(f"no input files under {source}")
+    if all(f.size == 0 for f in found):
+        raise UsageError(f"input is empty: {len(found)} file(s) under {source}, all of 0 bytes")
+    return sorted(found, key=lambda f: f.path)
+
+
+def referenced_columns(mapping: SourceMapping) -> tuple[list[str], list[str]]:
+    """(source columns the mapping names directly, identifiers in its expressions). The first must exist
+    in the source; the second may (they could be function names)."""
+    direct: list[str] = []
+    loose: list[str] = []
+    for canonical in CANONICAL[mapping.entity]:
+        given = mapping.source_of(canonical)
+        if given is None:
+            loose.append(canonical)
+        elif given.column is not None:
+            direct.append(given.column)
+        elif given.expr is not None:
+            loose += _identifiers(given.expr)
+    if mapping.entity == "events":
+        (loose if mapping.source_of("ts") else direct).append(mapping.timestamp.column)
+        direct += mapping.event_id or []
+    for rule in mapping.exclude:
+        loose += _identifiers(rule.when)
+    return list(dict.fromkeys(direct)), [c for c in dict.fromkeys(loose) if c not in direct]
+
+
+def _identifiers(expression: str) -> list[str]:
+    without_strings = re.sub(r"'(?:[^'\\]|\\.)*'", "''", expression)
+    return [quoted or bare for quoted, bare in IDENTIFIER.findall(without_strings)]
+
+
+def read_records(spark: SparkSession, files: list[SourceFile], mapping: SourceMapping, fmt: str) -> tuple[DataFrame, list[str]]:
+    """One row per record of `files`: the META columns of marketlake.ingest.transform and the source
+    fields as text columns; returns it with the names of the source columns."""
+    paths = [f.path for f in files]
+    direct, loose = referenced_columns(mapping)
+    if fmt == "json":
+        fields = list(dict.fromkeys(direct + loose))
+        schema = T.StructType([T.StructField(name, T.StringType()) for name in fields] + [T.StructField(CORRUPT, T.StringType())])
+        lines = _with_arrival(spark.read.text(paths))
+        parsed = lines.withColumn(
+            "_fields", F.from_json("value", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+        )
+        malformed = F.col("_fields").isNull() | F.col(f"_fields.{CORRUPT}").isNotNull()
+        records = parsed.select(
+            F.col("value").alias("_raw"), *_meta_columns(), malformed.alias("_malformed"),
+            *[F.col("_fields").getField(name).alias(name) for name in fields],
+        )  # fmt: skip
+        return records, fields
+    if fmt == "csv":
+        options = mapping.csv
+        reader = spark.read.options(sep=options.delimiter, quote=options.quote, encoding=options.encoding, escape=options.quote)
+        names = options.names or _csv_header(reader, paths[0])
+        schema = T.StructType([T.StructField(name, T.StringType()) for name in names] + [T.StructField(CORRUPT, T.StringType())])
+        frame = reader.options(header=options.header, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT).schema(schema).csv(paths)
+    elif fmt == "parquet":
+        frame = spark.read.parquet(*paths)
+        names = frame.columns
+        frame = frame.select(*[F.col(f"`{n}`").cast("string").alias(n) for n in names], F.lit(None).cast("string").alias(CORRUPT))
+    else:
+        raise UsageError(f"unknown format {fmt!r}; formats: json, csv, parquet")
+    missing = [name for name in direct if name not in names]
+    if missing:
+        raise ConfigError(f"mapping {mapping.name}: column {missing[0]!r} is not in the source (columns: {', '.join(names)})")
+    as_json = F.to_json(F.struct(*[F.col(f"`{n}`") for n in names]))
+    records = _with_arrival(frame).select(
+        F.coalesce(F.col(CORRUPT), as_json).alias("_raw"), *_meta_columns(), F.col(CORRUPT).isNotNull().alias("_malformed"),
+        *[F.col(f"`{n}`") for n in names],
+    )  # fmt: skip
+    return records, list(names)
+
+
+def _csv_header(reader: Any, path: str) -> list[str]:
+    first = reader.option("header", True).csv(path).columns
+    return [name.strip() for name in first]
+
+
+def _with_arrival(frame: DataFrame) -> DataFrame:
+    """Adds the file and position of each record, taken at the scan (before any shuffle): within a
+    file split rows keep their order, and monotonically_increasing_id grows along a task's rows."""
+    return frame.select(
+        "*",
+        F.col("_metadata.file_path").alias("_source_file"),
+        F.col("_metadata.file_size").alias("_source_size"),
+        F.col("_metadata.file_block_start").alias("_arrival_block"),
+        F.monotonically_increasing_id().alias("_arrival_row"),
+    )
+
+
+def _meta_columns() -> list:
+    return [
+        F.col("_source_file"), F.col("_source_size"), F.col("_source_file").alias("_arrival_file"),
+        F.col("_arrival_block"), F.col("_arrival_row"),
+    ]  # fmt: skip

@@ -1,0 +1,162 @@
+"""Source mappings: how a foreign file format becomes marketlake's events, users or items, as data.
+
+A mapping is a YAML file (`conf/sources/NAME.yaml`; the built-in ones also ship inside the package, so
+`--mapping NAME` works under spark-submit too). Every canonical column is taken from a source column, a
+Spark SQL expression over the source columns, or a constant:
+
+    name: online_retail
+    entity: events
+    format: csv
+    csv: {header: true, delimiter: ","}
+    columns:
+      order_id: InvoiceNo                                   # a source column
+      user_id: {expr: "regexp_replace(CustomerID, '\\\\.0$', '')"}   # an expression
+      event_type: {value: purchase}                         # a constant
+    event_id: [InvoiceNo, StockCode, InvoiceDate, Quantity] # no id in the source: a hash of these columns
+    timestamp: {column: InvoiceDate, formats: ["yyyy-MM-dd HH:mm:ss", "M/d/yyyy H:mm"], timezone: Europe/London}
+    exclude:                                                # deliberate exclusions, quarantined and counted
+      - {reason: cancellation, when: "InvoiceNo LIKE 'C%'"}
+
+Every source column is read as text, so a mapping decides all typing; a column the mapping does not
+name is kept in bronze's raw record only.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from marketlake.errors import ConfigError
+
+Entity = Literal["events", "users", "items"]
+Format = Literal["json", "csv", "parquet"]
+
+# Canonical columns per entity, in the order silver stores them.
+EVENT_COLUMNS = (
+    "event_id", "user_id", "item_id", "event_type", "ts", "session_id", "order_id", "quantity", "price",
+    "channel", "campaign_id", "experiment_id", "variant", "rating",
+)  # fmt: skip
+USER_COLUMNS = ("user_id", "signup_date", "age", "gender", "region")
+ITEM_COLUMNS = ("item_id", "category", "brand", "price", "title", "active")
+CANONICAL = {"events": EVENT_COLUMNS, "users": USER_COLUMNS, "items": ITEM_COLUMNS}
+KEYS = {"events": "event_id", "users": "user_id", "items": "item_id"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSource(Strict):
+    """Exactly one of: column (a source column), expr (Spark SQL over source columns), value (a constant)."""
+
+    column: str | None = None
+    expr: str | None = None
+    value: str | int | float | bool | None = None
+
+    def model_post_init(self, _context) -> None:
+        given = [name for name in ("column", "expr", "value") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of column, expr, value (got {given or 'none'})")
+
+
+class CsvOptions(Strict):
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    encoding: str = "UTF-8"
+    # Column names for files without a header line.
+    names: list[str] | None = None
+
+
+class TimestampOptions(Strict):
+    column: str = "ts"
+    # Spark datetime patterns tried in order; empty: ISO-8601 (with or without a zone).
+    formats: list[str] = Field(default_factory=list)
+    # The zone of timestamps that carry none (ISO strings with Z or +hh:mm keep theirs).
+    timezone: str | None = None
+    # Numbers since the Unix epoch instead of text.
+    unit: Literal["seconds", "milliseconds"] | None = None
+
+
+class Exclusion(Strict):
+    reason: str
+    when: str
+
+    @field_validator("reason")
+    @classmethod
+    def _machine_readable(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum():
+            raise ValueError("a reason is letters, digits and underscores")
+        return value
+
+
+class SourceMapping(Strict):
+    name: str
+    entity: Entity = "events"
+    format: Format = "json"
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+    # Canonical column -> source. Canonical columns not named here are taken from a source column of the
+    # same name when there is one.
+    columns: dict[str, str | ColumnSource] = Field(default_factory=dict)
+    # Source columns whose values, hashed, make the event id when the source has none.
+    event_id: list[str] | None = None
+    timestamp: TimestampOptions = Field(default_factory=TimestampOptions)
+    # Value translations per canonical column, e.g. event_type: {addtocart: add_to_cart}.
+    values: dict[str, dict[str, str]] = Field(default_factory=dict)
+    exclude: list[Exclusion] = Field(default_factory=list)
+
+    def model_post_init(self, _context) -> None:
+        allowed = set(CANONICAL[self.entity])
+        unknown = sorted(set(self.columns) - allowed)
+        if unknown:
+            raise ValueError(f"no canonical {self.entity} column {unknown[0]!r}; columns: {', '.join(sorted(allowed))}")
+        if self.event_id is not None and self.entity != "events":
+            raise ValueError("event_id applies to events only")
+
+    def source_of(self, canonical: str) -> ColumnSource | None:
+        """Where a canonical column comes from, or None when the mapping does not say."""
+        given = self.columns.get(canonical)
+        if given is None:
+            return None
+        return ColumnSource(column=given) if isinstance(given, str) else given
+
+
+BUILT_IN = {"shop_events": "events", "shop_users": "users", "shop_items": "items"}
+
+
+def built_in_names() -> list[str]:
+    folder = resources.files("marketlake").joinpath("mappings")
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def load_mapping(name_or_path: str) -> SourceMapping:
+    """A mapping from a YAML path, or by name from the built-in ones (conf/sources/NAME.yaml)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"mapping file not found: {name_or_path}")
+        text, source = path.read_text(), str(path)
+    else:
+        resource = resources.files("marketlake").joinpath("mappings", f"{name_or_path}.yaml")
+        if not resource.is_file():
+            raise ConfigError(
+                f"no mapping named {name_or_path!r}; built-in: {', '.join(built_in_names())} (or give a YAML path)"
+            )
+        text, source = resource.read_text(), f"built-in mapping {name_or_path}"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a mapping is a YAML mapping of keys")
+    try:
+        return SourceMapping.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "mapping"
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{source}: {key}: {message}") from None
