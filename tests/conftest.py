@@ -56,3 +56,27 @@ def lake(request, spark, config, lake_root):
         if not available:
             pytest.skip(f"delta-spark engine: {why} (Maven is unreachable here, so the jars cannot be had)")
     return Lake(spark, config.lake.model_copy(update={"engine": request.param}), lake_root)
+
+
+DEMO_END = "2024-06-30"
+
+
+@pytest.fixture(scope="session")
+def demo_shop(spark, tmp_path_factory):
+    """The demo shop (2,000 users, 300 items, 200,000 events ending 2024-06-30, seed 42), generated and
+    ingested once for the whole run: (shop folder with truth/, generator counts, lake root).
+
+    Shared: tests must not write into this lake. A test that runs a job copies it first
+    (`shutil.copytree(root, tmp_path / "lake")`), or builds its own in a module fixture."""
+    import datetime as dt
+
+    from marketlake.generate import ShopSpec, generate_shop
+    from marketlake.runner import main
+
+    shop = tmp_path_factory.mktemp("demo-shop")
+    counts = generate_shop(spark, ShopSpec.demo(end_date=dt.date.fromisoformat(DEMO_END)), str(shop))
+    root = tmp_path_factory.mktemp("demo-lake")
+    for entity, source in (("items", "items.csv"), ("users", "users.csv"), ("events", "events")):
+        code = main("ingest", ["--lake", str(root), "--run-date", DEMO_END, "--entity", entity, "--source", str(shop / source)])
+        assert code == 0, f"ingest {entity} failed"
+    return shop, counts, str(root)

@@ -161,6 +161,17 @@ def test_no_pii_reaches_silver(ingested, shop):
         assert frame.filter(F.greatest(*[F.coalesce(F.col(c).contains("@"), F.lit(False)) for c in strings])).count() == 0
 
 
+def test_pii_columns_stay_out_of_quarantined_rows(spark, config, tmp_path):
+    source = tmp_path / "users.csv"
+    source.write_text("user_id,email,Phone,region\nu1,a@example.com,555-0101,north\n,b@example.com,555-0102,south\n")
+    root = str(tmp_path / "lake")
+    assert main("ingest", ["--lake", root, "--entity", "users", "--source", str(source)]) == 0
+    lake = Lake(spark, config.lake, root)
+    (row,) = lake.read("quarantine.users").collect()
+    assert row.reason == "missing:user_id" and json.loads(row.raw) == {"region": "south"}
+    assert lake.read("silver.users").columns[:5] == ["user_id", "signup_date", "age", "gender", "region"]
+
+
 def test_users_and_items_are_typed(ingested, shop):
     out, _ = shop
     users = ingested.read("silver.users")

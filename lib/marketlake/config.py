@@ -82,12 +82,48 @@ class IngestConfig(Section):
     pseudonym_key_env: str = "MARKETLAKE_PSEUDONYM_KEY"
 
 
+class FeaturesConfig(Section):
+    """gold.user_features (issue 4)."""
+
+    # Events older than this many days before the run date are left out of the features.
+    lookback_days: int = Field(default=365, ge=1)
+
+
+class SegmentConfig(Section):
+    """KMeans segments (issue 4)."""
+
+    features: list[str] = Field(
+        default_factory=lambda: [
+            "recency_days", "frequency", "monetary", "views", "clicks", "carts", "purchases", "ctr",
+            "purchase_rate",
+        ]
+    )  # fmt: skip
+    # Fixed k, or null to choose k by silhouette over k_min..k_max.
+    k: int | None = Field(default=None, ge=2)
+    k_min: int = Field(default=2, ge=2)
+    k_max: int = Field(default=8, ge=2)
+    seed: int = 42
+
+
+class RulesConfig(Section):
+    """FPGrowth association rules (issue 4)."""
+
+    basket: Literal["order", "session"] = "order"
+    min_support: float = Field(default=0.01, gt=0, le=1)
+    min_confidence: float = Field(default=0.2, gt=0, le=1)
+    min_lift: float = Field(default=1.0, ge=0)
+    top_n: int = Field(default=10, ge=1)
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     landing: LandingConfig = Field(default_factory=LandingConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})

@@ -131,7 +131,7 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
 def records_for(spark, files: list[SourceFile], request: IngestRequest, settings: IngestConfig, run_date: dt.date, lake) -> DataFrame:
     """The classified records of `files`: the pure part of ingestion, composed."""
     entity, mapping = request.entity, request.mapping
-    records, source_columns = read_records(spark, files, mapping, request.format)
+    records, source_columns = read_records(spark, files, mapping, request.format, settings.pii_columns)
     id_hash = derived_id
     pseudonymise = None
     if settings.pseudonymise_user_ids:

@@ -116,9 +116,12 @@ def _identifiers(expression: str) -> list[str]:
     return [quoted or bare for quoted, bare in IDENTIFIER.findall(without_strings)]
 
 
-def read_records(spark: SparkSession, files: list[SourceFile], mapping: SourceMapping, fmt: str) -> tuple[DataFrame, list[str]]:
+def read_records(
+    spark: SparkSession, files: list[SourceFile], mapping: SourceMapping, fmt: str, pii_columns: list[str]
+) -> tuple[DataFrame, list[str]]:
     """One row per record of `files`: the META columns of marketlake.ingest.transform and the source
-    fields as text columns; returns it with the names of the source columns."""
+    fields as text columns; returns it with the names of the source columns. The raw text of a CSV or
+    Parquet row leaves out the columns named in `pii_columns` (any case)."""
     paths = [f.path for f in files]
     direct, loose = referenced_columns(mapping)
     if fmt == "json":
@@ -149,7 +152,8 @@ def read_records(spark: SparkSession, files: list[SourceFile], mapping: SourceMa
     missing = [name for name in direct if name not in names]
     if missing:
         raise ConfigError(f"mapping {mapping.name}: column {missing[0]!r} is not in the source (columns: {', '.join(names)})")
-    as_json = F.to_json(F.struct(*[F.col(f"`{n}`") for n in names]))
+    private = {name.lower() for name in pii_columns}
+    as_json = F.to_json(F.struct(*[F.col(f"`{n}`") for n in names if n.lower() not in private]))
     records = _with_arrival(frame).select(
         F.coalesce(F.col(CORRUPT), as_json).alias("_raw"), *_meta_columns(), F.col(CORRUPT).isNotNull().alias("_malformed"),
         *[F.col(f"`{n}`") for n in names],

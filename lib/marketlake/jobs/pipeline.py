@@ -57,7 +57,10 @@ def run(ctx: JobContext, args) -> dict[str, int]:
         forwarded = ["--run-date", ctx.run_date.isoformat(), "--lake", ctx.lake.root]
         if args.config:
             forwarded += ["--config", args.config]
-        sub_args = build_parser(job).parse_args(forwarded)
+        parser = build_parser(job)
+        if args.force and "--force" in parser._option_string_actions:  # e.g. ingest re-reads its files
+            forwarded.append("--force")
+        sub_args = parser.parse_args(forwarded)
         job.validate(sub_args, ctx.config)
         code = run_job(job, sub_args, ctx.spark, ctx.config, ctx.lake)
         if code:
