@@ -98,21 +98,38 @@ class SegmentConfig(Section):
             "purchase_rate",
         ]
     )  # fmt: skip
+    # Features put through log1p before scaling: the heavy-tailed counts and money (others are only scaled).
+    log_features: list[str] = Field(
+        default_factory=lambda: [
+            "frequency", "monetary", "avg_order_value", "views", "clicks", "carts", "purchases", "sessions",
+            "active_days",
+        ]
+    )  # fmt: skip
     # Fixed k, or null to choose k by silhouette over k_min..k_max.
     k: int | None = Field(default=None, ge=2)
     k_min: int = Field(default=2, ge=2)
     k_max: int = Field(default=8, ge=2)
     seed: int = 42
+    # KMeans runs per k, with seeds seed, seed+1, ...; the run with the lowest cost is kept.
+    runs: int = Field(default=5, ge=1)
+    max_iter: int = Field(default=50, ge=1)
 
 
 class RulesConfig(Section):
     """FPGrowth association rules (issue 4)."""
 
     basket: Literal["order", "session"] = "order"
+    # With basket: session, the events whose items make a session's basket (exposures are left out: the
+    # shop, not the shopper, picks their item).
+    session_event_types: list[str] = Field(
+        default_factory=lambda: ["view", "click", "add_to_cart", "purchase"], min_length=1
+    )
     min_support: float = Field(default=0.01, gt=0, le=1)
     min_confidence: float = Field(default=0.2, gt=0, le=1)
     min_lift: float = Field(default=1.0, ge=0)
     top_n: int = Field(default=10, ge=1)
+    # The guard: stop before fitting when an upper bound on the frequent itemsets exceeds this.
+    max_itemsets: int = Field(default=1_000_000, ge=1)
 
 
 class Config(Section):

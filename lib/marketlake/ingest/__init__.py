@@ -38,6 +38,7 @@ from marketlake.ingest.transform import (
     SILVER_COLUMNS,
     classify,
     derived_id,
+    key_facts,
     map_columns,
     validate_events,
     validate_items,
@@ -49,6 +50,9 @@ log = logging.getLogger("marketlake.ingest")
 
 MANIFEST = "ops.ingested_files"
 LINEAGE = ["source_file", "batch_id", "ingested_at"]
+# Up to this many keys to decide (repeated in the batch or already in silver) are joined to the records
+# by broadcast, keeping them unshuffled; more (a forced re-ingest of a large batch) take a shuffle join.
+BROADCAST_KEYS = 500_000
 # How many distinct rejection reasons the counts name one by one (the rest are summed as "other").
 REASONS_NAMED = 20
 
@@ -100,17 +104,27 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
         return IngestResult(entity, counts)
 
     ingested_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    classified = (
-        records_for(spark, new, request, settings, ctx.run_date, lake)
+    validated = (
+        validated_records(spark, new, request, settings, ctx.run_date)
         .withColumn("batch_id", F.lit(ctx.run_id))
         .withColumn("ingested_at", F.lit(ingested_at).cast("timestamp"))
         .withColumn("ingest_date", F.lit(ctx.run_date))
     ).persist(StorageLevel.MEMORY_AND_DISK)
+    facts = None
     try:
         with ctx.step(f"{entity}: read, validate, deduplicate") as step:
-            tally = classified.groupBy("_outcome", "_reason").count().collect()  # one row per outcome and reason
+            table = silver_table(entity)
+            existing = lake.read(table) if lake.exists(table) else None
+            facts = validated.transform(key_facts(entity, existing)).persist(StorageLevel.MEMORY_AND_DISK)
+            keys_to_decide = facts.count()
+            classified = validated.transform(
+                classify(entity, facts, conflicts_with_existing=entity == "events", broadcast=keys_to_decide <= BROADCAST_KEYS)
+            )
+            # One row per file, outcome and reason: the counts, and the records of each file.
+            tally = classified.groupBy("_source_file", "_outcome", "_reason").count().collect()
             counts.update(summarise(tally))
             step.rows = counts["records_read"]
+            step.detail = f"records ({keys_to_decide:,} keys repeated or already in {table})"
         if entity == "events":
             with ctx.step("events: bronze.events") as step:
                 step.rows = write_bronze(lake, classified)
@@ -122,14 +136,21 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
             step.rows = write_quarantine(lake, entity, rejected) if counts["rejected"] else 0
             counts["quarantined_new"] = step.rows
         with ctx.step(f"{entity}: {MANIFEST}") as step:
-            step.rows = record_files(spark, lake, classified, new, entity, mapping.name, ctx.run_id, ctx.run_date, ingested_at)
+            per_file: dict[str, int] = {}
+            for row in tally:
+                if row["_outcome"] != BLANK:
+                    per_file[row["_source_file"]] = per_file.get(row["_source_file"], 0) + row["count"]
+            step.rows = record_files(spark, lake, per_file, new, entity, mapping.name, ctx.run_id, ctx.run_date, ingested_at)
     finally:
-        classified.unpersist()
+        validated.unpersist()
+        if facts is not None:
+            facts.unpersist()
     return IngestResult(entity, counts)
 
 
-def records_for(spark, files: list[SourceFile], request: IngestRequest, settings: IngestConfig, run_date: dt.date, lake) -> DataFrame:
-    """The classified records of `files`: the pure part of ingestion, composed."""
+def validated_records(spark, files: list[SourceFile], request: IngestRequest, settings: IngestConfig, run_date: dt.date) -> DataFrame:
+    """The records of `files`, mapped to the entity's canonical columns, typed and validated: the pure
+    part of ingestion before deduplication, composed."""
     entity, mapping = request.entity, request.mapping
     records, source_columns = read_records(spark, files, mapping, request.format, settings.pii_columns)
     id_hash = derived_id
@@ -145,9 +166,7 @@ def records_for(spark, files: list[SourceFile], request: IngestRequest, settings
         "users": lambda: validate_users(mapping),
         "items": lambda: validate_items(mapping),
     }[entity]()
-    table = silver_table(entity)
-    existing = lake.read(table) if lake.exists(table) else None
-    return mapped.transform(validate).transform(classify(entity, existing, conflicts_with_existing=entity == "events"))
+    return mapped.transform(validate)
 
 
 def summarise(tally) -> dict[str, int]:
@@ -229,12 +248,8 @@ def ingested_files(lake, entity: str, mapping: str) -> set[tuple[str, int, int]]
     return {(r.source_file, r.size, r.modified_ms) for r in rows}
 
 
-def record_files(spark, lake, classified: DataFrame, files: list[SourceFile], entity: str, mapping: str,
+def record_files(spark, lake, per_file: dict[str, int], files: list[SourceFile], entity: str, mapping: str,
                  batch_id: str, run_date: dt.date, ingested_at: dt.datetime) -> int:  # fmt: skip
-    per_file = {
-        row["_source_file"]: row["count"]
-        for row in classified.filter(F.col("_outcome") != BLANK).groupBy("_source_file").count().collect()
-    }  # one row per file
     rows = [
         (f.path, f.size, f.modified_ms, entity, mapping, per_file.get(f.path, 0), batch_id, run_date, ingested_at)
         for f in files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from marketlake.mapping import CANONICAL, KEYS, SourceMapping
@@ -142,9 +142,8 @@ def validate_events(
     mapping: SourceMapping, event_types: list[str], run_date: dt.date, future_tolerance_hours: float
 ) -> Callable[[DataFrame], DataFrame]:
     """Canonical event text -> typed silver columns and `_reason` (null for a valid event)."""
-    cutoff = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time()) + dt.timedelta(
-        hours=future_tolerance_hours
-    )
+    end_of_run_date = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    cutoff = end_of_run_date + dt.timedelta(hours=future_tolerance_hours)  # aware: any session time zone
 
     def transform(mapped: DataFrame) -> DataFrame:
         event_type = F.lower(F.col("event_type"))
@@ -229,44 +228,69 @@ def content_hash(entity: str) -> Column:
     return F.xxhash64(*[F.col(name) for name in CONTENT_COLUMNS[entity]])
 
 
-def classify(entity: str, existing: DataFrame | None, conflicts_with_existing: bool) -> Callable[[DataFrame], DataFrame]:
-    """Adds `_outcome` to validated rows: blank lines are `blank`; invalid rows are rejected with their reason; of the valid rows
-    sharing a key, the first to arrive is accepted, later ones with the same content are duplicates and
-    later ones with other content are rejected as conflicting_duplicate.
+def is_blank(raw: Column) -> Column:
+    return F.trim(raw) == ""  # an empty line of a JSON file: not a record
 
-    existing: the silver table. A key already there makes the row a duplicate when its content is equal;
-    otherwise a conflicting duplicate (events: first arrival wins), or an accepted update
-    (`conflicts_with_existing=False`: users and items, whose later versions replace earlier ones)."""
+
+def is_valid() -> Column:
+    return ~is_blank(F.col("_raw")) & F.col("_reason").isNull()
+
+
+def key_facts(entity: str, existing: DataFrame | None) -> Callable[[DataFrame], DataFrame]:
+    """Validated rows -> one narrow row per key that needs a decision beyond "accept": keys held by more
+    than one valid row of the batch (`_n`, the first arrival and its content hash), and keys the silver
+    table `existing` already holds (their content hash there). Usually a small fraction of the keys, so
+    `classify` can join it to the rows without shuffling them."""
     key = KEYS[entity]
 
     def transform(validated: DataFrame) -> DataFrame:
-        blank = F.trim(F.col("_raw")) == ""  # an empty line of a JSON file: not a record
-        blanks = validated.filter(blank).withColumn("_reason", F.lit(None).cast("string")).withColumn("_outcome", F.lit(BLANK))
-        records = validated.filter(~blank)
-        invalid = records.filter(F.col("_reason").isNotNull()).withColumn("_outcome", F.lit(REJECTED))
-        valid = records.filter(F.col("_reason").isNull()).withColumn("_hash", content_hash(entity))
-        by_arrival = Window.partitionBy(key).orderBy(*ARRIVAL)
-        valid = valid.withColumn("_rank", F.row_number().over(by_arrival)).withColumn(
-            "_first_hash", F.first("_hash").over(by_arrival)
+        valid = validated.filter(is_valid()).select(
+            key, F.struct(*ARRIVAL).alias("_arrival"), content_hash(entity).alias("_hash")
         )
-        if existing is not None:
-            known = existing.select(key, content_hash(entity).alias("_existing_hash"))
-            valid = valid.join(known, on=key, how="left")
-        else:
-            valid = valid.withColumn("_existing_hash", F.lit(None).cast("long"))
-        same_as_existing = F.col("_hash") == F.col("_existing_hash")
-        conflict = F.lit("conflicting_duplicate")
+        repeated = (
+            valid.groupBy(key)
+            .agg(F.count("*").alias("_n"), F.min("_arrival").alias("_first_arrival"),
+                 F.min_by("_hash", "_arrival").alias("_first_hash"))  # fmt: skip
+            .filter(F.col("_n") > 1)
+        )
+        if existing is None:
+            return repeated.withColumn("_existing_hash", F.lit(None).cast("long"))
+        known = existing.select(key, content_hash(entity).alias("_existing_hash")).join(
+            valid.select(key).distinct(), key, "left_semi"
+        )
+        return repeated.join(known, key, "full_outer")
+
+    return transform
+
+
+def classify(entity: str, facts: DataFrame, conflicts_with_existing: bool, broadcast: bool) -> Callable[[DataFrame], DataFrame]:
+    """Adds `_outcome` to validated rows: blank lines are `blank`; invalid rows are rejected with their
+    reason; of the valid rows sharing a key, the first to arrive is accepted, later ones with the same
+    content are duplicates and later ones with other content are rejected as conflicting_duplicate.
+
+    facts: `key_facts` of the same rows. A key already in silver makes a row a duplicate when its content
+    is equal; otherwise a conflicting duplicate (events: first arrival wins), or an accepted update
+    (`conflicts_with_existing=False`: users and items, whose later versions replace earlier ones).
+    broadcast: join the facts to every executor (no shuffle of the rows, which keeps their file order)."""
+    key = KEYS[entity]
+
+    def transform(validated: DataFrame) -> DataFrame:
+        rows = validated.join(F.broadcast(facts) if broadcast else facts, key, "left")
+        own_hash = F.when(is_valid(), content_hash(entity))
         in_silver = F.col("_existing_hash").isNotNull()
-        later = F.col("_rank") > 1
+        first = F.col("_n").isNull() | (F.struct(*ARRIVAL) == F.col("_first_arrival"))
         outcome = (
-            F.when(in_silver & same_as_existing, DUPLICATE)
+            F.when(is_blank(F.col("_raw")), BLANK)
+            .when(F.col("_reason").isNotNull(), REJECTED)
+            .when(in_silver & (own_hash == F.col("_existing_hash")), DUPLICATE)
             .when(in_silver & F.lit(conflicts_with_existing), REJECTED)
-            .when(later & (F.col("_hash") == F.col("_first_hash")), DUPLICATE)
-            .when(later, REJECTED)
-            .otherwise(ACCEPTED)
+            .when(first, ACCEPTED)
+            .when(own_hash == F.col("_first_hash"), DUPLICATE)
+            .otherwise(REJECTED)
         )
-        reason = F.when(outcome == REJECTED, conflict)
-        valid = valid.withColumn("_outcome", outcome).withColumn("_reason", reason)
-        return blanks.unionByName(invalid).unionByName(valid.drop("_hash", "_rank", "_first_hash", "_existing_hash"))
+        reason = F.coalesce(F.col("_reason"), F.when(outcome == REJECTED, F.lit("conflicting_duplicate")))
+        return rows.withColumn("_outcome", outcome).withColumn("_reason", reason).drop(
+            "_n", "_first_arrival", "_first_hash", "_existing_hash"
+        )
 
     return transform
