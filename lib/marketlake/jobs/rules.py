@@ -1,0 +1,103 @@
+"""rules: FPGrowth association rules over baskets (one per order, or per session with basket: session)
+from silver.events up to the run date, into gold.association_rules, and per item the top consequents of
+its single-item rules into gold.item_cross_sell. A guard stops before fitting when too many frequent
+itemsets are possible. Overwrites only the run date's partitions."""
+
+from __future__ import annotations
+
+import argparse
+
+from pydantic import ValidationError
+from pyspark.sql import functions as F
+
+from marketlake.config import Config, RulesConfig
+from marketlake.errors import UsageError
+from marketlake.rules import (
+    RULES_SCHEMA,
+    TooManyItemsets,
+    as_of,
+    association_rules,
+    baskets,
+    cross_sell,
+    estimate_itemsets,
+    guard_message,
+)
+from marketlake.runner import Job, JobContext
+
+RULES = "gold.association_rules"
+CROSS_SELL = "gold.item_cross_sell"
+# Command-line options that override the config's rules section (option dest = config key).
+OVERRIDES = ("basket", "min_support", "min_confidence", "min_lift", "top_n", "max_itemsets")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--basket", choices=["order", "session"], help="one basket per order or per session (default: config rules.basket)")
+    parser.add_argument("--min-support", type=float, help="share of baskets a frequent itemset is in, 0-1 (default: config)")
+    parser.add_argument("--min-confidence", type=float, help="lowest rule confidence, 0-1 (default: config)")
+    parser.add_argument("--min-lift", type=float, help="lowest rule lift (default: config, 1.0)")
+    parser.add_argument("--top-n", type=int, help="cross-sell items per item (default: config, 10)")
+    parser.add_argument("--max-itemsets", type=int, help="guard: most frequent itemsets allowed (default: config)")
+
+
+def settings(args: argparse.Namespace, config: Config) -> RulesConfig:
+    """The config's rules section with the command line's overrides."""
+    given = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
+    try:
+        return RulesConfig.model_validate({**config.rules.model_dump(), **given})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        raise UsageError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def validate(args: argparse.Namespace, config: Config) -> None:
+    settings(args, config)
+
+
+def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+    lake, rules_config = ctx.lake, settings(args, ctx.config)
+    if not lake.exists("silver.events"):
+        raise UsageError("silver.events does not exist in this lake; run ingest first")
+    kind = "orders" if rules_config.basket == "order" else "sessions"
+    with ctx.step(f"baskets: {kind} up to {ctx.run_date}") as step:
+        events = lake.read("silver.events")
+        basket_frame = events.transform(baskets(ctx.run_date, rules_config.basket, rules_config.session_event_types)).persist()
+        step.rows = n_baskets = basket_frame.count()
+    try:
+        with ctx.step("guard") as step:
+            estimate = estimate_itemsets(basket_frame, n_baskets, rules_config.min_support, rules_config.max_itemsets)
+            step.detail = estimate.describe()
+        if estimate.exceeded:
+            raise TooManyItemsets(guard_message(estimate, rules_config.min_support))
+        with ctx.step(
+            f"{RULES}: FPGrowth at support {rules_config.min_support:g}, confidence {rules_config.min_confidence:g}, "
+            f"lift {rules_config.min_lift:g}"
+        ) as step:
+            if n_baskets:
+                mined = basket_frame.transform(
+                    association_rules(rules_config.min_support, rules_config.min_confidence, rules_config.min_lift)
+                )
+            else:  # FPGrowth needs at least one basket
+                mined = ctx.spark.createDataFrame([], RULES_SCHEMA)
+            step.rows = n_rules = _overwrite(ctx, RULES, mined.transform(as_of(ctx.run_date)))
+            if not n_rules:
+                step.detail = f"no rules from {n_baskets:,} {kind}: empty partition written"
+    finally:
+        basket_frame.unpersist()
+    with ctx.step(f"{CROSS_SELL}: top {rules_config.top_n} per item") as step:
+        written = lake.read(RULES).filter(F.col("as_of_date") == F.lit(ctx.run_date))
+        step.rows = n_cross_sell = _overwrite(
+            ctx, CROSS_SELL, written.transform(cross_sell(rules_config.top_n)).transform(as_of(ctx.run_date))
+        )
+    return {
+        "baskets": n_baskets, "frequent_items": estimate.frequent_items, "itemsets_bound": estimate.bound,
+        "rules": n_rules, "cross_sell_rows": n_cross_sell,
+    }  # fmt: skip
+
+
+def _overwrite(ctx: JobContext, table: str, frame) -> int:
+    partitions = {"as_of_date": [ctx.run_date]}
+    return ctx.lake.write(table, frame, mode="overwrite", partition_by=["as_of_date"], partitions=partitions).rows
+
+
+JOB = Job(name="rules", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)
