@@ -1,0 +1,8 @@
+"""features job: see `marketlake.jobs.features` (run with ./spark-submit.sh features --help)."""
+
+import sys
+
+from marketlake.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main("features"))
