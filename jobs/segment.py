@@ -1,0 +1,8 @@
+"""segment job: see `marketlake.jobs.segment` (run with ./spark-submit.sh segment --help)."""
+
+import sys
+
+from marketlake.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main("segment"))
