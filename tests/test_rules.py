@@ -104,6 +104,7 @@ def test_online_retail_rules_equal_mlxtend_rule_for_rule(online_retail):
     assert (everything.consequents.map(len) > 1).sum() > 0
     # No rule sits within the tolerance of a threshold, so rounding cannot decide whether it is kept.
     assert (ours.confidence - 0.01).min() > TOLERANCE and (ours.lift - 1.0).min() > TOLERANCE
+    assert counts["itemsets"] == len(itemsets)
     # The guard's bound holds and is not loose here.
     assert len(itemsets) <= counts["itemsets_bound"] <= 2 * len(itemsets)
 

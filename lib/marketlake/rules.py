@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
@@ -140,36 +141,49 @@ def estimate_itemsets(baskets: DataFrame, n_baskets: int, min_support: float, li
     """Bound the number of frequent itemsets of `baskets` (basket_id, items) at `min_support`."""
     m = min_count(min_support, n_baskets)
     lines = baskets.select("basket_id", F.explode("items").alias("item"))
-    frequent = lines.groupBy("item").count().filter(F.col("count") >= m).select("item")
-    n_frequent = frequent.count()
+    with ExitStack() as cached:
+        frequent = cached.enter_context(_cached(lines.groupBy("item").count().filter(F.col("count") >= m).select("item")))
+        n_frequent = frequent.count()
 
-    def estimate(bound: int, pairs: int | None = None) -> ItemsetEstimate:
-        return ItemsetEstimate(n_baskets, m, n_frequent, pairs, bound, limit)
+        def estimate(bound: int, pairs: int | None = None) -> ItemsetEstimate:
+            return ItemsetEstimate(n_baskets, m, n_frequent, pairs, bound, limit)
 
-    if n_frequent > limit:
-        return estimate(n_frequent)
-    kept = (
-        lines.join(frequent, "item")
-        .groupBy("basket_id")
-        .agg(F.array_sort(F.collect_list("item")).alias("items"))
-        .withColumn("k", F.size("items"))
-    )
-    per_size = _histogram(kept, "k")
-    bound = level_bound(per_size, m, n_frequent, 1, limit)
-    pair_rows = sum(n * math.comb(k, 2) for k, n in per_size.items())
-    if bound <= limit or pair_rows > MAX_PAIR_ROWS:
-        return estimate(bound)
+        if n_frequent > limit:
+            return estimate(n_frequent)
+        kept = (
+            lines.join(frequent, "item")
+            .groupBy("basket_id")
+            .agg(F.array_sort(F.collect_list("item")).alias("items"))
+            .withColumn("k", F.size("items"))
+        )
+        per_size = _histogram(kept, "k")
+        bound = level_bound(per_size, m, n_frequent, 1, limit)
+        pair_rows = sum(n * math.comb(k, 2) for k, n in per_size.items())
+        if bound <= limit or pair_rows > MAX_PAIR_ROWS:
+            return estimate(bound)
 
-    pairs = kept.filter(F.col("k") >= 2).select("basket_id", F.explode(_pairs(F.col("items"))).alias("pair"))
-    frequent_pairs = pairs.groupBy("pair").count().filter(F.col("count") >= m).select("pair")
-    n_pairs = frequent_pairs.count()
-    if n_frequent + n_pairs > limit:
-        return estimate(n_frequent + n_pairs, n_pairs)
-    edges = pairs.join(frequent_pairs, "pair").groupBy("basket_id").count()
-    # The smallest whole x with C(x, 2) >= edges: C(x, s) still bounds the basket's s-cliques.
-    cliques = edges.select(F.ceil((F.lit(1.0) + F.sqrt(F.lit(1.0) + F.col("count") * 8)) / 2).cast("int").alias("x"))
-    higher = level_bound(_histogram(cliques, "x"), m, n_frequent, 3, limit - n_frequent - n_pairs)
-    return estimate(n_frequent + n_pairs + higher, n_pairs)
+        pairs = kept.filter(F.col("k") >= 2).select("basket_id", F.explode(_pairs(F.col("items"))).alias("pair"))
+        frequent_pairs = cached.enter_context(
+            _cached(pairs.groupBy("pair").count().filter(F.col("count") >= m).select("pair"))
+        )
+        n_pairs = frequent_pairs.count()
+        if n_frequent + n_pairs > limit:
+            return estimate(n_frequent + n_pairs, n_pairs)
+        edges = pairs.join(frequent_pairs, "pair").groupBy("basket_id").count()
+        # The smallest whole x with C(x, 2) >= edges: C(x, s) still bounds the basket's s-cliques.
+        cliques = edges.select(F.ceil((F.lit(1.0) + F.sqrt(F.lit(1.0) + F.col("count") * 8)) / 2).cast("int").alias("x"))
+        higher = level_bound(_histogram(cliques, "x"), m, n_frequent, 3, limit - n_frequent - n_pairs)
+        return estimate(n_frequent + n_pairs + higher, n_pairs)
+
+
+@contextmanager
+def _cached(frame: DataFrame) -> Iterator[DataFrame]:
+    """A small intermediate that is read twice (counted, then joined), cached for the block."""
+    frame = frame.persist()
+    try:
+        yield frame
+    finally:
+        frame.unpersist()
 
 
 def _pairs(items: Column) -> Column:
@@ -192,14 +206,31 @@ def guard_message(estimate: ItemsetEstimate, min_support: float) -> str:
 # ---- rules and cross-sell ------------------------------------------------------------------------
 
 
-def association_rules(min_support: float, min_confidence: float, min_lift: float) -> Callable[[DataFrame], DataFrame]:
-    """baskets (basket_id, items) -> rules (antecedent sorted, consequent, support, confidence, lift)
-    from Spark MLlib's FPGrowth, keeping those with lift >= min_lift."""
+@dataclass(frozen=True)
+class Mined:
+    itemsets: int  # frequent itemsets FPGrowth found
+    rules: DataFrame  # antecedent (sorted), consequent, support, confidence, lift
+
+
+@contextmanager
+def mine_rules(baskets: DataFrame, min_support: float, min_confidence: float, min_lift: float) -> Iterator[Mined]:
+    """FPGrowth (Spark MLlib) over `baskets` (items: array of distinct items); the rules are valid
+    inside the block. The frequent itemsets are cached meanwhile: associationRules reads them twice
+    (candidates, then their antecedents' counts), and each read would otherwise run FP-growth again."""
     from pyspark.ml.fpm import FPGrowth
 
-    def transform(frame: DataFrame) -> DataFrame:
-        fpgrowth = FPGrowth(itemsCol="items", minSupport=min_support, minConfidence=min_confidence)
-        rules = fpgrowth.fit(frame.select("items")).associationRules
+    model = FPGrowth(itemsCol="items", minSupport=min_support, minConfidence=min_confidence).fit(baskets)
+    itemsets = model.freqItemsets.persist()
+    try:
+        yield Mined(itemsets.count(), model.associationRules.transform(tidy_rules(min_lift)))
+    finally:
+        itemsets.unpersist()
+
+
+def tidy_rules(min_lift: float) -> Callable[[DataFrame], DataFrame]:
+    """FPGrowth's associationRules -> the rules with lift >= min_lift, antecedents sorted."""
+
+    def transform(rules: DataFrame) -> DataFrame:
         return rules.filter(F.col("lift") >= min_lift).select(
             F.array_sort("antecedent").alias("antecedent"), "consequent", "support", "confidence", "lift"
         )

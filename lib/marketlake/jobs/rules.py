@@ -16,11 +16,11 @@ from marketlake.rules import (
     RULES_SCHEMA,
     TooManyItemsets,
     as_of,
-    association_rules,
     baskets,
     cross_sell,
     estimate_itemsets,
     guard_message,
+    mine_rules,
 )
 from marketlake.runner import Job, JobContext
 
@@ -74,14 +74,17 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
             f"lift {rules_config.min_lift:g}"
         ) as step:
             if n_baskets:
-                mined = basket_frame.transform(
-                    association_rules(rules_config.min_support, rules_config.min_confidence, rules_config.min_lift)
-                )
+                thresholds = rules_config.min_support, rules_config.min_confidence, rules_config.min_lift
+                with mine_rules(basket_frame, *thresholds) as mined:
+                    n_itemsets = mined.itemsets
+                    n_rules = _overwrite(ctx, RULES, mined.rules.transform(as_of(ctx.run_date)))
             else:  # FPGrowth needs at least one basket
-                mined = ctx.spark.createDataFrame([], RULES_SCHEMA)
-            step.rows = n_rules = _overwrite(ctx, RULES, mined.transform(as_of(ctx.run_date)))
+                n_itemsets = 0
+                n_rules = _overwrite(ctx, RULES, ctx.spark.createDataFrame([], RULES_SCHEMA).transform(as_of(ctx.run_date)))
+            step.rows = n_rules
+            step.detail = f"from {n_itemsets:,} frequent itemsets"
             if not n_rules:
-                step.detail = f"no rules from {n_baskets:,} {kind}: empty partition written"
+                step.detail += f" in {n_baskets:,} {kind}: no rules, empty partition written"
     finally:
         basket_frame.unpersist()
     with ctx.step(f"{CROSS_SELL}: top {rules_config.top_n} per item") as step:
@@ -91,7 +94,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         )
     return {
         "baskets": n_baskets, "frequent_items": estimate.frequent_items, "itemsets_bound": estimate.bound,
-        "rules": n_rules, "cross_sell_rows": n_cross_sell,
+        "itemsets": n_itemsets, "rules": n_rules, "cross_sell_rows": n_cross_sell,
     }  # fmt: skip
 
 
