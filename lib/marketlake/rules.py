@@ -21,8 +21,8 @@ first bounded by the number of frequent items k in each basket (C(k, s) subsets;
 order-sized baskets); when that bound is too high, frequent pairs are counted exactly and a basket's
 frequent s-subsets are bounded by the s-cliques of its graph of frequent pairs: with e edges, at most
 C(x, s) where C(x, 2) = e (Lovasz's form of the Kruskal-Katona theorem). Both are true upper bounds, so
-the guard never stops a run that would have fitted within the limit because of a bad guess; it can stop
-one whose baskets could in principle (but do not) overlap that much.
+a run the guard lets through has at most `limit` frequent itemsets; the price is that it can stop one
+whose baskets could in principle (but do not) overlap that much.
 """
 
 from __future__ import annotations
