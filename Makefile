@@ -39,7 +39,7 @@ lint: dev
 	$(VENV)/bin/ruff check .
 
 bench: dev java-check
-	$(PY) bench/lake.py $(ARGS)
+	$(PY) bench/$(or $(BENCH),lake).py $(ARGS)
 
 clean:
 	rm -rf lakehouse spark-warehouse metastore_db derby.log .pytest_cache

@@ -31,6 +31,9 @@ def session_defaults(config: Config, submitted: dict[str, str] | None = None) ->
         # Delta readers expect microsecond timestamps, not Spark's default INT96.
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.sources.partitionOverwriteMode": "static",
+        # Jobs cache what they read several times (ingest's validated records); building an uncompressed
+        # cache measured 1.3-2x faster at 10^6 events for ~7% more memory, and later scans cost the same.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
         # marketlake writes no _SUCCESS markers into table directories.
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
