@@ -241,6 +241,7 @@ def test_the_guard_stops_before_an_explosion_and_names_the_knobs(spark, config, 
     assert len(err.splitlines()) == 1 and "more than 1,000,000 frequent itemsets" in err
     assert "raise --min-support" in err and "--max-itemsets" in err
     assert not lake.exists("gold.association_rules")
+    assert last_counts(lake)["itemsets_bound"] > 1_000_000  # the failed run's row says why
     # Above 12/112, the big orders' items are not frequent: the same data passes.
     assert main("rules", ["--lake", root, "--run-date", "2024-06-01", "--min-support", "0.12"]) == 0
     assert last_counts(lake)["rules"] > 0

@@ -67,6 +67,8 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         with ctx.step("guard") as step:
             estimate = estimate_itemsets(basket_frame, n_baskets, rules_config.min_support, rules_config.max_itemsets)
             step.detail = estimate.describe()
+        # Recorded in ops.job_runs even when the guard stops the run.
+        ctx.counts.update(baskets=n_baskets, frequent_items=estimate.frequent_items, itemsets_bound=estimate.bound)
         if estimate.exceeded:
             raise TooManyItemsets(guard_message(estimate, rules_config.min_support))
         with ctx.step(
