@@ -125,9 +125,6 @@ class SourceMapping(Strict):
         return ColumnSource(column=given) if isinstance(given, str) else given
 
 
-BUILT_IN = {"shop_events": "events", "shop_users": "users", "shop_items": "items"}
-
-
 def built_in_names() -> list[str]:
     folder = resources.files("marketlake").joinpath("mappings")
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))

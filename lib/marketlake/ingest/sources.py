@@ -179,7 +179,4 @@ def _with_arrival(frame: DataFrame) -> DataFrame:
 
 
 def _meta_columns() -> list:
-    return [
-        F.col("_source_file"), F.col("_source_size"), F.col("_source_file").alias("_arrival_file"),
-        F.col("_arrival_block"), F.col("_arrival_row"),
-    ]  # fmt: skip
+    return [F.col("_source_file"), F.col("_source_size"), F.col("_arrival_block"), F.col("_arrival_row")]

@@ -16,8 +16,9 @@ from pyspark.sql import functions as F
 
 from marketlake.mapping import CANONICAL, KEYS, SourceMapping
 
-META = ["_raw", "_source_file", "_source_size", "_arrival_file", "_arrival_block", "_arrival_row", "_malformed"]
-ARRIVAL = ["_arrival_file", "_arrival_block", "_arrival_row"]
+META = ["_raw", "_source_file", "_source_size", "_arrival_block", "_arrival_row", "_malformed"]
+# Arrival order: file path, then the split's offset in the file, then the row's position in the split.
+ARRIVAL = ["_source_file", "_arrival_block", "_arrival_row"]
 
 ACCEPTED, DUPLICATE, REJECTED, BLANK = "accepted", "duplicate", "rejected", "blank"
 
