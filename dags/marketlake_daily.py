@@ -1,0 +1,132 @@
+"""marketlake_daily: one Airflow task per marketlake job and run date, each through `spark-submit.sh`.
+
+Each run covers one finished UTC day: the data interval runs from 02:30 UTC on the run date to
+02:30 UTC the next day (the 2.5 hours give late events time to land), so `{{ ds }}`, the interval's
+start date, is the day the jobs are run for (`--run-date`). The jobs are idempotent per run date, so
+retries and re-runs of a date are safe.
+
+The task graph follows the tables each job reads: rules and experiment run beside features -> segment
+-> recommend, and report waits for all of them. The job list comes from the marketlake checkout
+(`PIPELINE_ORDER` in lib/marketlake/jobs/__init__.py, kept where jobs/NAME.py exists), read as text:
+this file imports neither marketlake nor Spark, so the Airflow environment needs neither.
+
+Settings, from the environment of the DAG processor and the workers (read when this file is parsed):
+
+  MARKETLAKE_HOME        the marketlake checkout with spark-submit.sh (default: the folder above dags/);
+                         tasks run in it, so relative paths resolve against it
+  MARKETLAKE_CONFIG      passed as --config to every job, for example conf/cluster.yaml
+  MARKETLAKE_SPARK_ARGS  spark-submit options for every job, for example
+                         "--master yarn --packages io.delta:delta-spark_2.13:4.4.1"
+  MARKETLAKE_SKIP_JOBS   comma-separated jobs to leave out, for example "generate" where real data lands
+
+The lake root comes from the config or from MARKETLAKE_LAKE in the workers' environment.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import os
+import shlex
+from pathlib import Path
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+DAG_ID = "marketlake_daily"
+
+# The jobs whose tables each job reads. A job missing from the DAG (skipped, or not in this version)
+# is replaced by what it reads. A job not listed here, report included (it reads every gold table),
+# waits for every job before it in pipeline order.
+READS_FROM = {
+    "ingest": ["generate"],  # the shop files generate writes into the landing folder
+    "features": ["ingest"],
+    "segment": ["features"],
+    "rules": ["ingest"],
+    "recommend": ["ingest", "segment"],  # users without a model fall back to their segment's favourites
+    "activate": ["features", "segment", "rules", "recommend"],
+    "experiment": ["ingest"],
+}
+
+
+def marketlake_home() -> Path:
+    home = Path(os.environ.get("MARKETLAKE_HOME") or Path(__file__).resolve().parent.parent)
+    if not (home / "spark-submit.sh").is_file():
+        raise RuntimeError(f"{DAG_ID}: no spark-submit.sh in {home}: set MARKETLAKE_HOME to the marketlake checkout")
+    return home
+
+
+def pipeline_jobs(home: Path) -> list[str]:
+    """PIPELINE_ORDER of the checkout, restricted to the jobs it has, less MARKETLAKE_SKIP_JOBS."""
+    module = ast.parse((home / "lib" / "marketlake" / "jobs" / "__init__.py").read_text())
+    order = next(
+        ast.literal_eval(node.value)
+        for node in module.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PIPELINE_ORDER" for t in node.targets)
+    )
+    skipped = {name.strip() for name in os.environ.get("MARKETLAKE_SKIP_JOBS", "").split(",") if name.strip()}
+    return [name for name in order if (home / "jobs" / f"{name}.py").is_file() and name not in skipped]
+
+
+def reads_from(job: str, jobs: list[str]) -> list[str]:
+    """The jobs in `jobs` whose tables `job` reads."""
+    if job not in READS_FROM:
+        return jobs[: jobs.index(job)]
+    found: list[str] = []
+    for name in READS_FROM[job]:
+        if name in jobs:
+            found.append(name)
+        elif name in READS_FROM:
+            found += reads_from(name, jobs)
+    return list(dict.fromkeys(found))
+
+
+def dependencies(jobs: list[str]) -> dict[str, list[str]]:
+    """For each job, the jobs it waits for directly: no edge that a longer path already implies."""
+    direct = {job: reads_from(job, jobs) for job in jobs}
+    ancestors: dict[str, set[str]] = {}
+    for job in jobs:  # pipeline order: what a job reads comes before it
+        ancestors[job] = set(direct[job]).union(*(ancestors[name] for name in direct[job]))
+    return {
+        job: [name for name in direct[job] if not any(name in ancestors[other] for other in direct[job])]
+        for job in jobs
+    }
+
+
+def submit_command(home: Path, job: str) -> str:
+    words = [str(home / "spark-submit.sh"), job, *shlex.split(os.environ.get("MARKETLAKE_SPARK_ARGS", ""))]
+    if os.environ.get("MARKETLAKE_CONFIG"):
+        words += ["--config", os.environ["MARKETLAKE_CONFIG"]]
+    # Ends with the template, never with ".sh": BashOperator would read a command ending so as a file.
+    return shlex.join(words) + " --run-date {{ ds }}"
+
+
+checkout = marketlake_home()
+job_names = pipeline_jobs(checkout)
+
+with DAG(
+    dag_id=DAG_ID,
+    description="marketlake: events to Delta tables for marketing, one task per job",
+    doc_md=__doc__,
+    schedule=CronDataIntervalTimetable("30 2 * * *", timezone="UTC"),
+    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    # Runs for two dates at once would write the same tables (ingest upserts users and items).
+    max_active_runs=1,
+    default_args={
+        "owner": "marketlake",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=30),
+        "execution_timeout": dt.timedelta(hours=4),
+    },
+    tags=["marketlake", "spark"],
+) as dag:
+    tasks = {
+        job: BashOperator(task_id=job, bash_command=submit_command(checkout, job), cwd=str(checkout))
+        for job in job_names
+    }
+    for job, upstream in dependencies(job_names).items():
+        for name in upstream:
+            tasks[name] >> tasks[job]
