@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from marketlake.errors import ConfigError
 
@@ -132,6 +132,115 @@ class RulesConfig(Section):
     max_itemsets: int = Field(default=1_000_000, ge=1)
 
 
+class AlsSearchSpace(Section):
+    """The values recommend's tuning combines (random search over their product)."""
+
+    rank: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    reg_param: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0], min_length=1)
+    alpha: list[float] = Field(default_factory=lambda: [3.0, 10.0, 30.0], min_length=1)
+    max_iter: list[int] = Field(default_factory=lambda: [10, 15], min_length=1)
+
+
+class RecommendConfig(Section):
+    """Implicit-feedback ALS recommendations (issue 5)."""
+
+    # Interaction strength: each event adds its type's weight (types not listed add nothing), halved every
+    # half_life_days of age at the end of the run date (null: no decay); the sum per user and item, through
+    # log1p when strength is log1p, is the rating ALS reads (confidence = 1 + alpha x strength).
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rating": 1.0}
+    )
+    rating_value: bool = False  # true: a rating event weighs its weight x its rating
+    half_life_days: float | None = Field(default=30.0, gt=0)
+    strength: Literal["log1p", "linear"] = "log1p"
+    lookback_days: int | None = Field(default=365, ge=1)
+    # Output: top_n items per user; items the user has events of these types for are never recommended.
+    top_n: int = Field(default=10, ge=1, le=1000)
+    exclude_event_types: list[str] = Field(default_factory=lambda: ["purchase"])
+    # The ALS params used when tuning is off or impossible, and the search's first candidate.
+    rank: int = Field(default=64, ge=1)
+    reg_param: float = Field(default=1.0, gt=0)
+    alpha: float = Field(default=10.0, ge=0)
+    max_iter: int = Field(default=10, ge=1, le=50)
+    seed: int = 42
+    # ALS user and item blocks; null: Spark's default parallelism.
+    blocks: int | None = Field(default=None, ge=1)
+    # Tuning: random search over `search`, scored by nDCG@k on a validation split of the training part.
+    tune: bool = True
+    search: AlsSearchSpace = Field(default_factory=AlsSearchSpace)
+    tuning_budget_seconds: float = Field(default=600.0, gt=0)
+    tuning_max_trials: int = Field(default=12, ge=1)
+    validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+    # Evaluation on a held-out split: random (a share of each user's items) or time (the last test_days).
+    evaluate: bool = True
+    split: Literal["random", "time"] = "random"
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    test_days: int = Field(default=7, ge=1)
+    k: int = Field(default=10, ge=1, le=100)
+    # Fewer users to evaluate (or validate on) than this: skip that step and say so.
+    min_users: int = Field(default=10, ge=1)
+
+
+class CampaignConfig(Section):
+    """One campaign of `activate` (issue 6): who is targeted, with what offer, through which channel."""
+
+    # Used in gold.campaign_audience, in the export folder's name and in the control-group hash.
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    description: str = ""
+    # Targets: users whose segment_name (gold.user_segments) or rfm_label (gold.user_features) is listed.
+    segments: list[str] = Field(default_factory=list)
+    rfm_labels: list[str] = Field(default_factory=list)
+    # Offer per target (a segment name or an RFM label; the segment's offer wins when both match).
+    offers: dict[str, str] = Field(default_factory=dict)
+    default_offer: str | None = None
+    channel: Literal["email", "ads", "push", "sms", "direct_mail"] = "email"
+    # Most users in the audience (treatment and control together); null: no cap.
+    max_audience: int | None = Field(default=None, ge=1)
+    control_share: float = Field(default=0.1, ge=0, lt=1)
+    items: int = Field(default=5, ge=0, le=50)
+    cross_sell: int = Field(default=3, ge=0, le=50)
+    # Export column -> source column, from silver.users or else from activate.contacts (PII lives only there).
+    export_columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _targets_and_offers(self):
+        targets = [*self.segments, *self.rfm_labels]
+        if not targets:
+            raise ValueError(f"campaign {self.id} targets nobody: give segments or rfm_labels")
+        stray = [key for key in self.offers if key not in targets]
+        if stray:
+            raise ValueError(f"campaign {self.id}: offers for {', '.join(stray)}, which it does not target")
+        bare = [target for target in targets if target not in self.offers]
+        if bare and self.default_offer is None:
+            raise ValueError(f"campaign {self.id}: no offer for {', '.join(bare)} and no default_offer")
+        return self
+
+
+class ActivateConfig(Section):
+    """Campaign audiences and their exports (issue 6)."""
+
+    # Part of the control-group hash: changing it re-draws every campaign's groups.
+    salt: str = "marketlake-groups-v1"
+    # A users file (csv, parquet or json; user_id plus contact columns) that exports may take PII columns
+    # from; read only while exporting, never stored in the lake. Default: the shop's users.csv.
+    contacts: str | None = None
+    campaigns: list[CampaignConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self):
+        ids = [campaign.id for campaign in self.campaigns]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"campaign ids must be unique: {', '.join(repeated)} repeated")
+        return self
+
+
+class ReportConfig(Section):
+    """The HTML report (issue 6)."""
+
+    top_rules: int = Field(default=15, ge=1, le=200)
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -141,6 +250,9 @@ class Config(Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    activate: ActivateConfig = Field(default_factory=ActivateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})

@@ -1,0 +1,8 @@
+"""activate job: see `marketlake.jobs.activate` (run with ./spark-submit.sh activate --help)."""
+
+import sys
+
+from marketlake.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main("activate"))

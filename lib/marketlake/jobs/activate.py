@@ -1,0 +1,250 @@
+"""activate: for each campaign in the config's activate section, the targeted users (segment names or RFM
+labels) of the run date with their offer, top recommended items, cross-sell items for their last order,
+and a stable treatment/control group, into gold.campaign_audience (the run date's partition is replaced).
+Each campaign's treatment audience is exported as CSV and Parquet to
+<lake root>/exports/<campaign id>/<run date>/audience.{csv,parquet} (a re-run replaces that folder)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import uuid
+
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from marketlake.activate import (
+    CONTROL,
+    TREATMENT,
+    as_audience,
+    assign_groups,
+    campaigns_frame,
+    capped,
+    cross_sell_for,
+    eligible,
+    export_frame,
+    last_order_items,
+    targets_frame,
+    top_items,
+    users_as_of,
+    with_lists,
+    with_settings,
+)
+from marketlake.config import CampaignConfig, Config, shop_root
+from marketlake.errors import UsageError
+from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
+from marketlake.lake.delta_rs import store_uri
+from marketlake.runner import Job, JobContext
+from marketlake.segment import STRATEGIES
+
+FEATURES, SEGMENTS = "gold.user_features", "gold.user_segments"
+RECOMMENDATIONS, CROSS_SELL = "gold.user_recommendations", "gold.item_cross_sell"
+AUDIENCE = "gold.campaign_audience"
+EXPORT_FILE = "audience"
+# Columns every export has; a mapped export column may not take one of these names.
+EXPORT_BASE_COLUMNS = {"campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "audience_rank"}
+RFM_LABELS = [label for label, _, _ in RFM_GRID] + [PROSPECTS, INACTIVE]
+# Segment names are a base name, with " 2", " 3"... when KMeans makes two segments of the same kind.
+SEGMENT_NAME = re.compile(rf"^({'|'.join(re.escape(name) for name in STRATEGIES)})( [2-9]| [1-9][0-9]+)?$")
+
+log = logging.getLogger("marketlake")
+
+
+def validate(args: argparse.Namespace, config: Config) -> None:
+    for campaign in config.activate.campaigns:
+        where = f"activate.campaigns[{campaign.id}]"
+        for name in campaign.segments:
+            if not SEGMENT_NAME.match(name):
+                raise UsageError(f"{where}.segments: {name!r} is not a segment name ({', '.join(STRATEGIES)})")
+        for label in campaign.rfm_labels:
+            if label not in RFM_LABELS:
+                raise UsageError(f"{where}.rfm_labels: {label!r} is not an RFM label ({', '.join(RFM_LABELS)})")
+        clashing = sorted(set(campaign.export_columns) & EXPORT_BASE_COLUMNS)
+        flat = {f"item_{i + 1}" for i in range(campaign.items)} | {f"cross_sell_{i + 1}" for i in range(campaign.cross_sell)}
+        clashing += sorted(set(campaign.export_columns) & flat)
+        if clashing:
+            raise UsageError(f"{where}.export_columns: {', '.join(clashing)} is already an export column")
+    contacts = config.activate.contacts
+    if contacts and "://" not in contacts and not os.path.exists(contacts):
+        raise UsageError(f"activate.contacts: no such file or folder: {contacts}")
+
+
+def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+    lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.activate
+    for table, job in ((FEATURES, "features"), (SEGMENTS, "segment")):
+        if not lake.exists(table):
+            raise UsageError(f"{table} does not exist in this lake; run {job} first")
+    users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date))
+    if users.limit(1).count() == 0:
+        raise UsageError(f"{FEATURES} has no rows for {run_date}; run features and segment for that date first")
+    campaigns = settings.campaigns
+    contact_columns = {c.id: contacts_for(ctx, c) for c in campaigns}  # checked before anything is written
+    if not campaigns:
+        with ctx.step("no campaigns in the config's activate section: empty partition"):
+            pass
+
+    spark = ctx.spark
+    targeted = (
+        users.transform(eligible(targets_frame(spark, campaigns)))
+        .transform(with_settings(campaigns_frame(spark, campaigns)))
+        .persist()
+    )
+    try:
+        eligible_counts = {row.campaign_id: row["count"] for row in targeted.groupBy("campaign_id").count().collect()}
+        audience = (
+            capped(targeted)
+            .transform(with_lists(*lists(ctx, campaigns)))
+            .transform(assign_groups(settings.salt))
+            .transform(as_audience(run_date))
+        )
+        with ctx.step(AUDIENCE) as step:
+            step.rows = lake.write(
+                AUDIENCE, audience, "overwrite", partition_by=["as_of_date"], partitions={"as_of_date": [run_date]}
+            ).rows
+    finally:
+        targeted.unpersist()
+
+    written = lake.read(AUDIENCE).filter(F.col("as_of_date") == F.lit(run_date)).persist()
+    try:
+        sizes = {
+            (row.campaign_id, row.group): row["count"]
+            for row in written.groupBy("campaign_id", "group").count().collect()  # two rows per campaign
+        }
+        for campaign in campaigns:
+            treatment, control = sizes.get((campaign.id, TREATMENT), 0), sizes.get((campaign.id, CONTROL), 0)
+            kept = treatment + control
+            cap = f" (cap {campaign.max_audience:,})" if campaign.max_audience else ""
+            share = f"{control / kept:.1%}" if kept else "-"
+            with ctx.step(f"{campaign.id}: export") as step:
+                folder = export_campaign(ctx, written.transform(export_frame(campaign, contact_columns[campaign.id])), campaign)
+                step.rows = treatment
+                step.detail = (
+                    f"eligible {eligible_counts.get(campaign.id, 0):,}, kept {kept:,}{cap}, treatment {treatment:,}, "
+                    f"control {control:,} ({share}; configured {campaign.control_share:.0%}) -> {folder}"
+                )
+    finally:
+        written.unpersist()
+    treatment = sum(v for (_, group), v in sizes.items() if group == TREATMENT)
+    control = sum(v for (_, group), v in sizes.items() if group == CONTROL)
+    return {"campaigns": len(campaigns), "audience": treatment + control, "treatment": treatment, "control": control}
+
+
+def lists(ctx: JobContext, campaigns: list[CampaignConfig]) -> tuple[DataFrame | None, DataFrame | None]:
+    """(user_id, items) and (user_id, cross_sell) at the longest length any campaign asks for; None (the
+    lists stay empty) when no campaign wants them or their table has no rows for the run date."""
+    lake, run_date = ctx.lake, ctx.run_date
+    items_n = max((c.items for c in campaigns), default=0)
+    cross_sell_n = max((c.cross_sell for c in campaigns), default=0)
+    items = cross_sell = None
+    if items_n and has_date(ctx, RECOMMENDATIONS, "recommend"):
+        items = top_items(lake.read(RECOMMENDATIONS), run_date, items_n)
+    if cross_sell_n and has_date(ctx, CROSS_SELL, "rules") and lake.exists("silver.events"):
+        bought = lake.read("silver.events").transform(last_order_items(run_date))
+        cross_sell = bought.transform(cross_sell_for(lake.read(CROSS_SELL), run_date, cross_sell_n))
+    return items, cross_sell
+
+
+def has_date(ctx: JobContext, table: str, job: str) -> bool:
+    """Whether `table` has rows for the run date; logs why the lists it feeds stay empty when it has not."""
+    if not ctx.lake.exists(table):
+        why = "does not exist"
+    elif ctx.lake.read(table).filter(F.col("as_of_date") == F.lit(ctx.run_date)).limit(1).count() == 0:
+        why = f"has no rows for {ctx.run_date}"
+    else:
+        return True
+    with ctx.step(f"{table} {why}: its lists stay empty (run {job} first)"):
+        pass
+    return False
+
+
+def contacts_for(ctx: JobContext, campaign: CampaignConfig) -> DataFrame | None:
+    """(user_id, export columns) for a campaign's export_columns: each source column from silver.users
+    when it has it, else from the contacts file (PII lives only there; it is read here and never stored)."""
+    if not campaign.export_columns:
+        return None
+    lake = ctx.lake
+    users = lake.read("silver.users") if lake.exists("silver.users") else None
+    from_users = {k: v for k, v in campaign.export_columns.items() if users is not None and v in users.columns}
+    from_contacts = {k: v for k, v in campaign.export_columns.items() if k not in from_users}
+    frames = []
+    if from_users:
+        frames.append(users.select("user_id", *[F.col(v).alias(k) for k, v in from_users.items()]))
+    if from_contacts:
+        contacts = read_contacts(ctx)
+        missing = sorted({v for v in from_contacts.values() if v not in contacts.columns})
+        if missing:
+            raise UsageError(
+                f"activate.campaigns[{campaign.id}].export_columns: {', '.join(missing)} is neither in silver.users "
+                f"nor in the contacts file ({contacts_path(ctx.config)}: {', '.join(contacts.columns)})"
+            )
+        frames.append(contacts.select("user_id", *[F.col(v).alias(k) for k, v in from_contacts.items()]))
+    joined = frames[0]
+    for frame in frames[1:]:
+        joined = joined.join(frame, "user_id", "full")
+    return joined.select("user_id", *campaign.export_columns).dropDuplicates(["user_id"])
+
+
+def contacts_path(config: Config) -> str:
+    return config.activate.contacts or f"{shop_root(config)}/users.csv"
+
+
+def read_contacts(ctx: JobContext) -> DataFrame:
+    path = contacts_path(ctx.config)
+    reader = ctx.spark.read
+    try:
+        if path.endswith((".json", ".jsonl", ".ndjson")):
+            contacts = reader.json(path)
+        elif path.endswith(".csv"):
+            contacts = reader.option("header", True).csv(path)
+        else:
+            contacts = reader.parquet(path)
+    except Exception as exc:  # AnalysisException: path not found, not parquet ...
+        raise UsageError(f"activate.contacts: cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
+    if "user_id" not in contacts.columns:
+        raise UsageError(f"activate.contacts: {path} has no user_id column")
+    contacts = contacts.withColumn("user_id", F.col("user_id").cast("string"))
+    ingest = ctx.config.ingest
+    if ingest.pseudonymise_user_ids:  # silver holds pseudonyms: key the contacts the same way
+        from marketlake.ingest.pseudonym import keyed_hash, load_key
+
+        contacts = contacts.withColumn("user_id", keyed_hash(load_key(ingest.pseudonym_key_env))(F.col("user_id")))
+    return contacts
+
+
+def export_folder(root: str, campaign_id: str, run_date) -> str:
+    return f"{root.rstrip('/')}/exports/{campaign_id}/{run_date.isoformat()}"
+
+
+def export_campaign(ctx: JobContext, rows: DataFrame, campaign: CampaignConfig) -> str:
+    """Write `rows` as one audience.csv and one audience.parquet (ordered by audience_rank) into the
+    campaign's folder for the run date, replacing what was there; returns the folder."""
+    folder = export_folder(ctx.lake.root, campaign.id, ctx.run_date)
+    staging = f"{ctx.lake.root.rstrip('/')}/exports/{campaign.id}/_staging-{uuid.uuid4().hex}"
+    filesystem, staging_path = pafs.FileSystem.from_uri(store_uri(staging))
+    _, folder_path = pafs.FileSystem.from_uri(store_uri(folder))
+    single = rows.repartition(1).sortWithinPartitions("audience_rank")
+    try:
+        single.write.option("header", True).csv(f"{staging}/csv")
+        single.write.parquet(f"{staging}/parquet")
+        if filesystem.get_file_info(folder_path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(folder_path)
+        filesystem.create_dir(folder_path, recursive=True)
+        for kind in ("csv", "parquet"):
+            parts = [
+                info.path for info in filesystem.get_file_info(pafs.FileSelector(f"{staging_path}/{kind}"))
+                if info.base_name.startswith("part-") and info.type == pafs.FileType.File
+            ]  # fmt: skip
+            if len(parts) != 1:
+                raise RuntimeError(f"{campaign.id}: expected one {kind} part file in {staging}, found {len(parts)}")
+            filesystem.move(parts[0], f"{folder_path}/{EXPORT_FILE}.{kind}")
+    finally:
+        if filesystem.get_file_info(staging_path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(staging_path)
+    return folder
+
+
+JOB = Job(name="activate", help=__doc__.strip(), run=run, validate=validate)
+
