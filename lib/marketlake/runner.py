@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marketlake.config import Config, load_config
-from marketlake.errors import MarketlakeError, UsageError
+from marketlake.errors import MarketlakeError, UsageError, storage_problem
 
 log = logging.getLogger("marketlake")
 
@@ -150,7 +150,9 @@ def run_job(job: Job, args: argparse.Namespace, spark, config: Config, lake) -> 
         status, message, code = "failed", str(exc), exc.exit_code
     except Exception as exc:  # a failure during the run: one line on stderr, the trace in the log
         log.debug("%s", traceback.format_exc())
-        status, message, code = "failed", f"{type(exc).__name__}: {_first_line(exc)}", 1
+        problem = storage_problem(exc)
+        summary = f"cannot write: {problem}" if problem else type(exc).__name__
+        status, message, code = "failed", f"{summary}: {_first_line(exc)}", 1
     seconds = time.perf_counter() - started
     try:
         record_run(ctx, args, status, message, started_at, seconds)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from pyspark.sql import DataFrame, SparkSession
 
 from marketlake.config import LakeConfig
-from marketlake.errors import TableError, UsageError
+from marketlake.errors import StorageError, TableError, UsageError, storage_problem
 from marketlake.lake.delta_rs import DeltaRsEngine, WriteResult, store_uri
 from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
 
@@ -126,10 +128,11 @@ class Lake:
         if partitions is not None and mode != "overwrite":
             raise TableError(f"{table}: partitions= goes with mode='overwrite'")
         operation = f"{mode}" if partitions is None else f"{mode} partitions"
-        return self.engine.write(
-            table, self.path(table), df, mode, partition_by, partitions, merge_schema, overwrite_schema,
-            operation,
-        )
+        with self._storage_errors(table):
+            return self.engine.write(
+                table, self.path(table), df, mode, partition_by, partitions, merge_schema, overwrite_schema,
+                operation,
+            )
 
     def upsert(self, table: str, df: DataFrame, keys: list[str], partition_by: list[str] | None = None) -> WriteResult:
         """Insert rows with new keys, replace rows whose keys exist (dimension tables). Keys must be
@@ -138,7 +141,21 @@ class Lake:
         if duplicate:
             example = ", ".join(f"{k}={duplicate[0][k]!r}" for k in keys)
             raise TableError(f"{table}: upsert data has more than one row for key {example}")
-        return self.engine.upsert(table, self.path(table), df, keys, partition_by)
+        with self._storage_errors(table):
+            return self.engine.upsert(table, self.path(table), df, keys, partition_by)
+
+    @contextmanager
+    def _storage_errors(self, table: str) -> Iterator[None]:
+        """A full disk or a permission error while writing `table` becomes one clear StorageError."""
+        try:
+            yield
+        except TableError:
+            raise
+        except Exception as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            raise StorageError(f"cannot write {table} at {self.path(table)}: {problem}") from exc
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp (ms), operation, parameters, metrics."""
