@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 
 from marketlake.errors import MarketlakeError
 from marketlake.jobs import available_jobs, get_job
+from marketlake.report import report_exists, report_path
 from marketlake.runner import JOB_RUNS, Job, JobContext, build_parser, run_job
 
 
@@ -81,6 +82,9 @@ def print_tables(ctx: JobContext) -> None:
         f"  .venv/bin/python -c \"import polars as pl; print(pl.read_delta('{example}'))\"   # with the dev extra",
         "",
     ]
+    report = report_path(ctx.lake.root, ctx.run_date)
+    if report_exists(report):
+        lines += [f"The report for {ctx.run_date}: {report}", ""]
     print("\n".join(lines), flush=True)
 
 

@@ -1,0 +1,8 @@
+"""report job: see `marketlake.jobs.report` (run with ./spark-submit.sh report --help)."""
+
+import sys
+
+from marketlake.runner import main
+
+if __name__ == "__main__":
+    sys.exit(main("report"))

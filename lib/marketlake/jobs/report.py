@@ -1,0 +1,43 @@
+"""report: one self-contained HTML file for the run date, at <lake root>/reports/<run date>/marketlake-report.html
+(replaced on a re-run): segment sizes and profiles, silhouette by k, the RFM distribution, top association
+rules, recommendation quality against the popularity baseline, campaign audiences and experiment results
+with confidence intervals. Every number comes from the gold tables of the run date; a section whose table
+is missing says so and names the job that makes it. Prints the file's path at the end."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+
+import pyarrow.fs as pafs
+
+from marketlake.lake.delta_rs import store_uri
+from marketlake.report import build, gather, render, report_path
+from marketlake.runner import Job, JobContext
+
+
+def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+    with ctx.step("read the gold tables"):
+        data = gather(ctx.lake, ctx.run_date, ctx.config.report.top_rules)
+    with ctx.step("charts and tables") as step:
+        sections = build(data)
+        missing = [section.title for section in sections if section.missing]
+        step.rows = len(sections)
+        step.detail = f"incomplete: {', '.join(missing)}" if missing else "all sections complete"
+    html = render(data, sections, dt.datetime.now(dt.timezone.utc))
+    path = report_path(ctx.lake.root, ctx.run_date)
+    with ctx.step(f"write {path}") as step:
+        filesystem, file_path = pafs.FileSystem.from_uri(store_uri(path))
+        filesystem.create_dir(os.path.dirname(file_path), recursive=True)
+        with filesystem.open_output_stream(file_path) as out:
+            out.write(html.encode("utf-8"))
+        step.detail = f"{len(html) / 1024:,.0f} KiB"
+    return {"sections": len(sections), "incomplete_sections": len(missing), "charts": sum(len(s.charts) for s in sections)}
+
+
+def print_path(ctx: JobContext) -> None:
+    print(f"report: {report_path(ctx.lake.root, ctx.run_date)}", flush=True)
+
+
+JOB = Job(name="report", help=__doc__.strip(), run=run, finish=print_path)
