@@ -6,10 +6,13 @@ seed 7, ending on 2024-06-30), then times, on the same files and in the same Spa
   user would write it;
 - ingest: the real job (`marketlake.runner.run_job(get_job("ingest"), ...)` with `--source events_dir
   --entity events --run-date 2024-06-30`) into a fresh, empty lake each time: bronze.events,
-  silver.events, quarantine.events, ops.ingested_files and the ops.job_runs row.
+  silver.events, quarantine.events, ops.ingested_files and the ops.job_runs row;
+- floor: the least a validating ingest does (`run_floor`): parse with the mapping's fields, type and
+  validate, write the valid events as Parquet partitioned by event_date; no bronze, deduplication,
+  quarantine or Delta commit. Its ratio bounds what any ingest built on these steps can reach.
 
-After an untimed warm-up of both sides on one day's files, baseline and ingest runs alternate, in
-swapped order from one repeat to the next (B I, I B, ...); each figure is the median over --repeat runs.
+After an untimed warm-up of every side on one day's files, the sides alternate, in
+reversed order from one repeat to the next (B F I, I F B, ...); each figure is the median over --repeat runs.
 The machine is shared, so compare the ratio, not the absolute seconds: ratio = ingest events/s /
 baseline events/s, measured in the same run. The goal (the ingest issue) is a ratio of at least 0.7 at
 10^6 events. Every ingest run must exit 0 and its counts in ops.job_runs must conserve records (read =
@@ -116,6 +119,23 @@ def run_baseline(spark, events_dir: str, out: str) -> float:
     return time.perf_counter() - started
 
 
+def run_floor(spark, config, events_dir: str, out: str) -> float:
+    """The least any validating ingest does: parse the JSON with the mapping's fields, type and validate
+    the events, and write the valid ones as Parquet partitioned by event_date. No bronze copy, no
+    deduplication, no quarantine, no Delta commit, no manifest: its ratio bounds ingest's from above."""
+    from marketlake.ingest import IngestRequest, validated_records
+    from marketlake.ingest.sources import list_source_files
+    from marketlake.ingest.transform import SILVER_EVENT_COLUMNS, is_valid
+    from marketlake.mapping import load_mapping
+
+    started = time.perf_counter()
+    files = list_source_files(spark, events_dir)
+    request = IngestRequest("events", events_dir, load_mapping("shop_events"), "json")
+    valid = validated_records(spark, files, request, config.ingest, END_DATE).filter(is_valid())
+    valid.select(*SILVER_EVENT_COLUMNS).write.mode("overwrite").partitionBy("event_date").parquet(out)
+    return time.perf_counter() - started
+
+
 def run_ingest(spark, config, events_dir: str, lake_root: str) -> tuple[float, dict[str, int], str]:
     """Seconds of one ingest run into a fresh lake, its counts from ops.job_runs, and what it printed."""
     from marketlake.jobs import get_job
@@ -203,20 +223,25 @@ def main(argv: list[str] | None = None) -> int:
         day = os.path.join(events_dir, sorted(os.listdir(events_dir))[0])
         log(f"warm-up (untimed): both sides on {day}")
         run_baseline(spark, day, os.path.join(work, "warmup"))
+        run_floor(spark, config, day, os.path.join(work, "warmup-floor"))
         run_ingest(spark, config, day, os.path.join(work, "warmup-lake"))
 
         baseline: list[float] = []
+        floor: list[float] = []
         ingest: list[float] = []
         steps: list[list[tuple[str, float]]] = []
         counts: dict[str, int] = {}
         summary_text = ""
         for repeat in range(args.repeat):
-            sides = ["baseline", "ingest"] if repeat % 2 == 0 else ["ingest", "baseline"]
+            sides = ["baseline", "floor", "ingest"] if repeat % 2 == 0 else ["ingest", "floor", "baseline"]
             for side in sides:
                 log(f"repeat {repeat + 1}: {side}")
                 if side == "baseline":
                     seconds = run_baseline(spark, events_dir, os.path.join(work, "baseline"))
                     baseline.append(seconds)
+                elif side == "floor":
+                    seconds = run_floor(spark, config, events_dir, os.path.join(work, "floor"))
+                    floor.append(seconds)
                 else:
                     handler.steps = []
                     lake_root = os.path.join(work, "lake")
@@ -250,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'side':<10} {'median s':>9} {'events/s':>10}   all runs (s, in run order)"
     print(header)
     print("-" * len(header))
-    for side, runs in (("baseline", baseline), ("ingest", ingest)):
+    for side, runs in (("baseline", baseline), ("floor", floor), ("ingest", ingest)):
         m = statistics.median(runs)
         print(f"{side:<10} {m:9.2f} {lines / m:10,.0f}   " + " ".join(f"{s:.2f}" for s in runs))
     print()
@@ -258,11 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio = ingest events/s / baseline events/s = {ratio:.2f} ({verdict} the goal of {GOAL})")
     best = min(baseline) / min(ingest)
     print(f"ratio from the fastest run of each side: {best:.2f}")
+    f = statistics.median(floor)
+    print(f"floor ratio = {b / f:.2f}: parse + validate + one partitioned Parquet write of the valid events, with no")
+    print("  bronze copy, deduplication, quarantine or Delta commit, reaches this much of the baseline's events/s;")
+    print(f"  ingest reaches {f / i:.2f} of the floor's events/s")
     print()
     print("where ingest time goes (seconds per step, from the job's step log):")
     for line in step_table(steps, ingest):
         print(line)
-    summary = {"events": lines, "baseline_s": round(b, 3), "ingest_s": round(i, 3), "ratio": round(ratio, 4)}
+    summary = {
+        "events": lines, "baseline_s": round(b, 3), "floor_s": round(f, 3), "ingest_s": round(i, 3),
+        "ratio": round(ratio, 4), "floor_ratio": round(b / f, 4),
+    }  # fmt: skip
     print(json.dumps(summary))
     return 0
 

@@ -248,11 +248,14 @@ def key_facts(entity: str, existing: DataFrame | None) -> Callable[[DataFrame], 
         valid = validated.filter(is_valid()).select(
             key, F.struct(*ARRIVAL).alias("_arrival"), content_hash(entity).alias("_hash")
         )
+        # Counting first is a hash aggregate over every key; the first arrival (a min over structs, which
+        # Spark can only sort-aggregate) is then taken over the rows of the few repeated keys alone.
+        repeated_keys = valid.groupBy(key).count().filter(F.col("count") > 1).select(key)
         repeated = (
-            valid.groupBy(key)
+            valid.join(repeated_keys, key, "left_semi")
+            .groupBy(key)
             .agg(F.count("*").alias("_n"), F.min("_arrival").alias("_first_arrival"),
                  F.min_by("_hash", "_arrival").alias("_first_hash"))  # fmt: skip
-            .filter(F.col("_n") > 1)
         )
         if existing is None:
             return repeated.withColumn("_existing_hash", F.lit(None).cast("long"))
