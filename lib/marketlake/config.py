@@ -168,16 +168,18 @@ class RecommendConfig(Section):
     # Tuning: random search over `search`, scored by nDCG@k on a validation split of the training part.
     tune: bool = True
     search: AlsSearchSpace = Field(default_factory=AlsSearchSpace)
-    tuning_budget_seconds: float = Field(default=600.0, gt=0)
-    tuning_max_trials: int = Field(default=12, ge=1)
+    tuning_budget_seconds: float = Field(default=300.0, gt=0)
+    tuning_max_trials: int = Field(default=8, ge=1)
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
+    # Fewer validation users than this: no search (too few to tell candidates apart), the params above.
+    tuning_min_users: int = Field(default=100, ge=1)
     # Evaluation on a held-out split: random (a share of each user's items) or time (the last test_days).
     evaluate: bool = True
     split: Literal["random", "time"] = "random"
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
     test_days: int = Field(default=7, ge=1)
     k: int = Field(default=10, ge=1, le=100)
-    # Fewer users to evaluate (or validate on) than this: skip that step and say so.
+    # Fewer users with held-out items than this: no evaluation (logged).
     min_users: int = Field(default=10, ge=1)
 
 

@@ -1,0 +1,300 @@
+"""recommend: implicit-feedback ALS recommendations from silver.events up to the run date. Builds interaction
+strengths (weighted, decayed events per user and item), tunes ALS by nDCG@k on a validation split, evaluates
+it against a popularity baseline on a held-out split (gold.recommendation_evaluation), refits on all
+interactions, saves the model, and writes the top N items per user to gold.user_recommendations (ALS, or
+the segment's or overall most popular items for users the model does not know). Overwrites only the run
+date's partitions and appends the model to ops.models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from marketlake.config import Config, RecommendConfig
+from marketlake.errors import UsageError
+from marketlake.models import model_path, model_version, record_model
+from marketlake.recommend import (
+    ITEM,
+    ITEM_INDEX,
+    USER,
+    USER_INDEX,
+    AlsParams,
+    Evaluation,
+    Recommender,
+    Split,
+    Tuned,
+    als_top,
+    assemble,
+    dense_index,
+    evaluate,
+    fallback_candidates,
+    fit,
+    global_popular,
+    interactions,
+    item_popularity,
+    lookback_start,
+    most_excluded,
+    popular_top,
+    save_recommender,
+    segment_popular,
+    split_random,
+    split_time,
+    to_indexes,
+    tune,
+    window_events,
+)
+from marketlake.runner import Job, JobContext
+
+EVENTS, USERS, ITEMS, SEGMENTS = "silver.events", "silver.users", "silver.items", "gold.user_segments"
+RECOMMENDATIONS = "gold.user_recommendations"
+EVALUATION = "gold.recommendation_evaluation"
+MODEL_NAME = "recommend_als"
+EVALUATION_SCHEMA = T.StructType(
+    [
+        T.StructField("as_of_date", T.DateType()),
+        T.StructField("model_version", T.StringType()),
+        T.StructField("model", T.StringType()),
+        T.StructField("metric", T.StringType()),
+        T.StructField("k", T.IntegerType()),
+        T.StructField("value", T.DoubleType()),
+        T.StructField("users", T.LongType()),
+        T.StructField("split", T.StringType()),
+    ]
+)
+# Command-line options that override the config's recommend section (option dest = config key).
+OVERRIDES = ("top_n", "split", "tune", "tuning_budget_seconds", "evaluate")
+
+log = logging.getLogger("marketlake")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top-n", type=int, help="recommendations per user (default: config recommend.top_n)")
+    parser.add_argument("--split", choices=["random", "time"], help="held-out split for the evaluation (default: config)")
+    parser.add_argument("--no-tune", dest="tune", action="store_const", const=False, help="use the configured ALS params, no search")
+    parser.add_argument("--tuning-budget-seconds", type=float, help="time budget of the search (default: config)")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_const", const=False, help="skip the held-out evaluation")
+
+
+def settings_for(args: argparse.Namespace, config: Config) -> RecommendConfig:
+    given = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
+    try:
+        return RecommendConfig.model_validate({**config.recommend.model_dump(), **given})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        raise UsageError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def validate(args: argparse.Namespace, config: Config) -> None:
+    settings = settings_for(args, config)
+    negative = sorted(t for t, w in settings.event_weights.items() if w < 0)
+    if negative:
+        raise UsageError(f"recommend.event_weights: negative weight for {', '.join(negative)}")
+    if not any(w > 0 for w in settings.event_weights.values()):
+        raise UsageError("recommend.event_weights: no event type has a positive weight")
+    space = settings.search
+    for key, values, lowest in (("rank", space.rank, 1), ("max_iter", space.max_iter, 1)):
+        if min(values) < lowest:
+            raise UsageError(f"recommend.search.{key}: values must be at least {lowest}, not {min(values)}")
+    if min(space.reg_param) <= 0 or min(space.alpha) < 0:
+        raise UsageError("recommend.search: reg_param values must be positive and alpha values not negative")
+
+
+@dataclass
+class Inputs:
+    pairs: DataFrame  # user_id, item_id, strength, events, first_ts: the window's interactions
+    windowed: DataFrame  # the window's events
+    audience: DataFrame  # user_id: who gets recommendations
+    exclude: DataFrame  # user_id, item_id: never recommended to that user
+    inactive: DataFrame | None  # item_id: never recommended
+    segments: DataFrame | None  # user_id, segment_id of the run date
+
+
+def read_inputs(ctx: JobContext, settings: RecommendConfig) -> Inputs:
+    lake, run_date = ctx.lake, ctx.run_date
+    history = lake.read(EVENTS).filter(F.col("event_date") <= F.lit(run_date))
+    windowed = history.transform(window_events(lookback_start(run_date, settings.lookback_days), run_date))
+    pairs = windowed.transform(interactions(settings, run_date))
+    audience = history.select(USER).where(F.col(USER).isNotNull())
+    if lake.exists(USERS):
+        users = lake.read(USERS)
+        signed_up = F.col("signup_date").isNull() | (F.col("signup_date") <= F.lit(run_date))
+        audience = audience.unionByName(users.filter(signed_up).select(USER))
+    exclude = history.filter(F.col("event_type").isin(settings.exclude_event_types)).select(USER, ITEM).distinct()
+    inactive = None
+    if lake.exists(ITEMS):
+        inactive = lake.read(ITEMS).filter(F.col("active") == F.lit(False)).select(ITEM)
+    segments = None
+    if lake.exists(SEGMENTS):
+        segments = lake.read(SEGMENTS).filter(F.col("as_of_date") == F.lit(run_date)).select(USER, "segment_id")
+        if segments.limit(1).count() == 0:
+            segments = None
+    return Inputs(pairs, windowed, audience.distinct(), exclude, inactive, segments)
+
+
+def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+    settings, lake = settings_for(args, ctx.config), ctx.lake
+    if not lake.exists(EVENTS):
+        raise UsageError(f"{EVENTS} does not exist in this lake; run ingest first")
+    inputs = read_inputs(ctx, settings)
+    if inputs.segments is None:
+        log.info("recommend | %s has no rows for %s: users the model does not know get global_popular", SEGMENTS, ctx.run_date)
+    partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+    blocks = settings.blocks or ctx.spark.sparkContext.defaultParallelism
+    cached: list[DataFrame] = []
+
+    def keep(frame: DataFrame) -> DataFrame:
+        cached.append(frame.persist())
+        return cached[-1]
+
+    try:
+        pairs = keep(inputs.pairs)
+        with ctx.step("interactions") as step:
+            step.rows = interactions_count = pairs.count()
+        users, items = keep(dense_index(pairs, USER, USER_INDEX, partitions)), keep(dense_index(pairs, ITEM, ITEM_INDEX, partitions))
+        indexed = keep(to_indexes(pairs, users, items))
+        with ctx.step("id numbering") as step:
+            known_users, known_items = users.count(), items.count()
+            step.detail = f"{known_users} users, {known_items} items"
+        counts = {"interactions": interactions_count, "users_known": known_users, "items_known": known_items}
+        evaluation, tuned = evaluate_and_tune(ctx, settings, inputs, pairs, users, items, indexed, blocks, keep)
+        result = recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
+        return {**counts, **result}
+    finally:
+        for frame in cached:
+            frame.unpersist()
+
+
+def evaluate_and_tune(ctx, settings, inputs: Inputs, pairs, users, items, indexed, blocks, keep) -> tuple[list[Evaluation] | None, Tuned]:
+    """Tune on the training part of the held-out split (or on everything when evaluation is off), then
+    evaluate the chosen params and the popularity baseline on the held-out part."""
+    if not settings.evaluate:
+        with ctx.step("evaluation: off (recommend.evaluate: false)"):
+            pass
+        return None, tune_logged(ctx, settings, indexed, blocks)
+    split: Split = (
+        split_time(inputs.windowed, settings, ctx.run_date) if settings.split == "time"
+        else split_random(pairs, settings.test_fraction, settings.seed)
+    )  # fmt: skip
+    train = keep(to_indexes(split.train, users, items))
+    known = train.select(USER_INDEX).distinct()
+    test = keep(to_indexes(split.test, users, items).select(USER_INDEX, ITEM_INDEX).join(known, USER_INDEX, "left_semi"))
+    tuned = tune_logged(ctx, settings, train, blocks)
+    evaluated = test.select(USER_INDEX).distinct().count()
+    if evaluated < settings.min_users:
+        with ctx.step(f"evaluation skipped: {evaluated} users with held-out items, fewer than recommend.min_users={settings.min_users}"):
+            pass
+        return None, tuned
+    catalogue = train.select(ITEM_INDEX).distinct().count()
+    with ctx.step(f"evaluate on the {split.kind} split ({evaluated} users, k={settings.k})") as step:
+        model = fit(train, tuned.chosen, settings.seed, blocks)
+        als = evaluate("als", als_top(model, settings.k, exclude=train), test, settings.k, catalogue)
+        popularity = item_popularity(train, ITEM_INDEX, USER_INDEX)
+        baseline = evaluate("popularity", popular_top(popularity, known, settings.k, exclude=train), test, settings.k, catalogue)
+        step.detail = "; ".join(
+            f"{e.model} " + " ".join(f"{m}={v:.4f}" for m, v in e.metrics.items()) for e in (als, baseline)
+        )
+    return [als, baseline], tuned
+
+
+def tune_logged(ctx, settings: RecommendConfig, train: DataFrame, blocks: int) -> Tuned:
+    with ctx.step("tune ALS") as step:
+        tuned = tune(train, settings, blocks)
+        step.rows = len(tuned.trials)
+        best = max((t.ndcg for t in tuned.trials), default=None)
+        chosen = f"chose {tuned.chosen.describe()}"
+        step.detail = f"{chosen} (validation nDCG@{settings.k} {best:.4f})" if best is not None else f"{tuned.reason}; {chosen}"
+    return tuned
+
+
+def recommend(ctx, settings: RecommendConfig, inputs: Inputs, pairs, users, items, indexed, tuned: Tuned,
+              evaluation: list[Evaluation] | None, blocks: int) -> dict[str, int]:
+    lake, run_date = ctx.lake, ctx.run_date
+    params = model_params(settings, tuned.chosen, blocks)
+    version = model_version(run_date, params)
+    this_date = {"as_of_date": [run_date]}
+    als_candidates, path, train_seconds = None, None, 0.0
+    if indexed.limit(1).count():
+        with ctx.step(f"fit ALS on all interactions ({tuned.chosen.describe()})") as step:
+            started = time.perf_counter()
+            model = fit(indexed, tuned.chosen, settings.seed, blocks)
+            train_seconds = time.perf_counter() - started
+            path = model_path(lake, MODEL_NAME, version)
+            save_recommender(model, users, items, path)
+            step.detail = f"saved {path}"
+        als_candidates = Recommender(model, users, items).top(settings.top_n, inputs.exclude, inputs.inactive)
+    else:
+        version = None
+        with ctx.step("no interactions in the window: no model, popular items only"):
+            pass
+    listed = settings.top_n + most_excluded(inputs.exclude, USER)
+    active_pairs = pairs if inputs.inactive is None else pairs.join(inputs.inactive, ITEM, "left_anti")
+    segment_lists = segment_popular(active_pairs, inputs.segments, listed) if inputs.segments is not None else None
+    fallbacks = fallback_candidates(inputs.audience, global_popular(active_pairs, listed), segment_lists, inputs.segments)
+    rows = assemble(als_candidates, fallbacks, inputs.exclude, inputs.inactive, settings.top_n, version, run_date)
+    with ctx.step(RECOMMENDATIONS) as step:
+        step.rows = lake.write(RECOMMENDATIONS, rows, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
+    with ctx.step("sources") as step:
+        written = lake.read(RECOMMENDATIONS).filter(F.col("as_of_date") == F.lit(run_date))
+        by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}  # <= 3 rows
+        step.detail = ", ".join(f"{s}={n}" for s, n in sorted(by_source.items()))
+    with ctx.step(EVALUATION) as step:
+        frame = evaluation_frame(ctx.spark, evaluation or [], version, settings.split, run_date)
+        step.rows = lake.write(EVALUATION, frame, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
+    if path is not None:
+        with ctx.step("ops.models"):
+            metrics = model_metrics(tuned, evaluation, settings.k, train_seconds)
+            record_model(ctx, MODEL_NAME, version, path, {**params, **tuning_params(settings, tuned)}, metrics,
+                         sorted(t for t, w in settings.event_weights.items() if w > 0))  # fmt: skip
+    return {"recommendations": sum(by_source.values()), **{f"source.{s}": n for s, n in by_source.items()}, "trials": len(tuned.trials)}
+
+
+def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> dict:
+    """What determines the saved model (its version is a hash of these)."""
+    return {
+        "model": "als-implicit", "rank": chosen.rank, "reg_param": chosen.reg_param, "alpha": chosen.alpha,
+        "max_iter": chosen.max_iter, "seed": settings.seed, "blocks": blocks, "event_weights": settings.event_weights,
+        "rating_value": settings.rating_value, "half_life_days": settings.half_life_days, "strength": settings.strength,
+        "lookback_days": settings.lookback_days,
+    }  # fmt: skip
+
+
+def tuning_params(settings: RecommendConfig, tuned: Tuned) -> dict:
+    return {
+        "tuned": bool(tuned.trials), "tuning_note": tuned.reason, "search": settings.search.model_dump(),
+        "tuning_budget_seconds": settings.tuning_budget_seconds, "split": settings.split, "k": settings.k,
+        "top_n": settings.top_n, "exclude_event_types": settings.exclude_event_types,
+    }  # fmt: skip
+
+
+def model_metrics(tuned: Tuned, evaluation: list[Evaluation] | None, k: int, train_seconds: float) -> dict[str, float]:
+    metrics: dict[str, float] = {"train_seconds": round(train_seconds, 3), "trials": len(tuned.trials)}
+    for number, trial in enumerate(tuned.trials, 1):
+        metrics[f"trial{number}_validation_ndcg@{k}"] = trial.ndcg
+    chosen = [t.ndcg for t in tuned.trials if t.params == tuned.chosen]
+    if chosen:
+        metrics[f"validation_ndcg@{k}"] = chosen[0]
+    for result in evaluation or []:
+        metrics[f"{result.model}_users"] = result.users
+        for name, value in result.metrics.items():
+            metrics[f"{result.model}_{name}@{k}" if name != "coverage" else f"{result.model}_coverage"] = value
+    return metrics
+
+
+def evaluation_frame(spark, evaluation: list[Evaluation], version: str | None, split: str, run_date) -> DataFrame:
+    rows = [
+        (run_date, version, result.model, metric, result.k, float(value), result.users, split)
+        for result in evaluation
+        for metric, value in result.metrics.items()
+    ]
+    return spark.createDataFrame(rows, EVALUATION_SCHEMA)
+
+
+JOB = Job(name="recommend", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)
