@@ -224,12 +224,13 @@ def test_rules_recommendations_audiences_and_experiments_numbers(reported):
         assert row["control share"] == f"{control / (treatment + control):.1%}"
     assert audiences["vip"]["configured"] == "20.0%" and audiences["spring"]["with recommendations"] == "100"
     experiments = page.rows("experiment-results")
-    assert [(r["metric"], r["variant"], r[""]) for r in experiments] == [
-        ("conversion", "A", "control"), ("conversion", "B", "variant"), ("revenue_per_user", "B", "variant")
+    assert [(r["metric"], r["variant"]) for r in experiments] == [
+        ("conversion", "A (control)"), ("conversion", "B"), ("revenue_per_user", "B")
     ]
     b = experiments[1]
-    assert (b["lift"], b["95% CI"], b["relative"], b["relative 95% CI"]) == ("+0.0200", "[+0.0080, +0.0320]", "+20.0%", "[+8.0%, +32.0%]")
-    assert (b["p adjusted"], b["P(beats control)"], b["decision"], b["conversions"]) == ("0.0020", "99.9%", "ship B", "600")
+    assert (b["lift (95% CI)"], b["relative (95% CI)"]) == ("+0.0200 [+0.0080, +0.0320]", "+20.0% [+8.0%, +32.0%]")
+    assert (b["p (adjusted)"], b["P(better)"], b["decision"], b["conversions"]) == ("0.0020", "99.9%", "ship B", "600")
+    assert experiments[0]["lift (95% CI)"] == "-" and experiments[0]["users"] == "5,000"
     assert experiments[2]["conversions"] == "61,234.50"
 
 

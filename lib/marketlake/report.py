@@ -235,12 +235,18 @@ def signed(value, digits: int = 4) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:+.{digits}f}"
 
 
-def interval(low, high, format_: Callable[[Any], str]) -> str:
-    return "-" if low is None or pd.isna(low) or high is None or pd.isna(high) else f"[{format_(low)}, {format_(high)}]"
+def with_interval(value, low, high, format_: Callable[[Any], str]) -> str:
+    """"+0.0200 [+0.0080, +0.0320]"; "-" without a value."""
+    if value is None or pd.isna(value):
+        return "-"
+    if low is None or pd.isna(low) or high is None or pd.isna(high):
+        return format_(value)
+    return f"{format_(value)} [{format_(low)}, {format_(high)}]"
 
 
 def table(id: str, frame: pd.DataFrame, columns: dict[str, tuple[str, Callable[[Any], str] | None]], caption: str = "") -> Table:
-    """A Table from a frame: columns maps frame column -> (heading, formatter; None for text)."""
+    """A Table from a frame: columns maps frame column -> (heading, formatter); a column with a formatter is
+    set as a number (right-aligned, unbroken), one with None as text."""
     rows = [
         [str(value) if format_ is None else format_(value) for value, (_, format_) in zip(record, columns.values(), strict=True)]
         for record in frame[list(columns)].itertuples(index=False, name=None)
@@ -527,7 +533,8 @@ def experiments_section(data: dict[str, Any]) -> Section:
     section = Section(
         "experiments", "Experiment results",
         "Each variant against its control: the lift with its 95% confidence interval (a bar that crosses 0 is "
-        "not a clear win or loss), p-values adjusted for multiple comparisons, and a sample-ratio check.",
+        "not a clear win or loss), the p-value adjusted for multiple comparisons, the probability that the "
+        "variant beats the control (P(better)), and a sample-ratio check.",
         "gold.experiment_results (experiment job)",
     )  # fmt: skip
     results = data["experiments"]
@@ -540,7 +547,7 @@ def experiments_section(data: dict[str, Any]) -> Section:
         point, low, high = (("lift_relative", "rel_ci_low", "rel_ci_high") if relative else ("lift", "ci_low", "ci_high"))
         scale = 100.0 if relative else 1.0
         labels = [f"{e} · {m} · {v}" for e, m, v in zip(variants.experiment_id, variants.metric, variants.variant, strict=True)]
-        figure = new_figure(8.5, 0.5 * len(variants) + 1.4)
+        figure = new_figure(8.5, 0.45 * len(variants) + 1.2)
         ax = figure.subplots()
         for i, row in enumerate(variants.itertuples(index=False)):
             lo, hi, mid = getattr(row, low) * scale, getattr(row, high) * scale, getattr(row, point) * scale
@@ -549,27 +556,31 @@ def experiments_section(data: dict[str, Any]) -> Section:
             ax.plot(mid, i, "o", color=color, markersize=7)
             ax.annotate(f"{mid:+.1f}%" if relative else f"{mid:+.4f}", (hi, i), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
         ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_ylim(len(variants) - 0.5, -0.5)
         ax.set_yticks(range(len(variants)), labels)
-        ax.invert_yaxis()
         ax.set_xlabel("relative lift over control, % (95% CI)" if relative else "lift over control (95% CI)")
         ax.margins(x=0.15)
         tidy(ax)
         section.charts.append(Chart("Lift with 95% confidence intervals", "forest plot: each variant's lift and interval; green above 0, red below, grey across", png(figure)))
     section.facts = [("experiments", count(results.experiment_id.nunique())),
                      ("sample-ratio mismatches", count(results.drop_duplicates(["experiment_id", "metric"]).srm.fillna(False).astype(bool).sum()))]  # fmt: skip
+    control = results.is_control.astype(bool)
     shown = results.assign(
-        role=results.is_control.astype(bool).map({True: "control", False: "variant"}),
-        lift_ci=[interval(lo, hi, signed) for lo, hi in zip(results.ci_low, results.ci_high, strict=True)],
-        rel_ci=[interval(lo, hi, lambda v: f"{v:+.1%}") for lo, hi in zip(results.rel_ci_low, results.rel_ci_high, strict=True)],
+        variant=[f"{v} (control)" if c else str(v) for v, c in zip(results.variant, control, strict=True)],
+        lift_ci=[with_interval(v, lo, hi, signed) for v, lo, hi in zip(results.lift, results.ci_low, results.ci_high, strict=True)],
+        relative_ci=[
+            with_interval(v, lo, hi, lambda x: f"{x:+.1%}")
+            for v, lo, hi in zip(results.lift_relative, results.rel_ci_low, results.rel_ci_high, strict=True)
+        ],
         srm_flag=results.srm.map(lambda v: "mismatch" if v is True or v == 1 else "ok"),
     )
     section.tables.append(
         table("experiment-results", shown, {
-            "experiment_id": ("experiment", None), "metric": ("metric", None), "variant": ("variant", None), "role": ("", None),
+            "experiment_id": ("experiment", None), "metric": ("metric", None), "variant": ("variant", None),
             "users": ("users", count), "conversions": ("conversions", number_or_count), "rate": ("rate", number),
-            "lift": ("lift", signed), "lift_ci": ("95% CI", None), "lift_relative": ("relative", lambda v: "-" if pd.isna(v) else f"{v:+.1%}"),
-            "rel_ci": ("relative 95% CI", None), "p_value": ("p", number), "p_value_adjusted": ("p adjusted", number),
-            "prob_beat_control": ("P(beats control)", share), "srm_flag": ("sample ratio", None), "decision": ("decision", None),
+            "lift_ci": ("lift (95% CI)", str), "relative_ci": ("relative (95% CI)", str),
+            "p_value_adjusted": ("p (adjusted)", number), "prob_beat_control": ("P(better)", share),
+            "srm_flag": ("sample ratio", None), "decision": ("decision", None),
         })
     )  # fmt: skip
     return section
