@@ -137,7 +137,6 @@ def gather(lake, run_date: dt.date, top_rules: int = 15) -> dict[str, Any]:
     data["experiments"] = small(
         dated(lake, EXPERIMENTS, run_date), lambda f: f.orderBy("experiment_id", "metric", F.desc("is_control"), "variant")
     )  # fmt: skip
-    data["users"] = small(features, lambda f: f.agg(F.count("*").alias("users")))
     data["runs"] = job_runs(lake, run_date)
     return data
 
@@ -610,9 +609,9 @@ def render(data: dict[str, Any], sections: list[Section], generated_at: dt.datet
     )  # fmt: skip
     runs = data["runs"]
     facts = {label: value for section in sections for label, value in section.facts}
-    users = data["users"]
+    rfm = data["rfm"]
     headline = [
-        ("customers", "-" if isinstance(users, Absent) else count(users["users"].iloc[0])),
+        ("customers", "-" if isinstance(rfm, Absent) else count(rfm.users.sum())),
         *[(label, facts.get(label, "-")) for label in HEADLINE],
     ]
     return environment.get_template("report.html.j2").render(

@@ -77,11 +77,14 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     for table, job in ((FEATURES, "features"), (SEGMENTS, "segment")):
         if not lake.exists(table):
             raise UsageError(f"{table} does not exist in this lake; run {job} first")
-    users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date))
-    if users.limit(1).count() == 0:
-        raise UsageError(f"{FEATURES} has no rows for {run_date}; run features and segment for that date first")
     campaigns = settings.campaigns
-    contact_columns = {c.id: contacts_for(ctx, c) for c in campaigns}  # checked before anything is written
+    with ctx.step(f"inputs: users of {run_date}, export columns") as step:
+        users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date))
+        if users.limit(1).count() == 0:
+            raise UsageError(f"{FEATURES} has no rows for {run_date}; run features and segment for that date first")
+        contact_columns = {c.id: contacts_for(ctx, c) for c in campaigns}  # checked before anything is written
+        mapped = sorted({column for c in campaigns for column in c.export_columns})
+        step.detail = f"{len(campaigns)} campaigns; mapped export columns: {', '.join(mapped) or 'none'}"
     if not campaigns:
         with ctx.step("no campaigns in the config's activate section: empty partition"):
             pass
