@@ -7,7 +7,7 @@ retries and re-runs of a date are safe.
 
 The task graph follows the tables each job reads: rules and experiment run beside features -> segment
 -> recommend, and report waits for all of them. The job list comes from the marketlake checkout
-(`PIPELINE_ORDER` in lib/marketlake/jobs/__init__.py, kept where jobs/NAME.py exists), read as text:
+(`PIPELINE_ORDER` in lib/marketlake/jobs/__init__.py, those whose files exist), read as text:
 this file imports neither marketlake nor Spark, so the Airflow environment needs neither.
 
 Settings, from the environment of the DAG processor and the workers (read when this file is parsed):
@@ -18,6 +18,7 @@ Settings, from the environment of the DAG processor and the workers (read when t
   MARKETLAKE_SPARK_ARGS  spark-submit options for every job, for example
                          "--master yarn --packages io.delta:delta-spark_2.13:4.4.1"
   MARKETLAKE_SKIP_JOBS   comma-separated jobs to leave out, for example "generate" where real data lands
+  MARKETLAKE_RETRIES     retries of a failed task (default 2, 5 minutes apart, then longer)
 
 The lake root comes from the config or from MARKETLAKE_LAKE in the workers' environment.
 """
@@ -34,6 +35,8 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
 DAG_ID = "marketlake_daily"
+# A job is there when both its entry point (what spark-submit.sh runs) and its library module are.
+JOB_FOLDERS = ("jobs", "lib/marketlake/jobs")
 
 # The jobs whose tables each job reads. A job missing from the DAG (skipped, or not in this version)
 # is replaced by what it reads. A job not listed here, report included (it reads every gold table),
@@ -65,7 +68,10 @@ def pipeline_jobs(home: Path) -> list[str]:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PIPELINE_ORDER" for t in node.targets)
     )
     skipped = {name.strip() for name in os.environ.get("MARKETLAKE_SKIP_JOBS", "").split(",") if name.strip()}
-    return [name for name in order if (home / "jobs" / f"{name}.py").is_file() and name not in skipped]
+    return [
+        name for name in order
+        if name not in skipped and all((home / folder / f"{name}.py").is_file() for folder in JOB_FOLDERS)
+    ]
 
 
 def reads_from(job: str, jobs: list[str]) -> list[str]:
@@ -115,7 +121,7 @@ with DAG(
     max_active_runs=1,
     default_args={
         "owner": "marketlake",
-        "retries": 2,
+        "retries": int(os.environ.get("MARKETLAKE_RETRIES", "2")),
         "retry_delay": dt.timedelta(minutes=5),
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(minutes=30),
