@@ -59,8 +59,9 @@ def table_contents(lake_root) -> dict[str, pl.DataFrame]:
             continue
         frame = pl.read_delta(folder)
         frame = frame.drop([c for c in frame.columns if c in RUN_SPECIFIC])
-        sortable = [c for c, dtype in frame.schema.items() if not dtype.is_nested()]
-        contents[f"{layer}.{os.path.basename(folder)}"] = frame.sort(sortable)
+        # every column, lists included: rows that tie on the scalar columns (rules with equal support,
+        # confidence and lift) would otherwise keep the files' arbitrary order
+        contents[f"{layer}.{os.path.basename(folder)}"] = frame.sort(frame.columns)
     return contents
 
 
