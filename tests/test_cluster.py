@@ -36,10 +36,12 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DATE = "2024-06-30"
-# A small shop, and a segment search over fewer k and seeds, so that a run takes a few minutes.
+# A small shop, a segment search over fewer k and seeds, and ALS without its parameter search, so that a
+# run takes a few minutes.
 CONFIG = """\
 generate: {users: 200, items: 50, events: 20000, days: 10}
 segment: {k_max: 5, runs: 2}
+recommend: {tune: false}
 """
 RUN_COLUMNS = ["batch_id", "ingested_at"]
 # Tables that are functions of the input, with the columns that order them.

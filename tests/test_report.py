@@ -265,3 +265,15 @@ def test_missing_tables_and_dates_are_named_with_the_job_that_makes_them(spark, 
     ]:  # fmt: skip
         message = f"{table} is absent from this lake: the {job} job makes it (./spark-submit.sh {job} --run-date {RUN_DATE})."
         assert message in page.missing
+
+
+def test_pipeline_prints_the_report_path_last(reported, config, capsys):
+    from marketlake.jobs.pipeline import print_tables
+    from marketlake.runner import JobContext
+
+    lake, root, _ = reported
+    print_tables(JobContext("pipeline", lake.spark, config, lake, RUN_DATE, "run"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"The report for {RUN_DATE}: {report_path(root, RUN_DATE)}"
+    print_tables(JobContext("pipeline", lake.spark, config, lake, RUN_DATE + dt.timedelta(days=1), "run"))
+    assert not capsys.readouterr().out.strip().splitlines()[-1].startswith("The report for")
