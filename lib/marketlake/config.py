@@ -237,6 +237,53 @@ class ActivateConfig(Section):
         return self
 
 
+class ExperimentPlan(Section):
+    """One experiment's design: its control variant and planned split (share per variant, summing to 1)."""
+
+    control: str | None = None  # null: experiment.control
+    split: dict[str, float] | None = None  # null: an equal split over the variants seen
+
+    @model_validator(mode="after")
+    def _split_is_a_distribution(self):
+        if self.split is not None:
+            if len(self.split) < 2 or any(share <= 0 for share in self.split.values()):
+                raise ValueError("split needs two or more variants, each with a share above 0")
+            if abs(sum(self.split.values()) - 1) > 1e-6:
+                raise ValueError(f"split shares must sum to 1 (they sum to {sum(self.split.values()):g})")
+            if self.control is not None and self.control not in self.split:
+                raise ValueError(f"control {self.control!r} is not a variant of the split")
+        return self
+
+
+class ExperimentConfig(Section):
+    """A/B test results from exposures in silver.events or a CSV (issue 6)."""
+
+    # A user converts when an event of this type follows their first exposure within window_hours and,
+    # with same_session, in the exposure's session (the generator's metric: session conversion).
+    conversion_event: str = "purchase"
+    window_hours: float | None = Field(default=24.0, gt=0)  # null: no time limit (to the end of the run date)
+    same_session: bool = True
+    # Experiments with an exposure in the lookback_days ending on the run date are analysed (all their
+    # exposures up to the run date count).
+    lookback_days: int = Field(default=90, ge=1)
+    control: str = "control"
+    experiments: dict[str, ExperimentPlan] = Field(default_factory=dict)
+    alpha: float = Field(default=0.05, gt=0, lt=1)  # two-sided tests, (1 - alpha) intervals
+    srm_threshold: float = Field(default=0.001, gt=0, lt=1)  # sample-ratio mismatch below this p-value
+    # statsmodels multipletests method across a metric's comparisons with control (more than two variants).
+    correction: Literal["holm", "bonferroni", "sidak", "holm-sidak", "hommel", "fdr_bh", "fdr_by"] = "holm"
+    value_metric: bool = True  # revenue_per_user rows (Welch's t-test)
+    # CUPED: adjust with the user's conversions (sessions with a conversion event) and revenue in the
+    # cuped_days before their first exposure; adds rows with cuped = true.
+    cuped: bool = True
+    cuped_days: int = Field(default=14, ge=1)
+    # Decisions: fewer users than this in the control or the variant: keep running. Not significant: do not
+    # ship once both arms have the users needed to detect min_detectable_lift (relative) with this power.
+    min_users: int = Field(default=100, ge=2)
+    min_detectable_lift: float = Field(default=0.1, gt=0)
+    power: float = Field(default=0.8, gt=0, lt=1)
+
+
 class ReportConfig(Section):
     """The HTML report (issue 6)."""
 
@@ -254,6 +301,7 @@ class Config(Section):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     activate: ActivateConfig = Field(default_factory=ActivateConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     def with_lake_root(self, root: str) -> Config:

@@ -135,7 +135,7 @@ def gather(lake, run_date: dt.date, top_rules: int = 15) -> dict[str, Any]:
         audience, lambda f: f.groupBy("campaign_id", "offer").agg(F.count("*").alias("users")).orderBy("campaign_id", F.desc("users"), "offer")
     )  # fmt: skip
     data["experiments"] = small(
-        dated(lake, EXPERIMENTS, run_date), lambda f: f.orderBy("experiment_id", "metric", F.desc("is_control"), "variant")
+        dated(lake, EXPERIMENTS, run_date), lambda f: f.orderBy("experiment_id", "cuped", "metric", F.desc("is_control"), "variant")
     )  # fmt: skip
     data["runs"] = job_runs(lake, run_date)
     return data
@@ -540,6 +540,8 @@ def experiments_section(data: dict[str, Any]) -> Section:
     if isinstance(results, Absent):
         section.missing.append(results.message)
         return section
+    # CUPED rows repeat a metric with adjusted figures: say so wherever the metric is named.
+    results = results.assign(metric=[f"{m} (CUPED)" if pd.notna(c) and bool(c) else m for m, c in zip(results.metric, results.cuped, strict=True)])
     variants = results[~results.is_control.astype(bool)]
     if not variants.empty:
         relative = variants.lift_relative.notna().all() and variants.rel_ci_low.notna().all()
@@ -572,6 +574,7 @@ def experiments_section(data: dict[str, Any]) -> Section:
             for v, lo, hi in zip(results.lift_relative, results.rel_ci_low, results.rel_ci_high, strict=True)
         ],
         srm_flag=results.srm.map(lambda v: "mismatch" if v is True or v == 1 else "ok"),
+        decision=results.decision.fillna("-"),  # a control row has none unless the split is off
     )
     section.tables.append(
         table("experiment-results", shown, {

@@ -1,0 +1,246 @@
+"""experiment: A/B test results per experiment, metric and variant into gold.experiment_results (the run
+date's partition). Experiments come from the exposures in silver.events (a user's first exposure gives
+their variant; conversion: the configured event in the window after it), or with --input from a CSV of
+user_id, variant, converted and optionally value (and covariate, for CUPED). Against the control: lift
+with 95% intervals, p-values (z-test; Welch's t-test for revenue per user), adjusted for several variants,
+the probability to beat control (Beta-Binomial), a sample-ratio check and a decision."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from marketlake.errors import UsageError
+from marketlake.experiment import (
+    CONVERSION,
+    FROM_CSV,
+    FROM_EVENTS,
+    RESULT_COLUMNS,
+    RESULT_SCHEMA,
+    USER_COLUMNS,
+    experiment_rows,
+    exposures,
+    first_exposures,
+    moment_sums,
+    moments,
+    outcomes,
+    plan_for,
+)
+from marketlake.runner import Job, JobContext
+
+RESULTS = "gold.experiment_results"
+EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TRUE_WORDS, FALSE_WORDS = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", help="a CSV (header: user_id, variant, converted[, value][, covariate]) instead of silver.events")
+    parser.add_argument("--control", help="with --input: the control variant (default: the experiment's plan, else experiment.control)")
+    parser.add_argument("--experiment", help="with --input: the experiment id (default: the file name without .csv)")
+
+
+def csv_experiment_id(args: argparse.Namespace) -> str:
+    return args.experiment or Path(args.input.rstrip("/")).name.removesuffix(".csv")
+
+
+def validate(args: argparse.Namespace, config) -> None:
+    if args.input is None:
+        if args.control or args.experiment:
+            raise UsageError("--control and --experiment go with --input (silver mode takes them from the config)")
+        return
+    if "://" not in args.input and not os.path.exists(args.input):
+        raise UsageError(f"--input: no such file: {args.input}")
+    if not EXPERIMENT_ID.match(csv_experiment_id(args)):
+        raise UsageError(f"--experiment: {csv_experiment_id(args)!r} is not an experiment id (letters, digits, _ . -)")
+
+
+def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+    if args.input is not None:
+        return run_csv(ctx, args)
+    lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.experiment
+    if not lake.exists("silver.events"):
+        raise UsageError("silver.events does not exist in this lake; run ingest first")
+    events = lake.read("silver.events")
+    with ctx.step(f"exposures up to {run_date}") as step:
+        first = first_exposures(events.transform(exposures(run_date, settings.lookback_days))).persist()
+        per_experiment = first.groupBy("experiment_id").agg(
+            F.count("*").alias("users"), F.sum((F.col("variants") > 1).cast("long")).alias("crossed")
+        ).collect()  # one row per experiment
+        crossed = sum(row.crossed for row in per_experiment)
+        step.rows = sum(row.users for row in per_experiment)
+        step.detail = (
+            f"{len(per_experiment)} experiments with an exposure in the {settings.lookback_days} days to {run_date}; "
+            f"{crossed} users exposed to several variants of one experiment (left out)"
+        )
+    counts = {"experiments": len(per_experiment), "users_in_several_variants": crossed}
+    try:
+        if not per_experiment:
+            with ctx.step(f"no exposures in silver.events for {run_date}: nothing to analyse"):
+                pass
+            counts["result_rows"] = write_results(ctx, [], F.col("source") == FROM_EVENTS)
+            return counts
+        users = first.filter(F.col("variants") == 1).transform(outcomes(events, run_date, settings))
+        rows = analyse(ctx, users, FROM_EVENTS, {})
+    finally:
+        first.unpersist()
+    counts["result_rows"] = write_results(ctx, rows, F.col("source") == FROM_EVENTS)
+    counts["srm_flags"] = len({r["experiment_id"] for r in rows if r["srm"]})
+    return counts
+
+
+def run_csv(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+    experiment_id = csv_experiment_id(args)
+    settings = ctx.config.experiment
+    plan = plan_for(experiment_id, settings, args.control)
+    with ctx.step(f"read {args.input}") as step:
+        users, crossed, optional = read_csv_users(ctx, args.input, experiment_id)
+        variants = {row.variant: row["count"] for row in users.groupBy("variant").count().collect()}
+        step.rows = sum(variants.values())
+        step.detail = (
+            f"experiment {experiment_id}: " + ", ".join(f"{v} {n:,}" for v, n in sorted(variants.items()))
+            + f"; {crossed} users in several variants (left out); optional columns: {', '.join(optional) or 'none'}"
+        )  # fmt: skip
+    if plan.control not in variants:
+        raise UsageError(f"--input {args.input}: no rows of the control variant {plan.control!r} (variants: {', '.join(sorted(variants))}); give --control")
+    if len(variants) < 2:
+        raise UsageError(f"--input {args.input}: only the variant {plan.control!r}; an experiment needs two or more")
+    csv_settings = settings.model_copy(
+        update={"value_metric": settings.value_metric and "value" in optional, "cuped": settings.cuped and "covariate" in optional}
+    )  # fmt: skip
+    rows = analyse(ctx, users, FROM_CSV, {experiment_id: plan}, csv_settings)
+    replaced = (F.col("source") == FROM_CSV) & (F.col("experiment_id") == experiment_id)
+    written = write_results(ctx, rows, replaced)
+    return {"experiments": 1, "users_in_several_variants": crossed, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))}
+
+
+def read_csv_users(ctx: JobContext, path: str, experiment_id: str) -> tuple[DataFrame, int, list[str]]:
+    """The CSV as the per-user frame, after checks that each end in one UsageError line: the columns, one
+    value per cell that parses, no user twice in one variant. Users in several variants are left out and
+    counted. Returns (users, users left out, optional columns present)."""
+    where = f"--input {path}"
+    try:
+        raw = ctx.spark.read.option("header", True).option("mode", "PERMISSIVE").csv(path)
+        columns = [c.strip() for c in raw.columns]
+    except Exception as exc:  # AnalysisException: not readable, not found
+        raise UsageError(f"{where}: cannot read it as CSV: {str(exc).strip().splitlines()[0]}") from None
+    raw = raw.toDF(*columns)
+    missing = [c for c in ("user_id", "variant", "converted") if c not in columns]
+    if missing:
+        raise UsageError(f"{where}: no column {', '.join(missing)} (header: {', '.join(columns) or 'none'}; needs user_id, variant, converted[, value][, covariate])")
+    optional = [c for c in ("value", "covariate") if c in columns]
+    flag = F.lower(F.trim("converted"))
+    parsed = raw.select(
+        F.trim("user_id").alias("user_id"), F.trim("variant").alias("variant"),
+        F.when(flag.isin(*TRUE_WORDS), 1.0).when(flag.isin(*FALSE_WORDS), 0.0).alias("converted"),
+        F.col("converted").alias("converted_text"),
+        *[number(c).alias(c) for c in optional], *[F.col(c).alias(f"{c}_text") for c in optional],
+    )  # fmt: skip
+    checks = {
+        "rows": F.count("*"),
+        "no user_id or variant": F.sum((F.coalesce(F.length("user_id"), F.lit(0)) * F.coalesce(F.length("variant"), F.lit(0)) == 0).cast("long")),
+        "converted not 0/1/true/false": F.sum(F.col("converted").isNull().cast("long")),
+        **{f"{c} not a number": F.sum((F.col(c).isNull() & (F.length(F.trim(f"{c}_text")) > 0)).cast("long")) for c in optional},
+    }  # fmt: skip
+    found = parsed.agg(*[expr.alias(name) for name, expr in checks.items()]).first().asDict()
+    if not found["rows"]:
+        raise UsageError(f"{where}: no rows under the header")
+    bad = [f"{found[name]:,} rows with {name}" for name in checks if name != "rows" and found[name]]
+    if bad:
+        example = parsed.filter(F.col("converted").isNull()).select("converted_text").first() if found["converted not 0/1/true/false"] else None
+        shown = f" (e.g. converted={example[0]!r})" if example else ""
+        raise UsageError(f"{where}: {'; '.join(bad)}{shown}")
+    per_user = parsed.groupBy("user_id").agg(F.countDistinct("variant").alias("variants"), F.count("*").alias("rows"))
+    repeats = per_user.agg(
+        F.sum(((F.col("variants") == 1) & (F.col("rows") > 1)).cast("long")).alias("repeated"),
+        F.sum((F.col("variants") > 1).cast("long")).alias("crossed"),
+    ).first()
+    if repeats.repeated:
+        raise UsageError(f"{where}: {repeats.repeated:,} user_ids have more than one row in their variant (one row per user)")
+    users = (
+        parsed.join(per_user.filter(F.col("variants") == 1).select("user_id"), "user_id")
+        .withColumn("experiment_id", F.lit(experiment_id))
+        .withColumn("value", F.coalesce(F.col("value"), F.lit(0.0)) if "value" in optional else F.lit(0.0))
+        .withColumn("pre_conversions", F.coalesce(F.col("covariate"), F.lit(0.0)) if "covariate" in optional else F.lit(0.0))
+        .withColumn("pre_value", F.col("pre_conversions"))
+        .select(*USER_COLUMNS)
+    )  # fmt: skip
+    return users, int(repeats.crossed or 0), optional
+
+
+def number(column: str) -> Column:
+    text = F.trim(column)
+    return F.when(F.length(text) > 0, text.try_cast("double"))
+
+
+def analyse(ctx: JobContext, users: DataFrame, source: str, plans: dict, settings=None) -> list[dict]:
+    """Moments per experiment and variant in Spark (the per-user rows stay there), then the statistics in
+    the driver; one log line per experiment."""
+    settings = settings or ctx.config.experiment
+    users = users.persist()
+    try:
+        with ctx.step("outcomes and moments per experiment and variant") as step:
+            by_variant = moment_sums(users, ["experiment_id", "variant"]).collect()  # a handful of rows
+            pooled = {row.experiment_id: moments(row.asDict()) for row in moment_sums(users, ["experiment_id"]).collect()}
+            step.rows = len(by_variant)
+    finally:
+        users.unpersist()
+    rows = []
+    for experiment_id in sorted(pooled):
+        arms = {row.variant: moments(row.asDict()) for row in by_variant if row.experiment_id == experiment_id}
+        plan = plans.get(experiment_id) or plan_for(experiment_id, settings)
+        with ctx.step(f"{experiment_id}: statistics") as step:
+            found, notes = experiment_rows(experiment_id, source, arms, pooled[experiment_id], plan, settings)
+            rows += found
+            step.rows = len(found)
+            step.detail = "; ".join([summary(found, arms, plan.control), *notes])
+    return rows
+
+
+def summary(rows: list[dict], arms: dict, control: str) -> str:
+    users = ", ".join(f"{v} {int(a['n']):,}" for v, a in sorted(arms.items()))
+    parts = [f"users {users}"]
+    for row in rows:
+        if row["metric"] == CONVERSION and not row["is_control"] and not row["cuped"]:
+            p = row["p_value_adjusted"]
+            lift = "-" if row["lift"] is None else f"{row['lift']:+.4f}"
+            parts.append(f"{row['variant']} vs {control}: conversion {lift} (p {'-' if p is None else f'{p:.3g}'}) -> {row['decision']}")
+    if rows:
+        parts.append(f"SRM p {rows[0]['srm_p_value']:.3g}{' (MISMATCH)' if rows[0]['srm'] else ''}")
+    return "; ".join(parts)
+
+
+def write_results(ctx: JobContext, rows: list[dict], replaced: Column) -> int:
+    """Replace the run date's rows that `replaced` selects (this source's, or this CSV experiment's) by
+    `rows`, keeping the date's other rows: one overwrite of the run date's partition."""
+    lake, run_date = ctx.lake, ctx.run_date
+    kept = []
+    if lake.exists(RESULTS):
+        of_date = lake.read(RESULTS).filter(F.col("as_of_date") == F.lit(run_date))
+        kept = [tuple(row) for row in of_date.filter(~replaced).select(*RESULT_COLUMNS).collect()]  # result rows: few
+    new = [tuple(clean(row.get(c)) for c in RESULT_COLUMNS[:-1]) + (run_date,) for row in rows]
+    frame = ctx.spark.createDataFrame(kept + new, RESULT_SCHEMA)
+    with ctx.step(RESULTS) as step:
+        lake.write(RESULTS, frame, "overwrite", partition_by=["as_of_date"], partitions={"as_of_date": [run_date]})
+        step.rows = len(new)
+        step.detail = f"for {run_date} ({len(kept)} rows of other sources or experiments kept)"
+    return len(new)
+
+
+def clean(value):
+    """Python scalars for Spark: numpy numbers to float/int/bool, NaN and infinities to None."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+JOB = Job(name="experiment", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)
