@@ -564,7 +564,7 @@ def experiments_section(data: dict[str, Any]) -> Section:
         tidy(ax)
         section.charts.append(Chart("Lift with 95% confidence intervals", "forest plot: each variant's lift and interval; green above 0, red below, grey across", png(figure)))
     section.facts = [("experiments", count(results.experiment_id.nunique())),
-                     ("sample-ratio mismatches", count(results.drop_duplicates(["experiment_id", "metric"]).srm.fillna(False).astype(bool).sum()))]  # fmt: skip
+                     ("sample-ratio mismatches", count(results.drop_duplicates(["experiment_id", "source"]).srm.fillna(False).astype(bool).sum()))]  # fmt: skip
     control = results.is_control.astype(bool)
     shown = results.assign(
         variant=[f"{v} (control)" if c else str(v) for v, c in zip(results.variant, control, strict=True)],
