@@ -7,8 +7,8 @@ in the same run, the baseline: plain Spark reading the same generated JSON event
 Parquet (`spark.read.json(dir).write.parquet(out)`), in a process of its own with the same memory.
 
 Printed per size: seconds per stage (from ops.job_runs), events per second of the pipeline without
-generate, the peak resident memory of the driver (the Python process and its JVM, sampled every 0.2 s)
-while each stage ran, and pipeline time / baseline time. Then the growth of time from one size to the next
+generate, the peak memory of the driver (the Python process, its JVM and Python workers, as proportional
+set size, sampled every 0.2 s) while each stage ran, and pipeline time / baseline time. Then the growth of time from one size to the next
 (goal of the operations issue: from 10^6 to 10^7 events, at most 12x). The last line is JSON.
 
     python bench/pipeline.py [--events 100000,1000000,10000000] [--driver-memory 8g] [--keep DIR]
@@ -41,10 +41,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def process_tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+def process_tree_memory(pid: int) -> int:
+    """Bytes of memory held by `pid` and all its descendants: the sum of their proportional set sizes
+    (Linux /proc/PID/smaps_rollup), so pages shared between processes (pyspark's forked Python workers
+    share most of theirs) count once, not once per process as summed RSS would."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -52,15 +53,25 @@ def process_tree_rss(pid: int) -> int:
             with open(f"/proc/{entry}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
     total, stack = 0, [pid]
     while stack:
         current = stack.pop()
-        total += rss.get(current, 0)
+        total += proportional_set_size(current)
         stack.extend(children.get(current, []))
     return total
+
+
+def proportional_set_size(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 class Watch:
@@ -86,8 +97,8 @@ class Watch:
 
     def _sample(self) -> None:
         while self.process.poll() is None:
-            rss = process_tree_rss(self.process.pid)
-            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), rss)
+            held = process_tree_memory(self.process.pid)
+            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), held)
             time.sleep(0.2)
 
     def wait(self) -> int:
@@ -154,7 +165,7 @@ def run_size(events: int, work: Path, driver_memory: str) -> dict:
     return {
         "events": events, "users": users, "stages": stages, "wall_s": round(wall, 1),
         "pipeline_s": round(without_generate, 1), "events_per_s": round(events / without_generate),
-        "baseline_s": round(float(found.group(1)), 1), "peak_rss_mb": {k: round(v / 2**20) for k, v in watch.peaks.items()},
+        "baseline_s": round(float(found.group(1)), 1), "peak_mb": {k: round(v / 2**20) for k, v in watch.peaks.items()},
     }  # fmt: skip
 
 
@@ -167,7 +178,7 @@ def report(results: list[dict]) -> None:
         cells = []
         for r in results:
             seconds = r["stages"].get(stage)
-            memory = r["peak_rss_mb"].get(stage)
+            memory = r["peak_mb"].get(stage)
             cells.append("-" if seconds is None else f"{seconds:.1f} ({memory or 0})")
         print(stage.ljust(12) + "".join(f"{c:>{width}}" for c in cells))
     rows = [
@@ -175,7 +186,7 @@ def report(results: list[dict]) -> None:
         ("events/s", lambda r: f"{r['events_per_s']:,}"),
         ("baseline s", lambda r: f"{r['baseline_s']:.1f}"),
         ("x baseline", lambda r: f"{r['pipeline_s'] / r['baseline_s']:.1f}"),
-        ("peak MB", lambda r: f"{max(r['peak_rss_mb'].values()):,}"),
+        ("peak MB", lambda r: f"{max(r['peak_mb'].values()):,}"),
     ]
     for label, cell in rows:
         print(label.ljust(12) + "".join(f"{cell(r):>{width}}" for r in results))
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     report(results)
     headline = {
         str(r["events"]): {"pipeline_s": r["pipeline_s"], "events_per_s": r["events_per_s"], "baseline_s": r["baseline_s"],
-                           "peak_rss_mb": max(r["peak_rss_mb"].values())}
+                           "peak_mb": max(r["peak_mb"].values())}
         for r in results
     }  # fmt: skip
     growth = {f"{a['events']}->{b['events']}": round(b["pipeline_s"] / a["pipeline_s"], 2) for a, b in zip(results, results[1:], strict=False)}

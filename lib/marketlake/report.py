@@ -567,7 +567,7 @@ def experiments_section(data: dict[str, Any]) -> Section:
                      ("sample-ratio mismatches", count(results.drop_duplicates(["experiment_id", "source"]).srm.fillna(False).astype(bool).sum()))]  # fmt: skip
     control = results.is_control.astype(bool)
     shown = results.assign(
-        variant=[f"{v} (control)" if c else str(v) for v, c in zip(results.variant, control, strict=True)],
+        variant=[f"{v} (control)" if c and v != "control" else str(v) for v, c in zip(results.variant, control, strict=True)],
         lift_ci=[with_interval(v, lo, hi, signed) for v, lo, hi in zip(results.lift, results.ci_low, results.ci_high, strict=True)],
         relative_ci=[
             with_interval(v, lo, hi, lambda x: f"{x:+.1%}")
