@@ -27,10 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from pyspark.ml.evaluation import RankingEvaluator
@@ -211,6 +211,28 @@ def als(params: AlsParams, seed: int, blocks: int) -> ALS:
     )  # fmt: skip
 
 
+@contextmanager
+def checkpoints(spark, directory: str) -> Iterator[None]:
+    """Points the SparkContext's checkpoint directory at `directory` (any Hadoop path: it must be one that
+    every executor sees on a cluster) and removes that directory at the end, and its parent when that is
+    left empty.
+
+    ALS checkpoints its factors every 10 iterations, but only when a checkpoint directory is set; without
+    one, the lineage of about 20 iterations overflows the stack when tasks are serialised
+    (StackOverflowError). Wrap everything that uses the fitted models: their factors may be read back."""
+    context = spark.sparkContext
+    context.setCheckpointDir(directory)
+    try:
+        yield
+    finally:
+        path = context._jvm.org.apache.hadoop.fs.Path(directory)
+        filesystem = path.getFileSystem(context._jsc.hadoopConfiguration())
+        filesystem.delete(path, True)
+        parent = path.getParent()
+        if parent is not None and filesystem.exists(parent) and len(filesystem.listStatus(parent)) == 0:
+            filesystem.delete(parent, False)
+
+
 def fit(train: DataFrame, params: AlsParams, seed: int, blocks: int) -> ALSModel:
     """Implicit ALS on (user_index, item_index, strength)."""
     return als(params, seed, blocks).fit(train.select(USER_INDEX, ITEM_INDEX, STRENGTH))
@@ -262,19 +284,28 @@ def popular_top(popularity: DataFrame, users: DataFrame, n: int, exclude: DataFr
     """Every user of `users` gets the n most popular items (most users, then strength, then item) that are
     not excluded for them: (user, item, score = users of the item, rank)."""
     wanted = n + most_excluded(exclude, user)
-    ordering = [F.desc("users"), F.desc("strength_sum"), F.col(item)]
-    listed = popularity.transform(_top_overall(wanted, ordering))
+    listed = popularity.transform(most_popular(wanted, item))
     candidates = users.select(user).distinct().crossJoin(F.broadcast(listed.select(item, F.col("users").cast("double").alias(SCORE), F.col("_order"))))
     if exclude is not None:
         candidates = candidates.join(exclude.select(user, item), [user, item], "left_anti")
     return candidates.transform(rank_within_user(n, user, [F.col("_order")])).drop("_order")
 
 
-def _top_overall(n: int, ordering: list[Column]) -> Callable[[DataFrame], DataFrame]:
-    """The first n rows by `ordering`, numbered in `_order` (a small list: sorted in one partition)."""
+def most_popular(n: int, item: str = ITEM) -> Callable[[DataFrame], DataFrame]:
+    """(item, users, strength_sum) -> the n most popular items (most users, then strength, then item),
+    numbered 1..n in `_order`.
 
-    def transform(frame: DataFrame) -> DataFrame:
-        return frame.withColumn("_order", F.row_number().over(Window.orderBy(*ordering))).filter(F.col("_order") <= n)
+    A sorted limit keeps each partition's n best and merges only those; the n survivors are numbered by
+    one sorted array (a single-row aggregate). An unpartitioned row_number window would instead move every
+    item to one partition (and log "No Partition Defined for Window operation")."""
+
+    def transform(popularity: DataFrame) -> DataFrame:
+        key = F.struct(-F.col("users"), -F.col("strength_sum"), F.col(item))  # ascending = most popular first
+        top = popularity.select(key.alias("_key"), item, "users", "strength_sum").orderBy("_key").limit(n)
+        numbered = top.agg(F.sort_array(F.collect_list(F.struct("_key", item, "users", "strength_sum"))).alias("_rows"))
+        return numbered.select(F.posexplode("_rows").alias("_pos", "_row")).select(
+            F.col(f"_row.{item}").alias(item), "_row.users", "_row.strength_sum", (F.col("_pos") + 1).alias("_order")
+        )
 
     return transform
 
@@ -412,10 +443,9 @@ def segment_popular(pairs: DataFrame, segments: DataFrame, n: int) -> DataFrame:
 def global_popular(pairs: DataFrame, n: int) -> DataFrame:
     """The n items with the most distinct users: (item_id, score = share of users with the item, order)."""
     total = F.lit(pairs.select(USER).distinct().count())
-    ordering = [F.desc("users"), F.desc("strength_sum"), F.col(ITEM)]
     return (
         item_popularity(pairs)
-        .transform(_top_overall(n, ordering))
+        .transform(most_popular(n))
         .select(ITEM, F.round(F.col("users") / total, SCORE_DECIMALS).alias(SCORE), "_order")
     )
 
@@ -494,7 +524,3 @@ class Recommender:
 
 def load_recommender(spark, path: str) -> Recommender:
     return Recommender(ALSModel.load(f"{path}/als"), spark.read.parquet(f"{path}/user_ids"), spark.read.parquet(f"{path}/item_ids"))
-
-
-def rounded(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, digits)

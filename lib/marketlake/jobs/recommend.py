@@ -32,6 +32,7 @@ from marketlake.recommend import (
     Tuned,
     als_top,
     assemble,
+    checkpoints,
     dense_index,
     evaluate,
     fallback_candidates,
@@ -56,6 +57,7 @@ EVENTS, USERS, ITEMS, SEGMENTS = "silver.events", "silver.users", "silver.items"
 RECOMMENDATIONS = "gold.user_recommendations"
 EVALUATION = "gold.recommendation_evaluation"
 MODEL_NAME = "recommend_als"
+METRIC_DECIMALS = 9
 EVALUATION_SCHEMA = T.StructType(
     [
         T.StructField("as_of_date", T.DateType()),
@@ -154,22 +156,28 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         cached.append(frame.persist())
         return cached[-1]
 
-    try:
-        pairs = keep(inputs.pairs)
-        with ctx.step("interactions") as step:
-            step.rows = interactions_count = pairs.count()
-        users, items = keep(dense_index(pairs, USER, USER_INDEX, partitions)), keep(dense_index(pairs, ITEM, ITEM_INDEX, partitions))
-        indexed = keep(to_indexes(pairs, users, items))
-        with ctx.step("id numbering") as step:
-            known_users, known_items = users.count(), items.count()
-            step.detail = f"{known_users} users, {known_items} items"
-        counts = {"interactions": interactions_count, "users_known": known_users, "items_known": known_items}
-        evaluation, tuned = evaluate_and_tune(ctx, settings, inputs, pairs, users, items, indexed, blocks, keep)
-        result = recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
-        return {**counts, **result}
-    finally:
-        for frame in cached:
-            frame.unpersist()
+    checkpoint_dir = f"{lake.root.rstrip('/')}/_checkpoints/{ctx.run_id}"  # removed at the end
+    with checkpoints(ctx.spark, checkpoint_dir):
+        try:
+            return fit_and_recommend(ctx, settings, inputs, partitions, blocks, keep)
+        finally:
+            for frame in cached:
+                frame.unpersist()
+
+
+def fit_and_recommend(ctx, settings: RecommendConfig, inputs: Inputs, partitions: int, blocks: int, keep) -> dict[str, int]:
+    pairs = keep(inputs.pairs)
+    with ctx.step("interactions") as step:
+        step.rows = interactions_count = pairs.count()
+    users, items = keep(dense_index(pairs, USER, USER_INDEX, partitions)), keep(dense_index(pairs, ITEM, ITEM_INDEX, partitions))
+    indexed = keep(to_indexes(pairs, users, items))
+    with ctx.step("id numbering") as step:
+        known_users, known_items = users.count(), items.count()
+        step.detail = f"{known_users} users, {known_items} items"
+    counts = {"interactions": interactions_count, "users_known": known_users, "items_known": known_items}
+    evaluation, tuned = evaluate_and_tune(ctx, settings, inputs, pairs, users, items, indexed, blocks, keep)
+    result = recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
+    return {**counts, **result}
 
 
 def evaluate_and_tune(ctx, settings, inputs: Inputs, pairs, users, items, indexed, blocks, keep) -> tuple[list[Evaluation] | None, Tuned]:
@@ -289,8 +297,9 @@ def model_metrics(tuned: Tuned, evaluation: list[Evaluation] | None, k: int, tra
 
 
 def evaluation_frame(spark, evaluation: list[Evaluation], version: str | None, split: str, run_date) -> DataFrame:
+    # Rounded: Spark may sum the per-user values in another order on a re-run, which moves the last bits.
     rows = [
-        (run_date, version, result.model, metric, result.k, float(value), result.users, split)
+        (run_date, version, result.model, metric, result.k, round(float(value), METRIC_DECIMALS), result.users, split)
         for result in evaluation
         for metric, value in result.metrics.items()
     ]
