@@ -22,6 +22,13 @@ divides by min(10, relevant items); the published table's MAP column used the ol
 relevant items, so it is not comparable). train_s is the final fit on the training part; recommend_s is
 scoring the top 10 of every user (Spark's blocked recommendForAllUsers, exclusions, ranking); tune_s is
 the search. The last line of stdout is JSON for marketlake's model.
+
+The header names the BLAS Spark ML loaded: VectorBLAS (Java) by default, JNIBLAS when a native
+libblas.so.3 is found (`apt-get install libopenblas0`, or `LD_LIBRARY_PATH` pointing at an unpacked
+copy). The figures are the same either way; only the seconds change. ALS checkpoints into a temporary
+folder (many iterations need it; see `marketlake.recommend.checkpoints`).
+
+    make bench BENCH=recommend_movielens
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,11 +82,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recommend_movielens: no such file: {args.data}", file=sys.stderr)
         return 2
 
+    from marketlake.config import load_config
+    from marketlake.java import ensure_java
+    from marketlake.recommend import checkpoints
+    from marketlake.spark import build_session
+
+    config = load_config(args.config)
+    settings = config.recommend.model_copy(update={"half_life_days": args.half_life, "lookback_days": None})
+    ensure_java()
+    spark = build_session(config)
+    spark.sparkContext.setLogLevel("ERROR")
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    blocks = settings.blocks or spark.sparkContext.defaultParallelism
+
+    with tempfile.TemporaryDirectory(prefix="recommend-bench-") as scratch, checkpoints(spark, f"{scratch}/checkpoints"):
+        return run(spark, args, settings, partitions, blocks)
+
+
+def run(spark, args, settings, partitions: int, blocks: int) -> int:
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from marketlake.config import load_config
-    from marketlake.java import ensure_java
     from marketlake.recommend import (
         ITEM,
         ITEM_INDEX,
@@ -96,15 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         tune,
         window_events,
     )  # fmt: skip
-    from marketlake.spark import build_session
-
-    config = load_config(args.config)
-    settings = config.recommend.model_copy(update={"half_life_days": args.half_life, "lookback_days": None})
-    ensure_java()
-    spark = build_session(config)
-    spark.sparkContext.setLogLevel("ERROR")
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    blocks = settings.blocks or spark.sparkContext.defaultParallelism
 
     events = ratings_as_events(spark, args.data)
     run_date = events.agg(F.max("event_date")).first()[0]
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = evaluate("als", top, test, K, catalogue)
     rows["marketlake implicit ALS (tuned)"] = (ours, train_s, recommend_s)
 
-    report(rows, tuned, tune_s, settings, blocks)
+    report(rows, tuned, tune_s, settings, blocks, blas(spark))
     m = ours.metrics
     print(json.dumps({
         "ndcg@10": round(m["ndcg"], 4), "precision@10": round(m["precision"], 4), "recall@10": round(m["recall"], 4),
@@ -157,9 +172,18 @@ def _materialise(frame):
     return frame
 
 
-def report(rows: dict, tuned, tune_s: float, settings, blocks: int) -> None:
+def blas(spark) -> str:
+    """The BLAS Spark ML uses: JNIBLAS when a native library (libblas.so.3, for example OpenBLAS) loads,
+    else VectorBLAS or JavaBLAS (pure Java)."""
+    try:
+        return spark._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName()
+    except Exception:  # Spark Connect, or another Spark layout
+        return "unknown"
+
+
+def report(rows: dict, tuned, tune_s: float, settings, blocks: int, blas_name: str) -> None:
     popularity_ndcg = rows["popularity"][0].metrics["ndcg"]
-    print(f"MovieLens 100k, per-user random 75/25 split, top {K}, training items excluded; ALS blocks {blocks}")
+    print(f"MovieLens 100k, per-user random 75/25 split, top {K}, training items excluded; ALS blocks {blocks}, BLAS {blas_name}")
     header = f"{'model':<34} {'nDCG@10':>8} {'P@10':>7} {'R@10':>7} {'MAP@10':>7} {'cover':>6} {'users':>6} {'train_s':>8} {'recommend_s':>12} {'nDCG/pop':>9}"
     print(header)
     print("-" * len(header))

@@ -136,9 +136,9 @@ class AlsSearchSpace(Section):
     """The values recommend's tuning combines (random search over their product)."""
 
     rank: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
-    reg_param: list[float] = Field(default_factory=lambda: [0.3, 1.0, 3.0], min_length=1)
-    alpha: list[float] = Field(default_factory=lambda: [3.0, 10.0, 30.0], min_length=1)
-    max_iter: list[int] = Field(default_factory=lambda: [10, 15], min_length=1)
+    reg_param: list[float] = Field(default_factory=lambda: [0.3, 1.0], min_length=1)
+    alpha: list[float] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
+    max_iter: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
 
 
 class RecommendConfig(Section):
@@ -158,9 +158,9 @@ class RecommendConfig(Section):
     top_n: int = Field(default=10, ge=1, le=1000)
     exclude_event_types: list[str] = Field(default_factory=lambda: ["purchase"])
     # The ALS params used when tuning is off or impossible, and the search's first candidate.
-    rank: int = Field(default=64, ge=1)
-    reg_param: float = Field(default=1.0, gt=0)
-    alpha: float = Field(default=10.0, ge=0)
+    rank: int = Field(default=32, ge=1)
+    reg_param: float = Field(default=0.5, gt=0)
+    alpha: float = Field(default=3.0, ge=0)
     max_iter: int = Field(default=10, ge=1, le=50)
     seed: int = 42
     # ALS user and item blocks; null: Spark's default parallelism.
