@@ -581,11 +581,25 @@ def experiments_section(data: dict[str, Any]) -> Section:
             "experiment_id": ("experiment", None), "metric": ("metric", None), "variant": ("variant", None),
             "users": ("users", count), "conversions": ("conversions", number_or_count), "rate": ("rate", number),
             "lift_ci": ("lift (95% CI)", str), "relative_ci": ("relative (95% CI)", str),
-            "p_value_adjusted": ("p (adjusted)", number), "prob_beat_control": ("P(better)", share),
+            "p_value_adjusted": ("p (adjusted)", p_value), "prob_beat_control": ("P(better)", probability),
             "srm_flag": ("sample ratio", None), "decision": ("decision", None),
         })
     )  # fmt: skip
     return section
+
+
+def p_value(value) -> str:
+    """Four decimals, without printing a tiny p-value as 0.0000."""
+    if value is None or pd.isna(value):
+        return "-"
+    return "<0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
+def probability(value) -> str:
+    """A share, without rounding a near-certainty to 100.0% (or a near-impossibility to 0.0%)."""
+    if value is None or pd.isna(value):
+        return "-"
+    return ">99.9%" if value > 0.999 else "<0.1%" if value < 0.001 else f"{value:.1%}"
 
 
 def number_or_count(value) -> str:
