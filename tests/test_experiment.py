@@ -36,6 +36,7 @@ from marketlake.experiment import (
     moment_sums,
     moments,
     outcomes,
+    pooled_sums,
     prob_beat_control,
 )
 from marketlake.runner import main
@@ -88,6 +89,21 @@ def three_variants(spark):
     rows, notes = experiment_rows("exp-3", "events", by_variant, pooled, plan, settings)
     assert notes == []
     return users, {(r["metric"], r["variant"], r["cuped"]): r for r in rows}, settings
+
+
+def test_experiment_wide_sums_added_up_from_the_variants_equal_a_second_aggregation(spark):
+    rng = np.random.default_rng(3)
+    n = 300
+    users = pd.DataFrame({
+        "experiment_id": rng.choice(["exp-a", "exp-b"], n), "user_id": [f"u{i}" for i in range(n)],
+        "variant": rng.choice(["control", "b", "c"], n), "converted": (rng.random(n) < 0.2).astype(float),
+        "value": rng.lognormal(3, 1, n).round(2), "pre_conversions": rng.integers(0, 4, n).astype(float),
+        "pre_value": rng.lognormal(2, 1, n).round(2),
+    })[USER_COLUMNS]  # fmt: skip
+    frame = spark.createDataFrame(users)
+    by_variant = [r.asDict() for r in moment_sums(frame, ["experiment_id", "variant"]).collect()]
+    direct = {r.experiment_id: {k: v for k, v in r.asDict().items() if k != "experiment_id"} for r in moment_sums(frame, ["experiment_id"]).collect()}
+    assert pooled_sums(by_variant) == direct
 
 
 def arms_of(users: pd.DataFrame, column: str) -> dict[str, np.ndarray]:

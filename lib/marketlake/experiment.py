@@ -192,6 +192,18 @@ def moment_sums(users: DataFrame, by: Iterable[str]) -> DataFrame:
     return users.groupBy(*by).agg(*columns)
 
 
+def pooled_sums(by_variant: Iterable[dict]) -> dict[str, dict]:
+    """Rows of moment_sums per experiment and variant -> the same sums per experiment (all its users): the
+    sums are exact decimals, so adding them up equals aggregating the users again."""
+    pooled: dict[str, dict] = {}
+    for row in by_variant:
+        sums = {name: value for name, value in row.items() if name not in ("experiment_id", "variant")}
+        total = pooled.setdefault(row["experiment_id"], dict.fromkeys(sums, 0))
+        for name, value in sums.items():
+            total[name] += value
+    return pooled
+
+
 def moments(sums: dict) -> dict:
     """A row of moment_sums (as a dict) -> n, and per metric: sum, mean and sample variance of y, mean and
     sample variance of x, sample covariance of x and y; exact rational arithmetic, then floats (variances

@@ -31,6 +31,7 @@ from marketlake.experiment import (
     moments,
     outcomes,
     plan_for,
+    pooled_sums,
 )
 from marketlake.runner import Job, JobContext
 
@@ -179,20 +180,17 @@ def number(column: str) -> Column:
 
 
 def analyse(ctx: JobContext, users: DataFrame, source: str, plans: dict, settings=None) -> list[dict]:
-    """Moments per experiment and variant in Spark (the per-user rows stay there), then the statistics in
-    the driver; one log line per experiment."""
+    """Moments per experiment and variant in Spark (the per-user rows stay there; one aggregation, the
+    experiment-wide moments are added up from it), then the statistics in the driver; one log line per
+    experiment."""
     settings = settings or ctx.config.experiment
-    users = users.persist()
-    try:
-        with ctx.step("outcomes and moments per experiment and variant") as step:
-            by_variant = moment_sums(users, ["experiment_id", "variant"]).collect()  # a handful of rows
-            pooled = {row.experiment_id: moments(row.asDict()) for row in moment_sums(users, ["experiment_id"]).collect()}
-            step.rows = len(by_variant)
-    finally:
-        users.unpersist()
+    with ctx.step("outcomes and moments per experiment and variant") as step:
+        by_variant = [row.asDict() for row in moment_sums(users, ["experiment_id", "variant"]).collect()]  # a handful of rows
+        pooled = {experiment_id: moments(sums) for experiment_id, sums in pooled_sums(by_variant).items()}
+        step.rows = len(by_variant)
     rows = []
     for experiment_id in sorted(pooled):
-        arms = {row.variant: moments(row.asDict()) for row in by_variant if row.experiment_id == experiment_id}
+        arms = {row["variant"]: moments(row) for row in by_variant if row["experiment_id"] == experiment_id}
         plan = plans.get(experiment_id) or plan_for(experiment_id, settings)
         with ctx.step(f"{experiment_id}: statistics") as step:
             found, notes = experiment_rows(experiment_id, source, arms, pooled[experiment_id], plan, settings)
