@@ -8,8 +8,9 @@ Parquet (`spark.read.json(dir).write.parquet(out)`), in a process of its own wit
 
 Printed per size: seconds per stage (from ops.job_runs), events per second of the pipeline without
 generate, the peak memory of the driver (the Python process, its JVM and Python workers, as proportional
-set size, sampled every 0.2 s) while each stage ran, and pipeline time / baseline time. Then the growth of time from one size to the next
-(goal of the operations issue: from 10^6 to 10^7 events, at most 12x). The last line is JSON.
+set size, sampled every 0.2 s) while each stage ran, and pipeline time / baseline time. Then the growth of
+time from one size to the next (goal of the operations issue: from 10^6 to 10^7 events, at most 12x). The
+last line is JSON.
 
     python bench/pipeline.py [--events 100000,1000000,10000000] [--driver-memory 8g] [--keep DIR]
 """
