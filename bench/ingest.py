@@ -10,9 +10,14 @@ seed 7, ending on 2024-06-30), then times, on the same files and in the same Spa
 - floor: the least a validating ingest does (`run_floor`): parse with the mapping's fields, type and
   validate, write the valid events as Parquet partitioned by event_date; no bronze, deduplication,
   quarantine or Delta commit. Its ratio bounds what any ingest built on these steps can reach.
+- bare: the least any ingest that keeps a bronze copy and deduplicates must do, with no validation at
+  all (`run_bare`): copy the lines as Parquet, parse them once with the known schema (Spark's JSON
+  reader, no inference), cache, count every key, write the typed rows of unrepeated keys partitioned by
+  date; no quarantine, reasons, counts, Delta commits or run records. Everything the job does beyond
+  this has to fit in the difference between the bare side and the goal.
 
-After an untimed warm-up of every side on one day's files, the sides alternate, in
-reversed order from one repeat to the next (B F I, I F B, ...); each figure is the median over --repeat runs.
+After an untimed warm-up of every side on one day's files, the sides alternate, in reversed order from
+one repeat to the next (B F N I, I N F B, ...; N = bare); each figure is the median over --repeat runs.
 The machine is shared, so compare the ratio, not the absolute seconds: ratio = ingest events/s /
 baseline events/s, measured in the same run. The goal (the ingest issue) is a ratio of at least 0.7 at
 10^6 events. Every ingest run must exit 0 and its counts in ops.job_runs must conserve records (read =
@@ -136,6 +141,38 @@ def run_floor(spark, config, events_dir: str, out: str) -> float:
     return time.perf_counter() - started
 
 
+# The generator's event fields with the types silver gives them: what a reader that knows the source
+# (and so skips schema inference) asks Spark's JSON reader for.
+BARE_SCHEMA = (
+    "event_id string, user_id string, item_id string, event_type string, ts timestamp, session_id string, "
+    "order_id string, quantity int, price double, channel string, campaign_id string, experiment_id string, "
+    "variant string, rating double"
+)
+
+
+def run_bare(spark, events_dir: str, out: str, first_day: dt.date) -> float:
+    """The least any ingest that keeps the raw lines and deduplicates must do, without validating: a bronze
+    copy of the lines, one parse with the known schema, a count per key, and the typed rows of unrepeated
+    keys (dated within the shop's days, so the dirty dates do not add partitions) partitioned by date."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    spark.read.text(events_dir).select("value", "_metadata.file_path").write.parquet(os.path.join(out, "bronze"))
+    parsed = spark.read.schema(BARE_SCHEMA).json(events_dir).withColumn("event_date", F.to_date("ts"))
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        repeated = parsed.groupBy("event_id").count().filter(F.col("count") > 1).select("event_id")
+        kept = parsed.join(F.broadcast(repeated), "event_id", "left_anti").filter(
+            F.col("event_date").between(F.lit(first_day), F.lit(END_DATE + dt.timedelta(days=1)))
+        )
+        kept.write.partitionBy("event_date").parquet(os.path.join(out, "silver"))
+    finally:
+        parsed.unpersist()
+    return time.perf_counter() - started
+
+
 def run_ingest(spark, config, events_dir: str, lake_root: str) -> tuple[float, dict[str, int], str]:
     """Seconds of one ingest run into a fresh lake, its counts from ops.job_runs, and what it printed."""
     from marketlake.jobs import get_job
@@ -220,20 +257,25 @@ def main(argv: list[str] | None = None) -> int:
         events_dir, lines = shop(spark, args.events, work)
         files, size = files_under(events_dir)
 
-        day = os.path.join(events_dir, sorted(os.listdir(events_dir))[0])
+        first_folder = sorted(os.listdir(events_dir))[0]  # date=YYYY-MM-DD, the shop's first day
+        day = os.path.join(events_dir, first_folder)
+        first_day = dt.date.fromisoformat(first_folder.split("=")[1])
         log(f"warm-up (untimed): both sides on {day}")
         run_baseline(spark, day, os.path.join(work, "warmup"))
         run_floor(spark, config, day, os.path.join(work, "warmup-floor"))
+        run_bare(spark, day, os.path.join(work, "warmup-bare"), first_day)
         run_ingest(spark, config, day, os.path.join(work, "warmup-lake"))
 
         baseline: list[float] = []
         floor: list[float] = []
+        bare: list[float] = []
         ingest: list[float] = []
         steps: list[list[tuple[str, float]]] = []
         counts: dict[str, int] = {}
         summary_text = ""
         for repeat in range(args.repeat):
-            sides = ["baseline", "floor", "ingest"] if repeat % 2 == 0 else ["ingest", "floor", "baseline"]
+            sides = ["baseline", "floor", "bare", "ingest"]
+            sides = sides if repeat % 2 == 0 else sides[::-1]
             for side in sides:
                 log(f"repeat {repeat + 1}: {side}")
                 if side == "baseline":
@@ -242,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif side == "floor":
                     seconds = run_floor(spark, config, events_dir, os.path.join(work, "floor"))
                     floor.append(seconds)
+                elif side == "bare":
+                    seconds = run_bare(spark, events_dir, os.path.join(work, "bare"), first_day)
+                    bare.append(seconds)
                 else:
                     handler.steps = []
                     lake_root = os.path.join(work, "lake")
@@ -275,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'side':<10} {'median s':>9} {'events/s':>10}   all runs (s, in run order)"
     print(header)
     print("-" * len(header))
-    for side, runs in (("baseline", baseline), ("floor", floor), ("ingest", ingest)):
+    for side, runs in (("baseline", baseline), ("floor", floor), ("bare", bare), ("ingest", ingest)):
         m = statistics.median(runs)
         print(f"{side:<10} {m:9.2f} {lines / m:10,.0f}   " + " ".join(f"{s:.2f}" for s in runs))
     print()
@@ -287,13 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"floor ratio = {b / f:.2f}: parse + validate + one partitioned Parquet write of the valid events, with no")
     print("  bronze copy, deduplication, quarantine or Delta commit, reaches this much of the baseline's events/s;")
     print(f"  ingest reaches {f / i:.2f} of the floor's events/s")
+    n = statistics.median(bare)
+    print(f"bare ratio = {b / n:.2f}: the bronze copy, one parse with the known schema, a count per key and the")
+    print("  typed rows partitioned by date, with no validation, quarantine, counts, Delta commit or run record;")
+    print(f"  at the goal, everything else must fit in {max(0.0, b / GOAL - n):.2f} s (ingest spends {i - n:.2f} s more than bare)")
     print()
     print("where ingest time goes (seconds per step, from the job's step log):")
     for line in step_table(steps, ingest):
         print(line)
     summary = {
         "events": lines, "baseline_s": round(b, 3), "floor_s": round(f, 3), "ingest_s": round(i, 3),
-        "ratio": round(ratio, 4), "floor_ratio": round(b / f, 4),
+        "bare_s": round(n, 3), "ratio": round(ratio, 4), "floor_ratio": round(b / f, 4), "bare_ratio": round(b / n, 4),
     }  # fmt: skip
     print(json.dumps(summary))
     return 0

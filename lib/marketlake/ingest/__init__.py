@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
@@ -104,11 +105,14 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
         return IngestResult(entity, counts)
 
     ingested_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    lineage = {"batch_id": F.lit(ctx.run_id), "ingested_at": F.lit(ingested_at).cast("timestamp"),
+               "ingest_date": F.lit(ctx.run_date)}  # fmt: skip
+    records, source_columns = read_records(spark, new, mapping, request.format, settings.pii_columns)
+    if entity == "events":
+        with ctx.step("events: bronze.events") as step:
+            step.rows = write_bronze(lake, records.withColumns(lineage))
     validated = (
-        validated_records(spark, new, request, settings, ctx.run_date)
-        .withColumn("batch_id", F.lit(ctx.run_id))
-        .withColumn("ingested_at", F.lit(ingested_at).cast("timestamp"))
-        .withColumn("ingest_date", F.lit(ctx.run_date))
+        records.transform(validate_records(source_columns, request, settings, ctx.run_date)).withColumns(lineage)
     ).persist(StorageLevel.MEMORY_AND_DISK)
     facts = None
     try:
@@ -125,9 +129,6 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
             counts.update(summarise(tally))
             step.rows = counts["records_read"]
             step.detail = f"records ({keys_to_decide:,} keys repeated or already in {table})"
-        if entity == "events":
-            with ctx.step("events: bronze.events") as step:
-                step.rows = write_bronze(lake, classified)
         with ctx.step(f"{entity}: {silver_table(entity)}") as step:
             accepted = classified.filter(F.col("_outcome") == ACCEPTED)
             step.rows = write_silver(lake, entity, accepted) if counts["accepted"] else 0
@@ -149,24 +150,35 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
 
 
 def validated_records(spark, files: list[SourceFile], request: IngestRequest, settings: IngestConfig, run_date: dt.date) -> DataFrame:
-    """The records of `files`, mapped to the entity's canonical columns, typed and validated: the pure
-    part of ingestion before deduplication, composed."""
+    """The records of `files`, mapped to the entity's canonical columns, typed and validated."""
+    records, source_columns = read_records(spark, files, request.mapping, request.format, settings.pii_columns)
+    return records.transform(validate_records(source_columns, request, settings, run_date))
+
+
+def validate_records(
+    source_columns: list[str], request: IngestRequest, settings: IngestConfig, run_date: dt.date
+) -> Callable[[DataFrame], DataFrame]:
+    """Records as read -> the entity's canonical columns, typed and validated: the pure part of ingestion
+    before deduplication, composed."""
     entity, mapping = request.entity, request.mapping
-    records, source_columns = read_records(spark, files, mapping, request.format, settings.pii_columns)
     id_hash = derived_id
     pseudonymise = None
     if settings.pseudonymise_user_ids:
         pseudonymise = keyed_hash(load_key(settings.pseudonym_key_env))
         id_hash = lambda parts: pseudonymise(F.to_json(F.array(*parts)))  # noqa: E731 - the ids name users
-    mapped = records.transform(map_columns(mapping, source_columns, id_hash))
-    if pseudonymise is not None and entity in ("events", "users"):
-        mapped = mapped.withColumn("user_id", pseudonymise(F.col("user_id")))
     validate = {
         "events": lambda: validate_events(mapping, settings.event_types, run_date, settings.future_tolerance_hours),
         "users": lambda: validate_users(mapping),
         "items": lambda: validate_items(mapping),
     }[entity]()
-    return mapped.transform(validate)
+
+    def transform(records: DataFrame) -> DataFrame:
+        mapped = records.transform(map_columns(mapping, source_columns, id_hash))
+        if pseudonymise is not None and entity in ("events", "users"):
+            mapped = mapped.withColumn("user_id", pseudonymise(F.col("user_id")))
+        return mapped.transform(validate)
+
+    return transform
 
 
 def summarise(tally) -> dict[str, int]:
@@ -195,9 +207,9 @@ def summarise(tally) -> dict[str, int]:
 # ---- writes ----------------------------------------------------------------------------------------
 
 
-def write_bronze(lake, classified: DataFrame) -> int:
-    """Every record as received, except those of file versions bronze already holds."""
-    rows = classified.filter(F.col("_outcome") != BLANK).select(
+def write_bronze(lake, records: DataFrame) -> int:
+    """Every record as received (blank lines aside), except those of file versions bronze already holds."""
+    rows = records.filter(~F.col("_blank")).select(
         F.col("_raw").alias("raw"), F.col("_source_file").alias("source_file"),
         F.col("_source_size").alias("source_size"), "batch_id", "ingested_at", "ingest_date",
     )  # fmt: skip

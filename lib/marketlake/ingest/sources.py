@@ -133,7 +133,7 @@ def read_records(
         )
         malformed = F.col("_fields").isNull() | F.col(f"_fields.{CORRUPT}").isNotNull()
         records = parsed.select(
-            F.col("value").alias("_raw"), *_meta_columns(), malformed.alias("_malformed"),
+            F.col("value").alias("_raw"), *_meta_columns(), malformed.alias("_malformed"), _blank(F.col("value")),
             *[F.col("_fields").getField(name).alias(name) for name in fields],
         )  # fmt: skip
         return records, fields
@@ -156,6 +156,7 @@ def read_records(
     as_json = F.to_json(F.struct(*[F.col(f"`{n}`") for n in names if n.lower() not in private]))
     records = _with_arrival(frame).select(
         F.coalesce(F.col(CORRUPT), as_json).alias("_raw"), *_meta_columns(), F.col(CORRUPT).isNotNull().alias("_malformed"),
+        F.lit(False).alias("_blank"),  # the CSV reader skips empty lines; a Parquet row is never blank
         *[F.col(f"`{n}`") for n in names],
     )  # fmt: skip
     return records, list(names)
@@ -176,6 +177,11 @@ def _with_arrival(frame: DataFrame) -> DataFrame:
         F.col("_metadata.file_block_start").alias("_arrival_block"),
         F.monotonically_increasing_id().alias("_arrival_row"),
     )
+
+
+def _blank(line):
+    """An empty line of a JSON file: not a record."""
+    return (F.trim(line) == "").alias("_blank")
 
 
 def _meta_columns() -> list:

@@ -2,8 +2,9 @@
 
 Records enter as read by `marketlake.ingest.sources.read_records`: the record as received (`_raw`), where
 it came from (`_source_file`, `_source_size`), its arrival order (`_arrival_*`), whether it could be parsed
-at all (`_malformed`), and its source fields as top-level text columns. They leave `classify` with an
-`_outcome` (accepted, duplicate, rejected) and a machine-readable `_reason` for the rejected ones.
+at all (`_malformed`), whether it is an empty line (`_blank`), and its source fields as top-level text
+columns. They leave `classify` with an `_outcome` (accepted, duplicate, rejected) and a machine-readable
+`_reason` for the rejected ones.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pyspark.sql import functions as F
 
 from marketlake.mapping import CANONICAL, KEYS, SourceMapping
 
-META = ["_raw", "_source_file", "_source_size", "_arrival_block", "_arrival_row", "_malformed"]
+META = ["_raw", "_source_file", "_source_size", "_arrival_block", "_arrival_row", "_malformed", "_blank"]
 # Arrival order: file path, then the split's offset in the file, then the row's position in the split.
 ARRIVAL = ["_source_file", "_arrival_block", "_arrival_row"]
 
 ACCEPTED, DUPLICATE, REJECTED, BLANK = "accepted", "duplicate", "rejected", "blank"
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
 
 # Silver's columns per entity, in order (events: the text ts becomes event_ts and event_date).
 SILVER_EVENT_COLUMNS = [
@@ -229,12 +231,8 @@ def content_hash(entity: str) -> Column:
     return F.xxhash64(*[F.col(name) for name in CONTENT_COLUMNS[entity]])
 
 
-def is_blank(raw: Column) -> Column:
-    return F.trim(raw) == ""  # an empty line of a JSON file: not a record
-
-
 def is_valid() -> Column:
-    return ~is_blank(F.col("_raw")) & F.col("_reason").isNull()
+    return ~F.col("_blank") & F.col("_reason").isNull()
 
 
 def key_facts(entity: str, existing: DataFrame | None) -> Callable[[DataFrame], DataFrame]:
@@ -245,22 +243,20 @@ def key_facts(entity: str, existing: DataFrame | None) -> Callable[[DataFrame], 
     key = KEYS[entity]
 
     def transform(validated: DataFrame) -> DataFrame:
-        valid = validated.filter(is_valid()).select(
-            key, F.struct(*ARRIVAL).alias("_arrival"), content_hash(entity).alias("_hash")
-        )
-        # Counting first is a hash aggregate over every key; the first arrival (a min over structs, which
-        # Spark can only sort-aggregate) is then taken over the rows of the few repeated keys alone.
-        repeated_keys = valid.groupBy(key).count().filter(F.col("count") > 1).select(key)
+        valid = validated.filter(is_valid())
+        # One aggregation over every valid row (measured at 10^6 events: as fast as counting alone, and
+        # faster than counting first and then aggregating the repeated keys' rows through a join).
         repeated = (
-            valid.join(repeated_keys, key, "left_semi")
+            valid.select(key, F.struct(*ARRIVAL).alias("_arrival"), content_hash(entity).alias("_hash"))
             .groupBy(key)
             .agg(F.count("*").alias("_n"), F.min("_arrival").alias("_first_arrival"),
                  F.min_by("_hash", "_arrival").alias("_first_hash"))  # fmt: skip
+            .filter(F.col("_n") > 1)
         )
         if existing is None:
             return repeated.withColumn("_existing_hash", F.lit(None).cast("long"))
-        known = existing.select(key, content_hash(entity).alias("_existing_hash")).join(
-            valid.select(key).distinct(), key, "left_semi"
+        known = existing.join(valid.select(key).distinct(), key, "left_semi").select(
+            key, content_hash(entity).alias("_existing_hash")
         )
         return repeated.join(known, key, "full_outer")
 
@@ -284,7 +280,7 @@ def classify(entity: str, facts: DataFrame, conflicts_with_existing: bool, broad
         in_silver = F.col("_existing_hash").isNotNull()
         first = F.col("_n").isNull() | (F.struct(*ARRIVAL) == F.col("_first_arrival"))
         outcome = (
-            F.when(is_blank(F.col("_raw")), BLANK)
+            F.when(F.col("_blank"), BLANK)
             .when(F.col("_reason").isNotNull(), REJECTED)
             .when(in_silver & (own_hash == F.col("_existing_hash")), DUPLICATE)
             .when(in_silver & F.lit(conflicts_with_existing), REJECTED)
@@ -292,7 +288,7 @@ def classify(entity: str, facts: DataFrame, conflicts_with_existing: bool, broad
             .when(own_hash == F.col("_first_hash"), DUPLICATE)
             .otherwise(REJECTED)
         )
-        reason = F.coalesce(F.col("_reason"), F.when(outcome == REJECTED, F.lit("conflicting_duplicate")))
+        reason = F.coalesce(F.col("_reason"), F.when(outcome == REJECTED, F.lit(CONFLICTING_DUPLICATE)))
         return rows.withColumn("_outcome", outcome).withColumn("_reason", reason).drop(
             "_n", "_first_arrival", "_first_hash", "_existing_hash"
         )
