@@ -111,9 +111,13 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
     if entity == "events":
         with ctx.step("events: bronze.events") as step:
             step.rows = write_bronze(lake, records.withColumns(lineage))
+    # Cached: every later step reads these rows. Only what they need: not the file sizes (bronze's), nor
+    # `_malformed` (folded into `_reason`), nor the lineage constants (added on the way out).
     validated = (
-        records.transform(validate_records(source_columns, request, settings, ctx.run_date)).withColumns(lineage)
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+        records.transform(validate_records(source_columns, request, settings, ctx.run_date))
+        .drop("_source_size", "_malformed")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
     facts = None
     try:
         with ctx.step(f"{entity}: read, validate, deduplicate") as step:
@@ -123,7 +127,7 @@ def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
             keys_to_decide = facts.count()
             classified = validated.transform(
                 classify(entity, facts, conflicts_with_existing=entity == "events", broadcast=keys_to_decide <= BROADCAST_KEYS)
-            )
+            ).withColumns(lineage)
             # One row per file, outcome and reason: the counts, and the records of each file.
             tally = classified.groupBy("_source_file", "_outcome", "_reason").count().collect()
             counts.update(summarise(tally))
