@@ -589,17 +589,20 @@ def experiments_section(data: dict[str, Any]) -> Section:
 
 
 def p_value(value) -> str:
-    """Four decimals, without printing a tiny p-value as 0.0000."""
-    if value is None or pd.isna(value):
-        return "-"
-    return "<0.0001" if value < 0.0001 else f"{value:.4f}"
+    """A `number`, without printing a tiny p-value as 0.0000."""
+    if value is not None and not pd.isna(value) and value < 0.0001:
+        return "<0.0001"
+    return number(value)
 
 
 def probability(value) -> str:
-    """A share, without rounding a near-certainty to 100.0% (or a near-impossibility to 0.0%)."""
-    if value is None or pd.isna(value):
-        return "-"
-    return ">99.9%" if value > 0.999 else "<0.1%" if value < 0.001 else f"{value:.1%}"
+    """A `share`, without rounding a near-certainty to 100.0% (or a near-impossibility to 0.0%)."""
+    if value is not None and not pd.isna(value):
+        if value > 0.999:
+            return ">99.9%"
+        if value < 0.001:
+            return "<0.1%"
+    return share(value)
 
 
 def number_or_count(value) -> str:

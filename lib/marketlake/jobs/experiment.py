@@ -33,6 +33,7 @@ from marketlake.experiment import (
     plan_for,
     pooled_sums,
 )
+from marketlake.ingest.transform import text  # trimmed, the empty string as null
 from marketlake.runner import Job, JobContext
 
 RESULTS = "gold.experiment_results"
@@ -140,7 +141,7 @@ def read_csv_users(ctx: JobContext, path: str, experiment_id: str) -> tuple[Data
         F.trim("user_id").alias("user_id"), F.trim("variant").alias("variant"),
         F.when(flag.isin(*TRUE_WORDS), 1.0).when(flag.isin(*FALSE_WORDS), 0.0).alias("converted"),
         F.col("converted").alias("converted_text"),
-        *[number(c).alias(c) for c in optional], *[F.col(c).alias(f"{c}_text") for c in optional],
+        *[text(F.col(c)).try_cast("double").alias(c) for c in optional], *[F.col(c).alias(f"{c}_text") for c in optional],
     )  # fmt: skip
     checks = {
         "rows": F.count("*"),
@@ -172,11 +173,6 @@ def read_csv_users(ctx: JobContext, path: str, experiment_id: str) -> tuple[Data
         .select(*USER_COLUMNS)
     )  # fmt: skip
     return users, int(repeats.crossed or 0), optional
-
-
-def number(column: str) -> Column:
-    text = F.trim(column)
-    return F.when(F.length(text) > 0, text.try_cast("double"))
 
 
 def analyse(ctx: JobContext, users: DataFrame, source: str, plans: dict, settings=None) -> list[dict]:
