@@ -78,3 +78,46 @@ def test_append_joins_a_table_another_writer_created_meanwhile(spark, config, tm
     lake.write("bronze.race", rows)  # began when the table did not exist; another writer created it
     monkeypatch.undo()
     assert lake.read("bronze.race").count() == 20 and lake.version("bronze.race") == 1
+
+
+def test_a_checked_write_on_a_stale_snapshot_commits_nothing(spark, config, tmp_path):
+    from marketlake.errors import ConcurrentWriteError
+    from marketlake.lake import NO_TABLE
+
+    lake = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), str(tmp_path / "lake"))
+    rows = spark.range(3).toDF("id")
+    with pytest.raises(ConcurrentWriteError):
+        lake.write("silver.keys", rows, partition_by=[], expected_version=0)  # no such version yet
+    lake.write("silver.keys", rows, expected_version=NO_TABLE)
+    with pytest.raises(ConcurrentWriteError):
+        lake.write("silver.keys", rows, expected_version=NO_TABLE)  # created meanwhile
+    lake.write("silver.keys", rows)  # version 1, by another writer
+    for checked in (
+        lambda: lake.write("silver.keys", rows, expected_version=0),
+        lambda: lake.upsert("silver.keys", rows, keys=["id"], expected_version=0),
+    ):
+        with pytest.raises(ConcurrentWriteError):
+            checked()
+    assert lake.version("silver.keys") == 1 and lake.read("silver.keys").count() == 6
+    assert lake.write("silver.keys", rows.limit(0), expected_version=1).version == 1  # no empty commit
+
+
+def test_retry_on_conflict_decides_again_from_the_new_snapshot(spark, config, tmp_path):
+    """A writer that de-duplicates against the table loses the race once, re-reads, and adds only what the
+    concurrent writer did not: every key once."""
+    lake = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), str(tmp_path / "lake"))
+    lake.write("silver.keys", spark.range(1, 4).toDF("id"))
+    incoming = spark.range(3, 8).toDF("id")
+    seen_versions = []
+
+    def attempt(version):
+        held = lake.read_at("silver.keys", version)
+        new = incoming.join(held, "id", "left_anti")
+        if not seen_versions:  # a concurrent writer commits keys 4 and 5 between our read and our commit
+            lake.write("silver.keys", spark.range(4, 6).toDF("id"))
+        seen_versions.append(version)
+        return lake.write("silver.keys", new, expected_version=version)
+
+    lake.retry_on_conflict("silver.keys", attempt)
+    assert seen_versions == [0, 1]
+    assert sorted(r.id for r in lake.read("silver.keys").collect()) == [1, 2, 3, 4, 5, 6, 7]

@@ -31,6 +31,8 @@ class LakeConfig(Section):
     # Passed to the deltalake package for object stores (credentials are better left to the environment).
     storage_options: dict[str, str] = Field(default_factory=dict)
     vacuum_retention_hours: int = Field(default=168, ge=0)
+    # How often a write decided from a snapshot is tried again when a concurrent writer commits first.
+    commit_attempts: int = Field(default=20, ge=1)
 
 
 class SparkConfig(Section):

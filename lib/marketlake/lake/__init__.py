@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
 from marketlake.config import LakeConfig
-from marketlake.errors import StorageError, TableError, UsageError, storage_problem
-from marketlake.lake.delta_rs import DeltaRsEngine, WriteResult, store_uri
+from marketlake.errors import ConcurrentWriteError, StorageError, TableError, UsageError, storage_problem
+from marketlake.lake.delta_rs import NO_TABLE, DeltaRsEngine, WriteResult, store_uri
 from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
 
-__all__ = ["Lake", "WriteResult", "resolve_engine"]
+__all__ = ["NO_TABLE", "Lake", "WriteResult", "resolve_engine"]
 
 log = logging.getLogger("marketlake.lake")
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 Partitions = dict[str, list] | Literal["dynamic"] | None
+T_ = TypeVar("T_")
 
 
 def resolve_engine(spark: SparkSession, wanted: str, storage_options: dict[str, str] | None = None):
@@ -115,6 +118,7 @@ class Lake:
         partitions: Partitions = None,
         merge_schema: bool = False,
         overwrite_schema: bool = False,
+        expected_version: int | None = None,
     ) -> WriteResult:
         """Append, overwrite the whole table, or overwrite selected partitions, in one commit.
 
@@ -122,6 +126,8 @@ class Lake:
         or {column: [values]} (exactly those; rows outside them are an error).
         merge_schema: add new columns of `df` as nullable columns instead of failing.
         overwrite_schema: with a whole-table overwrite, replace the table's schema by `df`'s.
+        expected_version: commit only if the table is still at this version (`NO_TABLE`: it must not exist
+        yet), else ConcurrentWriteError with nothing committed; see `retry_on_conflict`.
         """
         if mode not in ("append", "overwrite"):
             raise TableError(f"{table}: write mode must be append or overwrite, not {mode!r}")
@@ -131,18 +137,55 @@ class Lake:
         with self._storage_errors(table):
             return self.engine.write(
                 table, self.path(table), df, mode, partition_by, partitions, merge_schema, overwrite_schema,
-                operation,
+                operation, expected_version,
             )
 
-    def upsert(self, table: str, df: DataFrame, keys: list[str], partition_by: list[str] | None = None) -> WriteResult:
+    def upsert(
+        self,
+        table: str,
+        df: DataFrame,
+        keys: list[str],
+        partition_by: list[str] | None = None,
+        expected_version: int | None = None,
+    ) -> WriteResult:
         """Insert rows with new keys, replace rows whose keys exist (dimension tables). Keys must be
-        unique in `df`: a duplicate key would make the result depend on row order, so it is an error."""
+        unique in `df`: a duplicate key would make the result depend on row order, so it is an error.
+        expected_version: as for `write`."""
         duplicate = df.groupBy(*keys).count().filter("count > 1").limit(1).collect()
         if duplicate:
             example = ", ".join(f"{k}={duplicate[0][k]!r}" for k in keys)
             raise TableError(f"{table}: upsert data has more than one row for key {example}")
         with self._storage_errors(table):
-            return self.engine.upsert(table, self.path(table), df, keys, partition_by)
+            return self.engine.upsert(table, self.path(table), df, keys, partition_by, expected_version)
+
+    def snapshot_version(self, table: str) -> int:
+        """The table's current version, or NO_TABLE when it does not exist yet."""
+        return self.version(table) if self.exists(table) else NO_TABLE
+
+    def read_at(self, table: str, version: int) -> DataFrame | None:
+        """The table at `version` (from `snapshot_version`), or None for NO_TABLE."""
+        return None if version == NO_TABLE else self.read(table, version)
+
+    def retry_on_conflict(self, table: str, attempt: Callable[[int], T_], attempts: int | None = None) -> T_:
+        """Optimistic concurrency: run `attempt(version)` with the table's current version; the attempt
+        reads the table at that version and commits with `expected_version=version`. When another writer
+        committed first, nothing was committed: run it again against the new version (jittered back-off).
+        Two writers deciding from one snapshot can thus never both commit."""
+        attempts = attempts or self.config.commit_attempts
+        for tried in range(1, attempts + 1):
+            version = self.snapshot_version(table)
+            try:
+                return attempt(version)
+            except ConcurrentWriteError as exc:
+                if tried == attempts:
+                    raise ConcurrentWriteError(
+                        f"{table}: {attempts} attempts lost to concurrent writers; nothing was committed "
+                        f"by the last one, run it again ({exc})"
+                    ) from exc
+                log.info("%s | version %s moved on under a concurrent writer; attempt %d of %d", table,
+                         version, tried + 1, attempts)
+                time.sleep(random.uniform(0.05, 0.5) * tried)
+        raise AssertionError("unreachable")
 
     @contextmanager
     def _storage_errors(self, table: str) -> Iterator[None]:

@@ -36,6 +36,8 @@ from marketlake.lake.schema import align_to_table, as_nullable, check_partition_
 from marketlake.lake.stats import file_stats
 
 STAGING = "_staging"
+# The expected version of a table that must not exist yet (a checked write that creates it).
+NO_TABLE = -1
 DRIVER_LISTING_LIMIT = 20_000
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # Table features this engine can read and write faithfully; anything else is refused, not ignored.
@@ -185,9 +187,12 @@ class DeltaRsEngine:
         merge_schema: bool,
         overwrite_schema: bool,
         operation: str,
-        read_version: int | None = None,
+        expected_version: int | None = None,
     ) -> WriteResult:
-        current = self._table(uri, read_version)
+        """expected_version: commit only if the table is still at this version (NO_TABLE: does not exist
+        yet); otherwise ConcurrentWriteError and nothing is committed. None: appends rebase on whatever
+        landed meanwhile, and overwrites fail if anything did."""
+        current = self._snapshot(table, uri, expected_version)
         if current is not None:
             _check_features(table, current)
         schema, partition_by, df, new_columns = _plan_schema(
@@ -198,7 +203,7 @@ class DeltaRsEngine:
             filters = _partition_filters(table, partitions, partition_by, staged)
             return self._commit(
                 table, uri, current, schema, partition_by, staged, mode, filters, new_columns,
-                overwrite_schema, operation,
+                overwrite_schema, operation, checked=expected_version is not None,
             )
         except BaseException:
             self._discard(uri, staged)
@@ -244,23 +249,43 @@ class DeltaRsEngine:
         filesystem.delete_dir(staging_path)
         return staged
 
+    def _snapshot(self, table: str, uri: str, expected_version: int | None) -> DeltaTable | None:
+        if expected_version is None:
+            return self._table(uri)
+        if expected_version == NO_TABLE:
+            if self.exists(uri):
+                raise ConcurrentWriteError(f"{table}: another writer created the table meanwhile")
+            return None
+        try:
+            snapshot = self._table(uri, expected_version)
+        except Exception:  # a version the log does not hold (yet)
+            snapshot = None
+        if snapshot is None:
+            raise ConcurrentWriteError(f"{table}: version {expected_version} is not in the table's log")
+        return snapshot
+
     def _commit(
         self, table, uri, current, schema, partition_by, staged, mode, filters, new_columns,
-        overwrite_schema, operation,
+        overwrite_schema, operation, checked: bool,
     ) -> WriteResult:
         adds = [
             AddAction(s.relative_path, s.size, s.partition_values, s.modification_time, True, s.stats)
             for s in staged
         ]
+        if current is not None and mode == "append" and not adds and not new_columns:
+            return WriteResult(current.version(), 0, 0, 0)  # nothing to add: no empty commit
         delta_schema = Schema.from_json(json.dumps(as_nullable(schema).jsonValue()))
-        # Appends may rebase on commits that landed meanwhile; anything that reads the table (overwrite,
-        # upsert) must not, or it would silently drop what a concurrent writer added.
-        retries = None if mode == "append" else 0
+        # Blind appends may rebase on commits that landed meanwhile; anything that read the table first
+        # (overwrite, upsert, a checked append) must not, or it would act on a stale snapshot.
+        retries = None if mode == "append" and not checked else 0
         properties = CommitProperties(
             max_commit_retries=retries, custom_metadata={"marketlake.operation": operation}
         )
         removed = 0
         if current is None and mode == "append":
+            if checked:
+                self._create(table, uri, delta_schema, partition_by, adds, properties)
+                return WriteResult(self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged))
             current = self._create_or_join(table, uri, delta_schema, schema, partition_by, adds, properties)
             if current is None:
                 return WriteResult(self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged))
@@ -294,6 +319,20 @@ class DeltaRsEngine:
         version = self._open(table, uri).version()
         return WriteResult(version, len(adds), removed, sum(s.rows for s in staged))
 
+    def _create(self, table, uri, delta_schema, partition_by, adds, properties) -> None:
+        """Create the table with these files; if another writer created it first, nothing is committed."""
+        try:
+            create_table_with_add_actions(
+                store_uri(uri), delta_schema, adds, mode="error", partition_by=partition_by or None,
+                storage_options=self.storage_options, commit_properties=properties,
+            )
+        except Exception as exc:
+            if not self.exists(uri):
+                raise
+            raise ConcurrentWriteError(
+                f"{table}: another writer created the table while this write ran; nothing was committed"
+            ) from exc
+
     def _create_or_join(self, table, uri, delta_schema, schema, partition_by, adds, properties):
         """Create the table with this append; if another writer created it meanwhile, return it so the
         append lands there (when the schemas agree). None means the table was created here."""
@@ -323,15 +362,21 @@ class DeltaRsEngine:
 
     # ---- upsert ----------------------------------------------------------------------------------
 
-    def upsert(self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by) -> WriteResult:
+    def upsert(
+        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by, expected_version: int | None = None
+    ) -> WriteResult:
         """Rows of `df` replace the table's rows with the same keys; the rest are kept.
 
-        The table is rewritten from the snapshot it was read at, and the commit fails if anyone
-        committed since (dimension tables are small; this keeps the engine free of a driver-side merge).
+        The table is rewritten from the snapshot it was read at (or `expected_version`), and the commit
+        fails if anyone committed since (dimension tables are small; this keeps the engine free of a
+        driver-side merge).
         """
-        current = self._table(uri)
+        current = self._snapshot(table, uri, expected_version)
         if current is None:
-            return self.write(table, uri, df, "append", partition_by, None, False, False, "upsert")
+            return self.write(
+                table, uri, df, "append", partition_by, None, False, False, "upsert",
+                expected_version=NO_TABLE if expected_version is not None else None,
+            )
         read_version = current.version()
         existing = self.read(table, uri, read_version)
         aligned, _ = align_to_table(table, df, existing.schema, merge_schema=True)
@@ -339,7 +384,7 @@ class DeltaRsEngine:
         merged = kept.unionByName(aligned, allowMissingColumns=True)
         return self.write(
             table, uri, merged, "overwrite", list(current.metadata().partition_columns) or partition_by,
-            None, True, False, "upsert", read_version=read_version,
+            None, True, False, "upsert", expected_version=read_version,
         )
 
     # ---- vacuum ----------------------------------------------------------------------------------

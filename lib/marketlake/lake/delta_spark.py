@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
-from marketlake.lake.delta_rs import WriteResult
+from marketlake.lake.delta_rs import NO_TABLE, WriteResult
 from marketlake.lake.schema import align_to_table, check_partition_columns
 
 
@@ -73,8 +73,9 @@ class DeltaSparkEngine:
 
     def write(
         self, table, uri, df, mode, partition_by, partitions, merge_schema, overwrite_schema, operation,
-        read_version=None,
+        expected_version=None,
     ) -> WriteResult:
+        self._check_expected(table, uri, expected_version)
         current = self.schema(table, uri)
         if current is None:
             check_partition_columns(table, df.schema, list(partition_by or []))
@@ -87,6 +88,11 @@ class DeltaSparkEngine:
         writer = df.write.format("delta").mode(mode).option("userMetadata", operation)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
+        if expected_version is not None:
+            # Delta's idempotent-write marker under one application id per table: a concurrent checked
+            # write to the same table commits a transaction with the same id, which delta-spark's conflict
+            # check refuses (ConcurrentTransactionException); a marker already at or past ours skips the write.
+            writer = writer.option("txnAppId", f"marketlake:{table}").option("txnVersion", expected_version + 2)
         if merge_schema:
             writer = writer.option("mergeSchema", "true")
         if overwrite_schema and mode == "overwrite":
@@ -101,11 +107,27 @@ class DeltaSparkEngine:
             if "Concurrent" in type(exc).__name__ or "ConcurrentModification" in str(exc)[:300]:
                 raise ConcurrentWriteError(f"{table}: {str(exc).splitlines()[0]}") from None
             raise
-        return self._result(table, uri)
+        result = self._result(table, uri)
+        if expected_version is not None and result.version != expected_version + 1:
+            raise ConcurrentWriteError(f"{table}: another writer committed first (version {result.version})")
+        return result
 
-    def upsert(self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by) -> WriteResult:
+    def _check_expected(self, table: str, uri: str, expected_version: int | None) -> None:
+        if expected_version is None:
+            return
+        current = self.version(table, uri) if self.exists(uri) else NO_TABLE
+        if current != expected_version:
+            raise ConcurrentWriteError(f"{table}: at version {current}, not the expected {expected_version}")
+
+    def upsert(
+        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by, expected_version=None
+    ) -> WriteResult:
         if not self.exists(uri):
-            return self.write(table, uri, df, "append", partition_by, None, False, False, "upsert")
+            return self.write(
+                table, uri, df, "append", partition_by, None, False, False, "upsert", expected_version
+            )
+        # MERGE reads the table: delta-spark refuses its commit when a concurrent one touched the same files.
+        self._check_expected(table, uri, expected_version)
         target = self._open(table, uri)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         self.spark.conf.set("spark.databricks.delta.schema.autoMerge.enabled", "true")
