@@ -224,3 +224,36 @@ def export_frame(campaign: CampaignConfig, contact_columns: DataFrame | None) ->
         return rows
 
     return transform
+
+
+# OWASP's CSV-injection triggers (=, +, -, @, tab, CR), and the quote itself, so that dropping one leading '
+# from a text cell always gives the value back (a value "'=x" is written "''=x", not left looking neutralised).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def neutralise_formulas(frame: DataFrame) -> DataFrame:
+    """Prefixes ' to each text cell that starts with one of FORMULA_STARTS, so a spreadsheet shows it as text.
+
+    Only string columns: OWASP's advice concerns text a user can inject. A number is rendered by Spark (digits,
+    sign, point, exponent) and can start with "-" only as a negative number, which spreadsheets read as a number,
+    not a formula; a ' would turn it into text and the CSV would no longer hold the number of the Parquet file."""
+
+    def neutralised(field: T.StructField) -> Column:
+        column = F.col(field.name)
+        if not isinstance(field.dataType, T.StringType):
+            return column
+        starts_a_formula = F.substring(column, 1, 1).isin(*FORMULA_STARTS)
+        return F.when(starts_a_formula, F.concat(F.lit("'"), column)).otherwise(column).alias(field.name)
+
+    return frame.select(*[neutralised(field) for field in frame.schema.fields])
+
+
+def as_csv_cells(frame: DataFrame) -> DataFrame:
+    """Export rows -> the cells of audience.csv: arrays, maps and structs as JSON text (the CSV writer takes
+    none of them), then text cells neutralised (`neutralise_formulas`)."""
+    nested = (T.ArrayType, T.MapType, T.StructType)
+    as_text = [
+        F.to_json(field.name).alias(field.name) if isinstance(field.dataType, nested) else F.col(field.name)
+        for field in frame.schema.fields
+    ]
+    return neutralise_formulas(frame.select(*as_text))

@@ -2,7 +2,14 @@
 labels) of the run date with their offer, top recommended items, cross-sell items for their last order,
 and a stable treatment/control group, into gold.campaign_audience (the run date's partition is replaced).
 Each campaign's treatment audience is exported as CSV and Parquet to
-<lake root>/exports/<campaign id>/<run date>/audience.{csv,parquet} (a re-run replaces that folder)."""
+<lake root>/exports/<campaign id>/<run date>/audience.{csv,parquet} (a re-run replaces that folder).
+
+audience.csv: RFC 4180 (UTF-8, comma, a header row, LF line ends; a cell with a comma, quote, CR or LF
+is quoted, a quote doubled as ""). Values are those of audience.parquet, whitespace kept; null is an
+empty cell, an empty text "". To keep spreadsheets from running formulas, a text cell starting with =, +,
+-, @, tab, CR or ' gets one ' in front: drop one leading ' of a text cell to get the value. Numbers are
+never prefixed. Item and cross-sell lists are flat columns (item_1.., cross_sell_1..); any other list,
+map or struct column is written as JSON text (e.g. ["i01","i02"]), as-is in Parquet."""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from marketlake.activate import (
     CONTROL,
     TREATMENT,
     as_audience,
+    as_csv_cells,
     assign_groups,
     campaigns_frame,
     capped,
@@ -44,6 +52,12 @@ FEATURES, SEGMENTS = "gold.user_features", "gold.user_segments"
 RECOMMENDATIONS, CROSS_SELL = "gold.user_recommendations", "gold.item_cross_sell"
 AUDIENCE = "gold.campaign_audience"
 EXPORT_FILE = "audience"
+# RFC 4180 (see the module docstring); Spark's defaults escape a quote as \" and trim whitespace. The line
+# separator stays "\n": with "\r\n" the writer also turns a "\n" inside a quoted value into "\r\n".
+CSV_OPTIONS = {
+    "header": True, "quote": '"', "escape": '"', "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False,
+    "nullValue": "", "emptyValue": '""', "lineSep": "\n", "encoding": "UTF-8",
+}  # fmt: skip
 # Columns every export has; a mapped export column may not take one of these names.
 EXPORT_BASE_COLUMNS = {"campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "audience_rank"}
 RFM_LABELS = [label for label, _, _ in RFM_GRID] + [PROSPECTS, INACTIVE]
@@ -222,15 +236,17 @@ def export_folder(root: str, campaign_id: str, run_date) -> str:
 
 
 def export_campaign(ctx: JobContext, rows: DataFrame, campaign: CampaignConfig) -> str:
-    """Write `rows` as one audience.csv and one audience.parquet (ordered by audience_rank) into the
-    campaign's folder for the run date, replacing what was there; returns the folder."""
+    """Write `rows` as one audience.csv (the format of the module docstring) and one audience.parquet, each
+    ordered by audience_rank, into the campaign's folder for the run date, replacing what was there; returns
+    the folder."""
     folder = export_folder(ctx.lake.root, campaign.id, ctx.run_date)
     staging = f"{ctx.lake.root.rstrip('/')}/exports/{campaign.id}/_staging-{uuid.uuid4().hex}"
     filesystem, staging_path = pafs.FileSystem.from_uri(store_uri(staging))
     _, folder_path = pafs.FileSystem.from_uri(store_uri(folder))
     single = rows.repartition(1).sortWithinPartitions("audience_rank")
+    csv_cells = rows.transform(as_csv_cells).repartition(1).sortWithinPartitions("audience_rank")
     try:
-        single.write.option("header", True).csv(f"{staging}/csv")
+        csv_cells.write.options(**CSV_OPTIONS).csv(f"{staging}/csv")
         single.write.parquet(f"{staging}/parquet")
         if filesystem.get_file_info(folder_path).type != pafs.FileType.NotFound:
             filesystem.delete_dir(folder_path)
