@@ -11,6 +11,10 @@ Definitions (the README's "experiment" section says the same for readers of the 
   Value: the revenue of the events that qualify the same way (revenue is 0 except on purchases).
 - CUPED covariates: in the `cuped_days` before the first exposure, the sessions holding a conversion
   event (for the conversion metric) and the revenue (for revenue_per_user).
+- An exposure log (the job's --input CSV) is collapsed to one row per user the same way: rows identical
+  in every column read are one row (`duplicate_rows`); a user's further rows in their variant are merged
+  (`repeat_rows_merged`: converted if any row converted, values summed, the covariate of the first
+  exposure); users in two or more variants are left out (`users_in_several_variants`).
 
 The statistics work on a handful of aggregate rows per experiment and variant (count, sum, mean,
 sample variance and covariances, computed by Spark); they run in the driver with scipy and statsmodels:
@@ -73,6 +77,12 @@ RESULT_SCHEMA = T.StructType(
         T.StructField("srm", T.BooleanType()),
         T.StructField("decision", T.StringType()),
         T.StructField("cuped", T.BooleanType()),
+        # What was left out or folded before the analysis, per experiment (the same on all its rows). An
+        # exposure log (--input) has all three; silver.events only users_in_several_variants (its events are
+        # unique by event_id, and many exposures per user are normal there).
+        T.StructField("duplicate_rows", T.LongType()),  # rows identical to an earlier row, dropped
+        T.StructField("repeat_rows_merged", T.LongType()),  # further rows of a user in their variant, merged
+        T.StructField("users_in_several_variants", T.LongType()),  # users left out: not attributable
         T.StructField("as_of_date", T.DateType()),
     ]
 )
@@ -173,6 +183,39 @@ def outcomes(events: DataFrame, run_date: dt.date, settings: ExperimentConfig) -
         return users.select(*USER_COLUMNS)
 
     return transform
+
+
+# An exposure log before collapse_exposure_log: one row per exposure. exposed_at is null when the log has no
+# time; row_order is the row's place in the log (file, then line), the tie-break after exposed_at.
+EXPOSURE_LOG_COLUMNS = ["user_id", "variant", "converted", "value", "covariate", "exposed_at", "row_order"]
+
+
+def collapse_exposure_log(log: DataFrame) -> DataFrame:
+    """An exposure log (EXPOSURE_LOG_COLUMNS) -> one row per user_id: variant, converted (the largest: 1 if
+    any row converted), value (the sum; null when no row has one), covariate and exposed_at of the first
+    exposure (earliest exposed_at, a missing time after every time, then row_order), and what was folded:
+    variants (how many distinct variants the user was in; more than one: not attributable to any),
+    duplicate_rows (rows equal to another in every column but row_order, dropped before anything is
+    summed) and repeat_rows (the user's other distinct rows, merged into this one)."""
+    record = [c for c in EXPOSURE_LOG_COLUMNS if c != "row_order"]
+    distinct = log.groupBy(*record).agg(
+        F.min("row_order").alias("row_order"), (F.count("*") - 1).alias("duplicates")
+    )
+    first = F.min(F.struct(F.col("exposed_at").isNull(), "exposed_at", "row_order", "variant", "covariate"))
+    return (
+        distinct.groupBy("user_id")
+        .agg(
+            first.alias("first"), F.count_distinct("variant").alias("variants"),
+            F.max("converted").alias("converted"),
+            F.sum(F.col("value").cast(EXACT)).cast("double").alias("value"),  # exact: any row order, one sum
+            F.sum("duplicates").alias("duplicate_rows"), (F.count("*") - 1).alias("repeat_rows"),
+        )
+        .select(
+            "user_id", F.col("first.variant").alias("variant"), "variants", "converted", "value",
+            F.col("first.covariate").alias("covariate"), F.col("first.exposed_at").alias("exposed_at"),
+            "duplicate_rows", "repeat_rows",
+        )
+    )  # fmt: skip
 
 
 MOMENTS = {

@@ -1,7 +1,11 @@
 """experiment: A/B test results per experiment, metric and variant into gold.experiment_results (the run
 date's partition). Experiments come from the exposures in silver.events (a user's first exposure gives
-their variant; conversion: the configured event in the window after it), or with --input from a CSV of
-user_id, variant, converted and optionally value (and covariate, for CUPED). Against the control: lift
+their variant; conversion: the configured event in the window after it), or with --input from an
+exposure log: a CSV of user_id, variant, converted and optionally value, covariate (for CUPED) and
+timestamp. The log is collapsed to one row per user: identical rows count once; a user's rows in their
+variant are merged (converted if any row converted, values summed, the covariate of the first exposure:
+the earliest timestamp, else the first row in the file); users in several variants are left out. How
+many of each is in the log, ops.job_runs and the results table. Against the control: lift
 with 95% intervals, p-values (z-test; Welch's t-test for revenue per user), adjusted for several variants,
 the probability to beat control (Beta-Binomial), a sample-ratio check and a decision."""
 
@@ -24,6 +28,7 @@ from marketlake.experiment import (
     RESULT_COLUMNS,
     RESULT_SCHEMA,
     USER_COLUMNS,
+    collapse_exposure_log,
     experiment_rows,
     exposures,
     first_exposures,
@@ -39,10 +44,18 @@ from marketlake.runner import Job, JobContext
 RESULTS = "gold.experiment_results"
 EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRUE_WORDS, FALSE_WORDS = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
+# Optional columns of an exposure log: (Spark type, what a cell must be).
+OPTIONAL_COLUMNS = {
+    "value": ("double", "a number"), "covariate": ("double", "a number"), "timestamp": ("timestamp", "a timestamp")
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", help="a CSV (header: user_id, variant, converted[, value][, covariate]) instead of silver.events")
+    parser.add_argument(
+        "--input",
+        help="an exposure log CSV (header: user_id, variant, converted[, value][, covariate][, timestamp]) "
+        "instead of silver.events",
+    )
     parser.add_argument("--control", help="with --input: the control variant (default: the experiment's plan, else experiment.control)")
     parser.add_argument("--experiment", help="with --input: the experiment id (default: the file name without .csv)")
 
@@ -81,6 +94,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
             f"{crossed} users exposed to several variants of one experiment (left out)"
         )
     counts = {"experiments": len(per_experiment), "users_in_several_variants": crossed}
+    crossed_in = {row.experiment_id: row.crossed for row in per_experiment}
     try:
         if not per_experiment:
             with ctx.step(f"no exposures in silver.events for {run_date}: nothing to analyse"):
@@ -88,7 +102,8 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
             counts["result_rows"] = write_results(ctx, [], F.col("source") == FROM_EVENTS)
             return counts
         users = first.filter(F.col("variants") == 1).transform(outcomes(events, run_date, settings))
-        rows = analyse(ctx, users, FROM_EVENTS, {})
+        analysed = analyse(ctx, users, FROM_EVENTS, {})
+        rows = [{**r, "users_in_several_variants": crossed_in[r["experiment_id"]]} for r in analysed]
     finally:
         first.unpersist()
     counts["result_rows"] = write_results(ctx, rows, F.col("source") == FROM_EVENTS)
@@ -100,31 +115,54 @@ def run_csv(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     experiment_id = csv_experiment_id(args)
     settings = ctx.config.experiment
     plan = plan_for(experiment_id, settings, args.control)
-    with ctx.step(f"read {args.input}") as step:
-        users, crossed, optional = read_csv_users(ctx, args.input, experiment_id)
-        variants = {row.variant: row["count"] for row in users.groupBy("variant").count().collect()}
-        step.rows = sum(variants.values())
-        step.detail = (
-            f"experiment {experiment_id}: " + ", ".join(f"{v} {n:,}" for v, n in sorted(variants.items()))
-            + f"; {crossed} users in several variants (left out); optional columns: {', '.join(optional) or 'none'}"
+    collapsed = None
+    try:
+        with ctx.step(f"read {args.input}") as step:
+            collapsed, log_rows, optional = read_exposure_log(ctx, args.input)
+            collapsed = collapsed.persist()  # counted here, analysed below
+            groups = (
+                collapsed.groupBy("variant", (F.col("variants") > 1).alias("crossed"))
+                .agg(
+                    F.count("*").alias("users"), F.sum("duplicate_rows").alias("duplicates"),
+                    F.sum("repeat_rows").alias("repeats"),
+                )
+                .collect()
+            )  # variants x 2 rows
+            variants = {g.variant: g.users for g in groups if not g.crossed}
+            folded = {
+                "duplicate_rows": sum(g.duplicates for g in groups),
+                "repeat_rows_merged": sum(g.repeats for g in groups if not g.crossed),
+                "users_in_several_variants": sum(g.users for g in groups if g.crossed),
+            }
+            step.rows = sum(variants.values())
+            per_variant = ", ".join(f"{v} {n:,}" for v, n in sorted(variants.items()))
+            step.detail = (
+                f"experiment {experiment_id}: {log_rows:,} rows, users {per_variant}; "
+                f"{folded['duplicate_rows']:,} duplicate rows dropped, {folded['repeat_rows_merged']:,} repeat rows "
+                f"merged into their user's, {folded['users_in_several_variants']:,} users in several variants left "
+                f"out; optional columns: {', '.join(optional) or 'none'}"
+            )
+        if plan.control not in variants:
+            raise UsageError(f"--input {args.input}: no rows of the control variant {plan.control!r} (variants: {', '.join(sorted(variants))}); give --control")
+        if len(variants) < 2:
+            raise UsageError(f"--input {args.input}: only the variant {plan.control!r}; an experiment needs two or more")
+        csv_settings = settings.model_copy(
+            update={"value_metric": settings.value_metric and "value" in optional, "cuped": settings.cuped and "covariate" in optional}
         )  # fmt: skip
-    if plan.control not in variants:
-        raise UsageError(f"--input {args.input}: no rows of the control variant {plan.control!r} (variants: {', '.join(sorted(variants))}); give --control")
-    if len(variants) < 2:
-        raise UsageError(f"--input {args.input}: only the variant {plan.control!r}; an experiment needs two or more")
-    csv_settings = settings.model_copy(
-        update={"value_metric": settings.value_metric and "value" in optional, "cuped": settings.cuped and "covariate" in optional}
-    )  # fmt: skip
-    rows = analyse(ctx, users, FROM_CSV, {experiment_id: plan}, csv_settings)
+        users = collapsed.filter(F.col("variants") == 1).transform(per_user(experiment_id))
+        rows = [{**r, **folded} for r in analyse(ctx, users, FROM_CSV, {experiment_id: plan}, csv_settings)]
+    finally:
+        if collapsed is not None:
+            collapsed.unpersist()
     replaced = (F.col("source") == FROM_CSV) & (F.col("experiment_id") == experiment_id)
     written = write_results(ctx, rows, replaced)
-    return {"experiments": 1, "users_in_several_variants": crossed, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))}
+    return {"experiments": 1, **folded, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))}
 
 
-def read_csv_users(ctx: JobContext, path: str, experiment_id: str) -> tuple[DataFrame, int, list[str]]:
-    """The CSV as the per-user frame, after checks that each end in one UsageError line: the columns, one
-    value per cell that parses, no user twice in one variant. Users in several variants are left out and
-    counted. Returns (users, users left out, optional columns present)."""
+def read_exposure_log(ctx: JobContext, path: str) -> tuple[DataFrame, int, list[str]]:
+    """The CSV collapsed to one row per user (collapse_exposure_log), after checks that each end in one
+    UsageError line: the columns, and one value per cell that parses. Returns (collapsed log, rows in the
+    file, optional columns present)."""
     where = f"--input {path}"
     try:
         raw = ctx.spark.read.option("header", True).option("mode", "PERMISSIVE").csv(path)
@@ -134,20 +172,23 @@ def read_csv_users(ctx: JobContext, path: str, experiment_id: str) -> tuple[Data
     raw = raw.toDF(*columns)
     missing = [c for c in ("user_id", "variant", "converted") if c not in columns]
     if missing:
-        raise UsageError(f"{where}: no column {', '.join(missing)} (header: {', '.join(columns) or 'none'}; needs user_id, variant, converted[, value][, covariate])")
-    optional = [c for c in ("value", "covariate") if c in columns]
+        raise UsageError(f"{where}: no column {', '.join(missing)} (header: {', '.join(columns) or 'none'}; needs user_id, variant, converted[, value][, covariate][, timestamp])")
+    optional = [c for c in OPTIONAL_COLUMNS if c in columns]
     flag = F.lower(F.trim("converted"))
+    # The row's place in the log: a file's lines get increasing ids (its splits are read in order).
+    row_order = F.struct(F.col("_metadata.file_path"), F.monotonically_increasing_id())
     parsed = raw.select(
         F.trim("user_id").alias("user_id"), F.trim("variant").alias("variant"),
         F.when(flag.isin(*TRUE_WORDS), 1.0).when(flag.isin(*FALSE_WORDS), 0.0).alias("converted"),
         F.col("converted").alias("converted_text"),
-        *[text(F.col(c)).try_cast("double").alias(c) for c in optional], *[F.col(c).alias(f"{c}_text") for c in optional],
+        *[text(F.col(c)).try_cast(OPTIONAL_COLUMNS[c][0]).alias(c) for c in optional], *[F.col(c).alias(f"{c}_text") for c in optional],
+        row_order.alias("row_order"),
     )  # fmt: skip
     checks = {
         "rows": F.count("*"),
         "no user_id or variant": F.sum((F.coalesce(F.length("user_id"), F.lit(0)) * F.coalesce(F.length("variant"), F.lit(0)) == 0).cast("long")),
         "converted not 0/1/true/false": F.sum(F.col("converted").isNull().cast("long")),
-        **{f"{c} not a number": F.sum((F.col(c).isNull() & (F.length(F.trim(f"{c}_text")) > 0)).cast("long")) for c in optional},
+        **{f"{c} not {OPTIONAL_COLUMNS[c][1]}": F.sum((F.col(c).isNull() & (F.length(F.trim(f"{c}_text")) > 0)).cast("long")) for c in optional},
     }  # fmt: skip
     found = parsed.agg(*[expr.alias(name) for name, expr in checks.items()]).first().asDict()
     if not found["rows"]:
@@ -157,22 +198,28 @@ def read_csv_users(ctx: JobContext, path: str, experiment_id: str) -> tuple[Data
         example = parsed.filter(F.col("converted").isNull()).select("converted_text").first() if found["converted not 0/1/true/false"] else None
         shown = f" (e.g. converted={example[0]!r})" if example else ""
         raise UsageError(f"{where}: {'; '.join(bad)}{shown}")
-    per_user = parsed.groupBy("user_id").agg(F.countDistinct("variant").alias("variants"), F.count("*").alias("rows"))
-    repeats = per_user.agg(
-        F.sum(((F.col("variants") == 1) & (F.col("rows") > 1)).cast("long")).alias("repeated"),
-        F.sum((F.col("variants") > 1).cast("long")).alias("crossed"),
-    ).first()
-    if repeats.repeated:
-        raise UsageError(f"{where}: {repeats.repeated:,} user_ids have more than one row in their variant (one row per user)")
-    users = (
-        parsed.join(per_user.filter(F.col("variants") == 1).select("user_id"), "user_id")
-        .withColumn("experiment_id", F.lit(experiment_id))
-        .withColumn("value", F.coalesce(F.col("value"), F.lit(0.0)) if "value" in optional else F.lit(0.0))
-        .withColumn("pre_conversions", F.coalesce(F.col("covariate"), F.lit(0.0)) if "covariate" in optional else F.lit(0.0))
-        .withColumn("pre_value", F.col("pre_conversions"))
-        .select(*USER_COLUMNS)
+    log = parsed.select(
+        "user_id", "variant", "converted",
+        *[F.col(c) if c in optional else F.lit(None).cast("double").alias(c) for c in ("value", "covariate")],
+        (F.col("timestamp") if "timestamp" in optional else F.lit(None).cast("timestamp")).alias("exposed_at"),
+        "row_order",
     )  # fmt: skip
-    return users, int(repeats.crossed or 0), optional
+    return log.transform(collapse_exposure_log), found["rows"], optional
+
+
+def per_user(experiment_id: str):
+    """Collapsed log rows (one variant each) -> the per-user frame (USER_COLUMNS); a missing value or
+    covariate is 0."""
+
+    def transform(collapsed: DataFrame) -> DataFrame:
+        return collapsed.select(
+            F.lit(experiment_id).alias("experiment_id"), "user_id", "variant", "converted",
+            F.coalesce(F.col("value"), F.lit(0.0)).alias("value"),
+            F.coalesce(F.col("covariate"), F.lit(0.0)).alias("pre_conversions"),
+            F.coalesce(F.col("covariate"), F.lit(0.0)).alias("pre_value"),
+        ).select(*USER_COLUMNS)  # fmt: skip
+
+    return transform
 
 
 def analyse(ctx: JobContext, users: DataFrame, source: str, plans: dict, settings=None) -> list[dict]:
@@ -216,11 +263,19 @@ def write_results(ctx: JobContext, rows: list[dict], replaced: Column) -> int:
     kept = []
     if lake.exists(RESULTS):
         of_date = lake.read(RESULTS).filter(F.col("as_of_date") == F.lit(run_date))
-        kept = [tuple(row) for row in of_date.filter(~replaced).select(*RESULT_COLUMNS).collect()]  # result rows: few
+        # A table written before a column was added lacks it: null there (the write below adds it).
+        columns = [
+            F.col(f.name) if f.name in of_date.columns else F.lit(None).cast(f.dataType).alias(f.name)
+            for f in RESULT_SCHEMA
+        ]
+        kept = [tuple(row) for row in of_date.filter(~replaced).select(*columns).collect()]  # result rows: few
     new = [tuple(clean(row.get(c)) for c in RESULT_COLUMNS[:-1]) + (run_date,) for row in rows]
     frame = ctx.spark.createDataFrame(kept + new, RESULT_SCHEMA)
     with ctx.step(RESULTS) as step:
-        lake.write(RESULTS, frame, "overwrite", partition_by=["as_of_date"], partitions={"as_of_date": [run_date]})
+        lake.write(
+            RESULTS, frame, "overwrite", partition_by=["as_of_date"], partitions={"as_of_date": [run_date]},
+            merge_schema=True,  # a table from before a column was added gains it
+        )
         step.rows = len(new)
         step.detail = f"for {run_date} ({len(kept)} rows of other sources or experiments kept)"
     return len(new)
