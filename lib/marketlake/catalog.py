@@ -1,0 +1,501 @@
+"""The table catalog: every table marketlake writes, with its schema, partitioning, the job that writes it
+and the jobs that read it. Jobs, the report, the Airflow DAG's edges and docs/tables.md take tables from
+here; nothing else spells a table name.
+
+A table named `layer.name` lives at `<lake root>/<layer>/<name>` and is a real Delta table that any Delta
+reader opens. Columns are given as Spark SQL types; `marketlake.lake.schema.spark_schema` turns them into a
+StructType. This module imports nothing but the standard library, so the DAG file can load it without
+Spark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVERY_JOB = "every job"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    grain: str
+    columns: tuple[tuple[str, str], ...]
+    written_by: tuple[str, ...]
+    read_by: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    about: str = ""
+
+    @property
+    def layer(self) -> str:
+        return self.name.split(".")[0]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    def ddl(self) -> str:
+        return ", ".join(f"`{name}` {kind}" for name, kind in self.columns)
+
+    def made_by(self) -> str:
+        """The job(s) to run when the table is missing, for messages."""
+        if self.written_by == (EVERY_JOB,):
+            return "any job"
+        return " or ".join(self.written_by)
+
+
+RAW_LINEAGE = (("source_file", "string"), ("batch_id", "string"), ("ingested_at", "timestamp"))
+
+BRONZE_EVENTS = Table(
+    "bronze.events",
+    grain="one raw input record, as received",
+    columns=(
+        ("raw", "string"),
+        ("source_file", "string"),
+        ("source_size", "bigint"),
+        ("batch_id", "string"),
+        ("ingested_at", "timestamp"),
+        ("ingest_date", "date"),
+        ("raw_bytes", "binary"),
+    ),
+    partition_by=("ingest_date",),
+    written_by=("ingest",),
+    read_by=("ingest",),
+    about="`raw` is valid UTF-8 text; when the line was not, `raw_bytes` holds its exact bytes.",
+)
+SILVER_EVENTS = Table(
+    "silver.events",
+    grain="one valid event, unique event_id",
+    columns=(
+        ("event_id", "string"),
+        ("user_id", "string"),
+        ("item_id", "string"),
+        ("event_type", "string"),
+        ("event_ts", "timestamp"),
+        ("event_date", "date"),
+        ("session_id", "string"),
+        ("order_id", "string"),
+        ("quantity", "int"),
+        ("price", "double"),
+        ("revenue", "double"),
+        ("channel", "string"),
+        ("campaign_id", "string"),
+        ("experiment_id", "string"),
+        ("variant", "string"),
+        ("rating", "double"),
+        *RAW_LINEAGE,
+    ),
+    partition_by=("event_date",),
+    keys=("event_id",),
+    written_by=("ingest",),
+    read_by=("ingest", "features", "rules", "recommend", "activate", "experiment"),
+)
+SILVER_USERS = Table(
+    "silver.users",
+    grain="one user (later versions replace earlier ones)",
+    columns=(
+        ("user_id", "string"),
+        ("signup_date", "date"),
+        ("age", "int"),
+        ("gender", "string"),
+        ("region", "string"),
+        *RAW_LINEAGE,
+    ),
+    keys=("user_id",),
+    written_by=("ingest",),
+    read_by=("ingest", "features", "recommend", "activate"),
+)
+SILVER_ITEMS = Table(
+    "silver.items",
+    grain="one item (later versions replace earlier ones)",
+    columns=(
+        ("item_id", "string"),
+        ("category", "string"),
+        ("brand", "string"),
+        ("price", "double"),
+        ("title", "string"),
+        ("active", "boolean"),
+        *RAW_LINEAGE,
+    ),
+    keys=("item_id",),
+    written_by=("ingest",),
+    read_by=("ingest", "features", "recommend", "report"),
+)
+
+
+def _quarantine(entity: str) -> Table:
+    return Table(
+        f"quarantine.{entity}",
+        grain=f"one rejected {entity} record, with its reason",
+        columns=(
+            ("raw", "string"),
+            ("reason", "string"),
+            ("source_file", "string"),
+            ("batch_id", "string"),
+            ("ingested_at", "timestamp"),
+            ("ingest_date", "date"),
+            ("raw_bytes", "binary"),
+        ),
+        partition_by=("ingest_date",),
+        written_by=("ingest",),
+        read_by=("ingest",),
+        about="`raw` is valid UTF-8 text; when the record was not, `raw_bytes` holds its exact bytes.",
+    )
+
+
+QUARANTINE_EVENTS = _quarantine("events")
+QUARANTINE_USERS = _quarantine("users")
+QUARANTINE_ITEMS = _quarantine("items")
+
+USER_FEATURES = Table(
+    "gold.user_features",
+    grain="one user x as_of_date: behaviour features and RFM scores",
+    columns=(
+        ("user_id", "string"),
+        ("recency_days", "double"),
+        ("days_since_purchase", "double"),
+        ("frequency", "bigint"),
+        ("monetary", "double"),
+        ("avg_order_value", "double"),
+        ("views", "bigint"),
+        ("clicks", "bigint"),
+        ("carts", "bigint"),
+        ("purchases", "bigint"),
+        ("sessions", "bigint"),
+        ("ctr", "double"),
+        ("cart_rate", "double"),
+        ("purchase_rate", "double"),
+        ("active_days", "bigint"),
+        ("tenure_days", "int"),
+        ("favourite_category", "string"),
+        ("r_score", "int"),
+        ("f_score", "int"),
+        ("m_score", "int"),
+        ("rfm_score", "string"),
+        ("rfm_label", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("user_id", "as_of_date"),
+    written_by=("features",),
+    read_by=("segment", "activate", "report"),
+)
+USER_SEGMENTS = Table(
+    "gold.user_segments",
+    grain="one user x as_of_date: their KMeans segment",
+    columns=(
+        ("user_id", "string"),
+        ("segment_id", "int"),
+        ("segment_name", "string"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("user_id", "as_of_date"),
+    written_by=("segment",),
+    read_by=("recommend", "activate"),
+)
+SEGMENT_PROFILES = Table(
+    "gold.segment_profiles",
+    grain="one segment x as_of_date: size, feature means, strategy",
+    columns=(
+        ("segment_id", "int"),
+        ("segment_name", "string"),
+        ("size", "bigint"),
+        ("share", "double"),
+        ("buyer_share", "double"),
+        ("mean_recency_days", "double"),
+        ("mean_days_since_purchase", "double"),
+        ("mean_frequency", "double"),
+        ("mean_monetary", "double"),
+        ("mean_avg_order_value", "double"),
+        ("mean_views", "double"),
+        ("mean_clicks", "double"),
+        ("mean_carts", "double"),
+        ("mean_purchases", "double"),
+        ("mean_sessions", "double"),
+        ("mean_ctr", "double"),
+        ("mean_cart_rate", "double"),
+        ("mean_purchase_rate", "double"),
+        ("mean_active_days", "double"),
+        ("mean_tenure_days", "double"),
+        ("strategy", "string"),
+        ("silhouette", "double"),
+        ("k", "int"),
+        ("features", "array<string>"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("segment_id", "as_of_date"),
+    written_by=("segment",),
+    read_by=("report",),
+)
+ASSOCIATION_RULES = Table(
+    "gold.association_rules",
+    grain="one rule x as_of_date (FPGrowth)",
+    columns=(
+        ("antecedent", "array<string>"),
+        ("consequent", "array<string>"),
+        ("support", "double"),
+        ("confidence", "double"),
+        ("lift", "double"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("antecedent", "consequent", "as_of_date"),
+    written_by=("rules",),
+    read_by=("report",),
+)
+ITEM_CROSS_SELL = Table(
+    "gold.item_cross_sell",
+    grain="one item x rank x as_of_date: what to offer with it",
+    columns=(
+        ("item_id", "string"),
+        ("rank", "int"),
+        ("recommended_item_id", "string"),
+        ("confidence", "double"),
+        ("lift", "double"),
+        ("support", "double"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("item_id", "rank", "as_of_date"),
+    written_by=("rules",),
+    read_by=("activate", "report"),
+)
+USER_RECOMMENDATIONS = Table(
+    "gold.user_recommendations",
+    grain="one user x rank x as_of_date (sources: als, segment_popular, global_popular)",
+    columns=(
+        ("user_id", "string"),
+        ("rank", "int"),
+        ("item_id", "string"),
+        ("score", "double"),
+        ("source", "string"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("user_id", "rank", "as_of_date"),
+    written_by=("recommend",),
+    read_by=("activate", "report"),
+)
+RECOMMENDATION_EVALUATION = Table(
+    "gold.recommendation_evaluation",
+    grain="one model x metric x k x as_of_date, against a popularity baseline",
+    columns=(
+        ("as_of_date", "date"),
+        ("model_version", "string"),
+        ("model", "string"),
+        ("metric", "string"),
+        ("k", "int"),
+        ("value", "double"),
+        ("users", "bigint"),
+        ("split", "string"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("model_version", "model", "metric", "k", "as_of_date"),
+    written_by=("recommend",),
+    read_by=("report",),
+)
+CAMPAIGN_AUDIENCE = Table(
+    "gold.campaign_audience",
+    grain="one user x campaign x as_of_date, with offer and group (treatment, control)",
+    columns=(
+        ("campaign_id", "string"),
+        ("user_id", "string"),
+        ("segment_name", "string"),
+        ("rfm_label", "string"),
+        ("offer", "string"),
+        ("channel", "string"),
+        ("items", "array<string>"),
+        ("cross_sell", "array<string>"),
+        ("group", "string"),
+        ("control_share", "double"),
+        ("audience_rank", "int"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("campaign_id", "user_id", "as_of_date"),
+    written_by=("activate",),
+    read_by=("report",),
+)
+EXPERIMENT_RESULTS = Table(
+    "gold.experiment_results",
+    grain="one experiment x metric x variant x as_of_date",
+    columns=(
+        ("experiment_id", "string"),
+        ("source", "string"),
+        ("metric", "string"),
+        ("variant", "string"),
+        ("is_control", "boolean"),
+        ("users", "bigint"),
+        ("conversions", "double"),
+        ("rate", "double"),
+        ("lift", "double"),
+        ("lift_relative", "double"),
+        ("ci_low", "double"),
+        ("ci_high", "double"),
+        ("rel_ci_low", "double"),
+        ("rel_ci_high", "double"),
+        ("p_value", "double"),
+        ("p_value_adjusted", "double"),
+        ("prob_beat_control", "double"),
+        ("srm_p_value", "double"),
+        ("srm", "boolean"),
+        ("decision", "string"),
+        ("cuped", "boolean"),
+        ("duplicate_rows", "bigint"),
+        ("repeat_rows_merged", "bigint"),
+        ("users_in_several_variants", "bigint"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("experiment_id", "source", "metric", "variant", "as_of_date"),
+    written_by=("experiment",),
+    read_by=("report",),
+)
+JOB_RUNS = Table(
+    "ops.job_runs",
+    grain="one job run: status, counts, seconds",
+    columns=(
+        ("run_id", "string"),
+        ("job", "string"),
+        ("run_date", "date"),
+        ("status", "string"),
+        ("message", "string"),
+        ("started_at", "timestamp"),
+        ("ended_at", "timestamp"),
+        ("seconds", "double"),
+        ("counts", "map<string,bigint>"),
+        ("arguments", "string"),
+        ("engine", "string"),
+        ("spark_version", "string"),
+        ("host", "string"),
+    ),
+    partition_by=(),
+    keys=("run_id",),
+    written_by=(EVERY_JOB,),
+    read_by=("pipeline", "report"),
+)
+MODELS = Table(
+    "ops.models",
+    grain="one fitted model version: params, metrics, path",
+    columns=(
+        ("model_name", "string"),
+        ("model_version", "string"),
+        ("run_date", "date"),
+        ("run_id", "string"),
+        ("created_at", "timestamp"),
+        ("path", "string"),
+        ("params", "map<string,string>"),
+        ("metrics", "map<string,double>"),
+        ("features", "array<string>"),
+    ),
+    partition_by=(),
+    keys=("model_name", "model_version"),
+    written_by=("segment", "recommend"),
+    read_by=("report",),
+)
+INGESTED_FILES = Table(
+    "ops.ingested_files",
+    grain="one ingested file version per entity and mapping, with its record count",
+    columns=(
+        ("source_file", "string"),
+        ("size", "bigint"),
+        ("modified_ms", "bigint"),
+        ("entity", "string"),
+        ("mapping", "string"),
+        ("records", "bigint"),
+        ("batch_id", "string"),
+        ("run_date", "date"),
+        ("ingested_at", "timestamp"),
+    ),
+    partition_by=(),
+    keys=("source_file", "size", "modified_ms", "entity", "mapping"),
+    written_by=("ingest",),
+    read_by=("ingest",),
+)
+
+TABLES: tuple[Table, ...] = (
+    BRONZE_EVENTS,
+    SILVER_EVENTS,
+    SILVER_USERS,
+    SILVER_ITEMS,
+    QUARANTINE_EVENTS,
+    QUARANTINE_USERS,
+    QUARANTINE_ITEMS,
+    USER_FEATURES,
+    USER_SEGMENTS,
+    SEGMENT_PROFILES,
+    ASSOCIATION_RULES,
+    ITEM_CROSS_SELL,
+    USER_RECOMMENDATIONS,
+    RECOMMENDATION_EVALUATION,
+    CAMPAIGN_AUDIENCE,
+    EXPERIMENT_RESULTS,
+    JOB_RUNS,
+    MODELS,
+    INGESTED_FILES,
+)
+BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+
+
+def table(name: str) -> Table:
+    """The catalog entry of `name`; a KeyError names the known tables."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no table {name!r} in the catalog; tables: {', '.join(BY_NAME)}") from None
+
+
+def silver(entity: str) -> Table:
+    return table(f"silver.{entity}")
+
+
+def quarantine(entity: str) -> Table:
+    return table(f"quarantine.{entity}")
+
+
+def tables_read_by(job: str) -> list[Table]:
+    return [t for t in TABLES if job in t.read_by]
+
+
+def upstream_jobs(job: str) -> list[str]:
+    """The jobs that write a table `job` reads (itself and `every job` aside), in catalog order."""
+    found = [writer for t in tables_read_by(job) for writer in t.written_by if writer not in (job, EVERY_JOB)]
+    return list(dict.fromkeys(found))
+
+
+def markdown() -> str:
+    """docs/tables.md: every table of the catalog (tests/test_catalog.py fails when the file is stale)."""
+    lines = [
+        "# Tables",
+        "",
+        "<!-- Generated from lib/marketlake/catalog.py by `make docs`; do not edit by hand. -->",
+        "",
+        "A table named `layer.name` lives at `<lake root>/<layer>/<name>` and is a Delta table that any Delta",
+        "reader opens (deltalake, polars, duckdb over the deltalake dataset, Spark).",
+        "",
+        "| table | grain | partitioned by | written by | read by |",
+        "|---|---|---|---|---|",
+    ]
+    for t in TABLES:
+        partitions = ", ".join(t.partition_by) or "-"
+        lines.append(
+            f"| [`{t.name}`](#{t.name.replace('.', '')}) | {t.grain} | {partitions} | "
+            f"{', '.join(t.written_by)} | {', '.join(t.read_by) or '-'} |"
+        )
+    for t in TABLES:
+        about = t.grain[0].upper() + t.grain[1:] + "." + (f" Key: {', '.join(t.keys)}." if t.keys else "")
+        lines += ["", f"## {t.name}", "", about]
+        if t.about:
+            lines += ["", t.about]
+        lines += ["", "| column | type |", "|---|---|"]
+        lines += [f"| {name} | {kind} |" for name, kind in t.columns]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
