@@ -175,6 +175,7 @@ def run_bare(spark, events_dir: str, out: str, first_day: dt.date) -> float:
 
 def run_ingest(spark, config, events_dir: str, lake_root: str) -> tuple[float, dict[str, int], str]:
     """Seconds of one ingest run into a fresh lake, its counts from ops.job_runs, and what it printed."""
+    from marketlake import catalog
     from marketlake.jobs import get_job
     from marketlake.lake import Lake
     from marketlake.runner import build_parser, run_job
@@ -192,7 +193,7 @@ def run_ingest(spark, config, events_dir: str, lake_root: str) -> tuple[float, d
     seconds = time.perf_counter() - started
     if code != 0:
         raise IngestFailed(f"ingest exited with {code}")
-    rows = lake.read("ops.job_runs").select("counts").collect()
+    rows = lake.read(catalog.JOB_RUNS).select("counts").collect()
     if len(rows) != 1:
         raise IngestFailed(f"ops.job_runs holds {len(rows)} rows in a fresh lake, not 1")
     return seconds, dict(rows[0]["counts"]), printed.getvalue()

@@ -237,7 +237,8 @@ def test_pseudonymising_without_a_key_is_a_usage_error(shop, tmp_path, monkeypat
 # ---- hand-made inputs ----------------------------------------------------------------------------
 
 
-def test_a_half_good_file_gives_its_good_rows(spark, config, tmp_path):
+def test_a_half_good_file_gives_its_good_rows(spark, config, tmp_path, monkeypatch):
+    monkeypatch.setenv("MARKETLAKE__INGEST__MAX_REJECT_RATE", "1")  # 6 of its 10 records are rejected
     source = tmp_path / "in"
     source.mkdir()
     good = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2024-06-30T10:00:00Z"}

@@ -82,6 +82,11 @@ class IngestConfig(Section):
     # Replace user ids by a keyed hash (HMAC-SHA256); the key is read from this environment variable.
     pseudonymise_user_ids: bool = False
     pseudonym_key_env: str = "MARKETLAKE_PSEUDONYM_KEY"
+    # A record with a mapped field longer than this (in UTF-8 bytes) is quarantined as field_too_long:<field>.
+    max_field_bytes: int = Field(default=65_536, ge=1)
+    # A run that rejects more than this share of a source's records fails and writes nothing (a source
+    # mapping may set its own max_reject_rate).
+    max_reject_rate: float = Field(default=0.5, ge=0, le=1)
 
 
 class FeaturesConfig(Section):

@@ -16,6 +16,7 @@ Spark SQL expression over the source columns, or a constant:
     timestamp: {column: InvoiceDate, formats: ["yyyy-MM-dd HH:mm:ss", "M/d/yyyy H:mm"], timezone: Europe/London}
     exclude:                                                # deliberate exclusions, quarantined and counted
       - {reason: cancellation, when: "InvoiceNo LIKE 'C%'"}
+    max_reject_rate: 0.6                                    # a run rejecting more fails, writing nothing
 
 Every source column is read as text, so a mapping decides all typing; a column the mapping does not
 name is kept in bronze's raw record only.
@@ -108,6 +109,9 @@ class SourceMapping(Strict):
     # Value translations per canonical column, e.g. event_type: {addtocart: add_to_cart}.
     values: dict[str, dict[str, str]] = Field(default_factory=dict)
     exclude: list[Exclusion] = Field(default_factory=list)
+    # A run rejecting more than this share of the records read fails and writes nothing (default:
+    # ingest.max_reject_rate of the config).
+    max_reject_rate: float | None = Field(default=None, ge=0, le=1)
 
     def model_post_init(self, _context) -> None:
         allowed = set(CANONICAL[self.entity])

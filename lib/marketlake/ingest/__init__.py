@@ -14,6 +14,15 @@ tables:
 - ops.ingested_files is written last, so a crash before it makes the next run read the files again.
 
 Conservation, per entity: records read = accepted + rejected + duplicates (blank lines are counted apart).
+
+A run reads, validates and counts the new records of every request first, then checks each source's
+share of rejected records against its max_reject_rate, and only then writes: a bad mapping, a missing
+source or a source rejecting too much fails the run with every table as it was. New files without a
+single record (a header-only CSV) are nothing to ingest: no commit, no manifest row.
+
+Lineage (source_file, batch_id, ingested_at) is spelled alike in bronze, silver, quarantine and the
+manifest, which counts the records each file held. Raw text is valid UTF-8 in every table; a record
+whose bytes were not keeps them in bronze's and quarantine's `raw_bytes` (quarantined as invalid_utf8).
 """
 
 from __future__ import annotations
@@ -21,16 +30,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from marketlake import catalog
 from marketlake.config import IngestConfig
+from marketlake.errors import MarketlakeError
 from marketlake.ingest.pseudonym import keyed_hash, load_key
-from marketlake.ingest.sources import SourceFile, list_source_files, read_records
+from marketlake.ingest.sources import SourceFile, file_uri, list_source_files, read_records
 from marketlake.ingest.transform import (
     ACCEPTED,
     BLANK,
@@ -45,17 +56,20 @@ from marketlake.ingest.transform import (
     validate_items,
     validate_users,
 )
+from marketlake.lake import NO_TABLE
 from marketlake.mapping import KEYS, SourceMapping
 
 log = logging.getLogger("marketlake.ingest")
 
-MANIFEST = "ops.ingested_files"
+MANIFEST, BRONZE = catalog.INGESTED_FILES.name, catalog.BRONZE_EVENTS.name
 LINEAGE = ["source_file", "batch_id", "ingested_at"]
 # Up to this many keys to decide (repeated in the batch or already in silver) are joined to the records
 # by broadcast, keeping them unshuffled; more (a forced re-ingest of a large batch) take a shuffle join.
 BROADCAST_KEYS = 500_000
 # How many distinct rejection reasons the counts name one by one (the rest are summed as "other").
 REASONS_NAMED = 20
+# How many reasons the one line of a failed reject-rate check names.
+REASONS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,11 @@ class IngestResult:
         c = self.counts
         if not c.get("records_read") and not c.get("files_new"):
             return f"{self.entity}: nothing new ({c.get('files', 0)} file(s) already ingested; --force re-reads them)"
+        if not c.get("records_read"):
+            return (
+                f"{self.entity}: nothing to ingest: the {c['files_new']:,} new file(s) hold no records"
+                + (f" ({c['blank_lines']:,} blank lines)" if c.get("blank_lines") else "")
+            )
         return (
             f"{self.entity}: {c['records_read']:,} records read = {c['accepted']:,} accepted + "
             f"{c['rejected']:,} rejected + {c['duplicates']:,} duplicates"
@@ -83,74 +102,203 @@ class IngestResult:
         )
 
 
+class RejectRateExceeded(MarketlakeError):
+    """A source whose run rejects more than its max_reject_rate of the records read: nothing is written."""
+
+    def __init__(self, message: str, results: list[IngestResult]):
+        super().__init__(message)
+        self.results = results
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What every row a run writes says of the run (the manifest's run_date is the ingest_date)."""
+
+    batch_id: str
+    ingested_at: dt.datetime
+    ingest_date: dt.date
+
+    def columns(self) -> dict[str, Column]:
+        return {"batch_id": F.lit(self.batch_id), "ingested_at": F.lit(self.ingested_at).cast("timestamp"),
+                "ingest_date": F.lit(self.ingest_date)}  # fmt: skip
+
+
+@dataclass
+class Batch:
+    """One request's new files, read, validated, classified and counted: everything but the writes."""
+
+    request: IngestRequest
+    files: list[SourceFile]
+    counts: dict[str, int]
+    tally: list = field(default_factory=list)  # rows of (_source_file, _outcome, _reason, count)
+    records: DataFrame | None = None  # as read (bronze's own pass over the lines)
+    validated: DataFrame | None = None  # cached
+    classified: DataFrame | None = None
+    # The silver version `classified` was decided against (duplicates, conflicts, updates): the silver write
+    # commits only while silver is still at it, else the batch is decided again (see write_batch).
+    silver_version: int = NO_TABLE
+    cached: list[DataFrame] = field(default_factory=list)
+
+    @property
+    def result(self) -> IngestResult:
+        return IngestResult(self.request.entity, self.counts)
+
+    @property
+    def has_records(self) -> bool:
+        return self.counts["records_read"] > 0
+
+    def release(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
+
+
 def silver_table(entity: str) -> str:
-    return f"silver.{entity}"
+    return catalog.silver(entity).name
 
 
 def quarantine_table(entity: str) -> str:
-    return f"quarantine.{entity}"
+    return catalog.quarantine(entity).name
 
 
-def ingest(ctx, request: IngestRequest, settings: IngestConfig) -> IngestResult:
-    """Ingest one entity from one source (see the module's docstring); returns its counts."""
+def ingest(ctx, requests: list[IngestRequest], settings: IngestConfig) -> list[IngestResult]:
+    """Ingest each request (see the module's docstring); returns their counts. Every request is read,
+    validated and counted before anything is written, so a bad mapping, a missing source or a source
+    rejecting too much (RejectRateExceeded) leaves every table as it was."""
+    lineage = Lineage(ctx.run_id, dt.datetime.now(dt.timezone.utc).replace(microsecond=0), ctx.run_date)
+    batches: list[Batch] = []
+    try:
+        for request in requests:
+            batches.append(read_and_validate(ctx, request, settings, lineage))
+        for batch in batches:
+            check_reject_rate(batch, settings, [b.result for b in batches])
+        for batch in batches:
+            if batch.has_records:
+                write_batch(ctx, batch, lineage)
+    finally:
+        for batch in batches:
+            batch.release()
+    return [batch.result for batch in batches]
+
+
+def read_and_validate(ctx, request: IngestRequest, settings: IngestConfig, lineage: Lineage) -> Batch:
+    """The request's new files as records, validated and classified (cached for the writes), and counted."""
     spark, lake, entity, mapping = ctx.spark, ctx.lake, request.entity, request.mapping
     with ctx.step(f"{entity}: list {request.source}") as step:
         files = list_source_files(spark, request.source)
         done = set() if request.force else ingested_files(lake, entity, mapping.name)
-        new = [f for f in files if (f.path, f.size, f.modified_ms) not in done]
+        new = [f for f in files if (f.uri, f.size, f.modified_ms) not in done]
         step.rows = len(new)
         step.detail = f"new of {len(files)} files" + (" (forced)" if request.force else "")
     counts = {"files": len(files), "files_new": len(new), "records_read": 0, "accepted": 0, "rejected": 0, "duplicates": 0}
+    batch = Batch(request, new, counts)
     if not new:
-        return IngestResult(entity, counts)
-
-    ingested_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    lineage = {"batch_id": F.lit(ctx.run_id), "ingested_at": F.lit(ingested_at).cast("timestamp"),
-               "ingest_date": F.lit(ctx.run_date)}  # fmt: skip
-    records, source_columns = read_records(spark, new, mapping, request.format, settings.pii_columns)
-    if entity == "events":
-        with ctx.step("events: bronze.events") as step:
-            step.rows = write_bronze(lake, records.withColumns(lineage))
+        return batch
+    batch.records, source_columns = read_records(spark, new, mapping, request.format, settings.pii_columns)
     # Cached: every later step reads these rows. Only what they need: not the file sizes (bronze's), nor
     # `_malformed` (folded into `_reason`), nor the lineage constants (added on the way out).
     validated = (
-        records.transform(validate_records(source_columns, request, settings, ctx.run_date))
+        batch.records.transform(validate_records(source_columns, request, settings, ctx.run_date))
         .drop("_source_size", "_malformed")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    facts = None
-    try:
-        with ctx.step(f"{entity}: read, validate, deduplicate") as step:
-            table = silver_table(entity)
-            existing = lake.read(table) if lake.exists(table) else None
-            facts = validated.transform(key_facts(entity, existing)).persist(StorageLevel.MEMORY_AND_DISK)
-            keys_to_decide = facts.count()
-            classified = validated.transform(
-                classify(entity, facts, conflicts_with_existing=entity == "events", broadcast=keys_to_decide <= BROADCAST_KEYS)
-            ).withColumns(lineage)
-            # One row per file, outcome and reason: the counts, and the records of each file.
-            tally = classified.groupBy("_source_file", "_outcome", "_reason").count().collect()
-            counts.update(summarise(tally))
-            step.rows = counts["records_read"]
-            step.detail = f"records ({keys_to_decide:,} keys repeated or already in {table})"
-        with ctx.step(f"{entity}: {silver_table(entity)}") as step:
-            accepted = classified.filter(F.col("_outcome") == ACCEPTED)
-            step.rows = write_silver(lake, entity, accepted) if counts["accepted"] else 0
-        with ctx.step(f"{entity}: {quarantine_table(entity)}") as step:
-            rejected = classified.filter(F.col("_outcome") == REJECTED)
-            step.rows = write_quarantine(lake, entity, rejected) if counts["rejected"] else 0
-            counts["quarantined_new"] = step.rows
-        with ctx.step(f"{entity}: {MANIFEST}") as step:
-            per_file: dict[str, int] = {}
-            for row in tally:
-                if row["_outcome"] != BLANK:
-                    per_file[row["_source_file"]] = per_file.get(row["_source_file"], 0) + row["count"]
-            step.rows = record_files(spark, lake, per_file, new, entity, mapping.name, ctx.run_id, ctx.run_date, ingested_at)
-    finally:
-        validated.unpersist()
-        if facts is not None:
-            facts.unpersist()
-    return IngestResult(entity, counts)
+    batch.cached.append(validated)
+    batch.validated = validated
+    with ctx.step(f"{entity}: read, validate, deduplicate") as step:
+        keys_to_decide = decide(lake, batch, lake.snapshot_version(silver_table(entity)), lineage)
+        step.rows = counts["records_read"]
+        step.detail = f"records ({keys_to_decide:,} keys repeated or already in {silver_table(entity)})"
+    return batch
+
+
+def decide(lake, batch: Batch, silver_version: int, lineage: Lineage) -> int:
+    """Classify the batch's validated rows against silver at `silver_version` (accepted, duplicate,
+    rejected) and count them; returns how many keys needed a decision beyond "accept"."""
+    entity = batch.request.entity
+    facts = batch.validated.transform(key_facts(entity, lake.read_at(silver_table(entity), silver_version)))
+    facts = facts.persist(StorageLevel.MEMORY_AND_DISK)
+    batch.cached.append(facts)
+    keys_to_decide = facts.count()
+    batch.classified = batch.validated.transform(
+        classify(entity, facts, conflicts_with_existing=entity == "events", broadcast=keys_to_decide <= BROADCAST_KEYS)
+    ).withColumns(lineage.columns())
+    # One row per file, outcome and reason: the counts, and the records of each file.
+    batch.tally = batch.classified.groupBy("_source_file", "_outcome", "_reason").count().collect()
+    for stale in [key for key in batch.counts if key.startswith("rejected.")]:  # reasons of an earlier decision
+        del batch.counts[stale]
+    batch.counts.update(summarise(batch.tally))
+    batch.silver_version = silver_version
+    return keys_to_decide
+
+
+def check_reject_rate(batch: Batch, settings: IngestConfig, results: list[IngestResult]) -> None:
+    """RejectRateExceeded when the batch rejects more than its source's max_reject_rate of its records."""
+    mapping, counts = batch.request.mapping, batch.counts
+    limit = settings.max_reject_rate if mapping.max_reject_rate is None else mapping.max_reject_rate
+    if not batch.has_records or counts["rejected"] <= limit * counts["records_read"]:
+        return
+    read: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    for row in batch.tally:
+        if row["_outcome"] != BLANK:
+            read[row["_source_file"]] = read.get(row["_source_file"], 0) + row["count"]
+        if row["_outcome"] == REJECTED:
+            rejected[row["_source_file"]] = rejected.get(row["_source_file"], 0) + row["count"]
+    worst = min(rejected, key=lambda uri: (-rejected[uri], uri))
+    reasons = sorted(
+        ((key.removeprefix("rejected."), n) for key, n in counts.items() if key.startswith("rejected.")),
+        key=lambda item: (-item[1], item[0]),
+    )[:REASONS_SHOWN]
+    raise RejectRateExceeded(
+        f"{batch.request.entity}: {counts['rejected']:,} of {counts['records_read']:,} records read were rejected "
+        f"({counts['rejected'] / counts['records_read']:.1%}), more than max_reject_rate {limit:g} of mapping "
+        f"{mapping.name}; nothing was written. Most rejected: {worst} ({rejected[worst]:,}/{read[worst]:,} rejected); "
+        f"top reasons: {', '.join(f'{reason} {n:,}' for reason, n in reasons)}",
+        results,
+    )
+
+
+def write_batch(ctx, batch: Batch, lineage: Lineage) -> None:
+    """The batch's rows into bronze (events), silver and quarantine, then its files into the manifest.
+
+    Each table write is decided from the table's snapshot (what bronze and quarantine already hold, which
+    keys silver has) and commits only if no other writer committed since; otherwise it is decided again
+    from the new snapshot (Lake.retry_on_conflict). So concurrent runs over the same files store each record
+    once, and the run that loses a race counts what the other committed as duplicates."""
+    lake, request, counts, entity = ctx.lake, batch.request, batch.counts, batch.request.entity
+    if entity == "events":
+        with ctx.step(f"events: {BRONZE}") as step:
+            records = batch.records.withColumns(lineage.columns())
+            step.rows = lake.retry_on_conflict(BRONZE, lambda version: write_bronze(lake, records, version))
+    with ctx.step(f"{entity}: {silver_table(entity)}") as step:
+        decided_at = batch.silver_version
+
+        def attempt(version: int) -> int:
+            if version != batch.silver_version:  # another run committed to silver since: decide again
+                decide(lake, batch, version, lineage)
+            accepted = batch.classified.filter(F.col("_outcome") == ACCEPTED)
+            return write_silver(lake, entity, accepted, version) if counts["accepted"] else 0
+
+        step.rows = lake.retry_on_conflict(silver_table(entity), attempt)
+        if batch.silver_version != decided_at:
+            counts["decided_again"] = counts.get("decided_again", 0) + 1
+            step.detail = "decided again: another run committed to the table meanwhile"
+    with ctx.step(f"{entity}: {quarantine_table(entity)}") as step:
+        rejected = batch.classified.filter(F.col("_outcome") == REJECTED)
+        step.rows = (
+            lake.retry_on_conflict(quarantine_table(entity), lambda v: write_quarantine(lake, entity, rejected, v))
+            if counts["rejected"]
+            else 0
+        )
+        counts["quarantined_new"] = step.rows
+    with ctx.step(f"{entity}: {MANIFEST}") as step:
+        per_file: dict[str, int] = {}
+        for row in batch.tally:
+            if row["_outcome"] != BLANK:
+                per_file[row["_source_file"]] = per_file.get(row["_source_file"], 0) + row["count"]
+        step.rows = record_files(
+            ctx.spark, lake, per_file, batch.files, entity, request.mapping.name, lineage.batch_id,
+            lineage.ingest_date, lineage.ingested_at,
+        )
 
 
 def validated_records(spark, files: list[SourceFile], request: IngestRequest, settings: IngestConfig, run_date: dt.date) -> DataFrame:
@@ -177,7 +325,7 @@ def validate_records(
     }[entity]()
 
     def transform(records: DataFrame) -> DataFrame:
-        mapped = records.transform(map_columns(mapping, source_columns, id_hash))
+        mapped = records.transform(map_columns(mapping, source_columns, id_hash, settings.max_field_bytes))
         if pseudonymise is not None and entity in ("events", "users"):
             mapped = mapped.withColumn("user_id", pseudonymise(F.col("user_id")))
         return mapped.transform(validate)
@@ -211,37 +359,41 @@ def summarise(tally) -> dict[str, int]:
 # ---- writes ----------------------------------------------------------------------------------------
 
 
-def write_bronze(lake, records: DataFrame) -> int:
-    """Every record as received (blank lines aside), except those of file versions bronze already holds."""
+def write_bronze(lake, records: DataFrame, version: int) -> int:
+    """Every record as received (blank lines aside), except those of file versions bronze holds at
+    `version`; commits only while bronze is at that version."""
     rows = records.filter(~F.col("_blank")).select(
-        F.col("_raw").alias("raw"), F.col("_source_file").alias("source_file"),
+        F.col("_raw").alias("raw"), F.col("_raw_bytes").alias("raw_bytes"), F.col("_source_file").alias("source_file"),
         F.col("_source_size").alias("source_size"), "batch_id", "ingested_at", "ingest_date",
     )  # fmt: skip
-    if lake.exists("bronze.events"):
-        held = lake.read("bronze.events").select("source_file", "source_size").distinct()
+    held = lake.read_at(BRONZE, version)
+    if held is not None:
+        held = held.select("source_file", "source_size").distinct()
         rows = rows.join(F.broadcast(held), ["source_file", "source_size"], "left_anti")
-    return lake.write("bronze.events", rows, partition_by=["ingest_date"]).rows
+    return lake.write(BRONZE, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version).rows
 
 
-def write_silver(lake, entity: str, accepted: DataFrame) -> int:
+def write_silver(lake, entity: str, accepted: DataFrame, version: int) -> int:
+    """The accepted rows (decided against silver at `version`), committed only while silver is at it."""
     rows = accepted.select(*SILVER_COLUMNS[entity], F.col("_source_file").alias("source_file"), "batch_id", "ingested_at")
     table = silver_table(entity)
     if entity == "events":
-        return lake.write(table, rows, partition_by=["event_date"]).rows
-    return lake.upsert(table, rows, keys=[KEYS[entity]]).rows
+        return lake.write(table, rows, partition_by=["event_date"], expected_version=version).rows
+    return lake.upsert(table, rows, keys=[KEYS[entity]], expected_version=version).rows
 
 
-def write_quarantine(lake, entity: str, rejected: DataFrame) -> int:
-    """Rejected records with their reason, except those (file, raw, reason) already quarantined."""
+def write_quarantine(lake, entity: str, rejected: DataFrame, version: int) -> int:
+    """Rejected records with their reason, except those (file, raw, reason) quarantined at `version`;
+    commits only while the table is at that version."""
     rows = rejected.select(
-        F.col("_raw").alias("raw"), F.col("_reason").alias("reason"), F.col("_source_file").alias("source_file"),
-        "batch_id", "ingested_at", "ingest_date",
+        F.col("_raw").alias("raw"), F.col("_raw_bytes").alias("raw_bytes"), F.col("_reason").alias("reason"),
+        F.col("_source_file").alias("source_file"), "batch_id", "ingested_at", "ingest_date",
     )  # fmt: skip
     table = quarantine_table(entity)
-    if lake.exists(table):
-        held = lake.read(table).select("source_file", "raw", "reason")
-        rows = rows.join(held, ["source_file", "raw", "reason"], "left_anti")
-    return lake.write(table, rows, partition_by=["ingest_date"]).rows
+    held = lake.read_at(table, version)
+    if held is not None:
+        rows = rows.join(held.select("source_file", "raw", "reason"), ["source_file", "raw", "reason"], "left_anti")
+    return lake.write(table, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version).rows
 
 
 MANIFEST_SCHEMA = T.StructType([
@@ -261,13 +413,13 @@ def ingested_files(lake, entity: str, mapping: str) -> set[tuple[str, int, int]]
         lake.read(MANIFEST).filter((F.col("entity") == entity) & (F.col("mapping") == mapping))
         .select("source_file", "size", "modified_ms").distinct().collect()  # one row per file: metadata
     )
-    return {(r.source_file, r.size, r.modified_ms) for r in rows}
+    return {(file_uri(r.source_file), r.size, r.modified_ms) for r in rows}  # earlier runs spelled some file:///
 
 
 def record_files(spark, lake, per_file: dict[str, int], files: list[SourceFile], entity: str, mapping: str,
                  batch_id: str, run_date: dt.date, ingested_at: dt.datetime) -> int:  # fmt: skip
     rows = [
-        (f.path, f.size, f.modified_ms, entity, mapping, per_file.get(f.path, 0), batch_id, run_date, ingested_at)
+        (f.uri, f.size, f.modified_ms, entity, mapping, per_file.get(f.uri, 0), batch_id, run_date, ingested_at)
         for f in files
     ]
     return lake.write(MANIFEST, spark.createDataFrame(rows, MANIFEST_SCHEMA)).rows

@@ -1,9 +1,9 @@
 """Pure transformations of ingestion: source records -> canonical, typed, validated, deduplicated rows.
 
-Records enter as read by `marketlake.ingest.sources.read_records`: the record as received (`_raw`), where
-it came from (`_source_file`, `_source_size`), its arrival order (`_arrival_*`), whether it could be parsed
-at all (`_malformed`), whether it is an empty line (`_blank`), and its source fields as top-level text
-columns. They leave `classify` with an `_outcome` (accepted, duplicate, rejected) and a machine-readable
+Records enter as read by `marketlake.ingest.sources.read_records`: the record as received (`_raw`, and
+`_raw_bytes` when its bytes were not valid UTF-8), where it came from (`_source_file`, `_source_size`),
+its arrival order (`_arrival_*`), whether it could be parsed at all (`_malformed`), whether it is an
+empty line (`_blank`), and its source fields as top-level text columns. They leave `classify` with an `_outcome` (accepted, duplicate, rejected) and a machine-readable
 `_reason` for the rejected ones.
 """
 
@@ -17,12 +17,13 @@ from pyspark.sql import functions as F
 
 from marketlake.mapping import CANONICAL, KEYS, SourceMapping
 
-META = ["_raw", "_source_file", "_source_size", "_arrival_block", "_arrival_row", "_malformed", "_blank"]
+META = ["_raw", "_raw_bytes", "_source_file", "_source_size", "_arrival_block", "_arrival_row", "_malformed", "_blank"]
 # Arrival order: file path, then the split's offset in the file, then the row's position in the split.
 ARRIVAL = ["_source_file", "_arrival_block", "_arrival_row"]
 
 ACCEPTED, DUPLICATE, REJECTED, BLANK = "accepted", "duplicate", "rejected", "blank"
 CONFLICTING_DUPLICATE = "conflicting_duplicate"
+INVALID_UTF8 = "invalid_utf8"
 
 # Silver's columns per entity, in order (events: the text ts becomes event_ts and event_date).
 SILVER_EVENT_COLUMNS = [
@@ -55,10 +56,12 @@ def text(column: Column) -> Column:
 
 
 def map_columns(
-    mapping: SourceMapping, source_columns: list[str], id_hash: Callable[[list[Column]], Column]
+    mapping: SourceMapping, source_columns: list[str], id_hash: Callable[[list[Column]], Column],
+    max_field_bytes: int,
 ) -> Callable[[DataFrame], DataFrame]:
-    """Source fields -> the entity's canonical columns as text (plus `ts` for events), and `_excluded`:
-    the first matching exclusion rule of the mapping as `excluded:<reason>`.
+    """Source fields -> the entity's canonical columns as text (plus `ts` for events), `_excluded`: the
+    first matching exclusion rule of the mapping as `excluded:<reason>`, and `_too_long`: the first
+    canonical column longer than `max_field_bytes` (in UTF-8) as `field_too_long:<column>`.
 
     id_hash: how a derived event id is hashed from the mapping's `event_id` columns."""
     available = set(source_columns)
@@ -91,8 +94,11 @@ def map_columns(
         excluded = F.lit(None).cast("string")
         for rule in reversed(mapping.exclude):  # the first matching rule names the reason
             excluded = F.when(F.coalesce(F.expr(rule.when), F.lit(False)), F.lit(f"excluded:{rule.reason}")).otherwise(excluded)
+        too_long = F.lit(None).cast("string")
+        for name, value in reversed(columns.items()):  # the first long column names the reason
+            too_long = F.when(F.octet_length(value) > max_field_bytes, F.lit(f"field_too_long:{name}")).otherwise(too_long)
         named = [value.alias(name) for name, value in columns.items()]
-        return records.select(*META, *named, excluded.alias("_excluded"))
+        return records.select(*META, *named, excluded.alias("_excluded"), too_long.alias("_too_long"))
 
     return transform
 
@@ -141,6 +147,16 @@ def missing_checks(names: list[str]) -> list[tuple[Column, str]]:
     return [(F.col(name).isNull(), f"missing:{name}") for name in names]
 
 
+def record_checks(malformed: str) -> list[tuple[Column, Column | str]]:
+    """The checks of a record as a whole, before its fields' (every entity, in this order)."""
+    return [
+        (F.col("_raw_bytes").isNotNull(), INVALID_UTF8),
+        (F.col("_malformed"), malformed),
+        (F.col("_too_long").isNotNull(), F.col("_too_long")),
+        (F.col("_excluded").isNotNull(), F.col("_excluded")),
+    ]
+
+
 def validate_events(
     mapping: SourceMapping, event_types: list[str], run_date: dt.date, future_tolerance_hours: float
 ) -> Callable[[DataFrame], DataFrame]:
@@ -154,8 +170,7 @@ def validate_events(
         quantity, price, rating = integral(F.col("quantity")), F.col("price").try_cast("double"), F.col("rating").try_cast("double")
         buys = event_type.isin("purchase", "add_to_cart")
         reason = first_reason(
-            (F.col("_malformed"), "malformed_json" if mapping.format == "json" else "malformed_record"),
-            (F.col("_excluded").isNotNull(), F.col("_excluded")),
+            *record_checks("malformed_json" if mapping.format == "json" else "malformed_record"),
             *missing_checks(["event_id", "user_id", "item_id", "event_type", "ts"]),
             (~event_type.isin(*event_types), F.concat(F.lit("unknown_event_type:"), event_type)),
             (event_ts.isNull(), "unparseable_ts"),
@@ -186,8 +201,7 @@ def validate_users(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
         signup = F.coalesce(F.try_to_date(F.col("signup_date")), F.to_date(F.try_to_timestamp(F.col("signup_date"))))
         age = integral(F.col("age"))
         reason = first_reason(
-            (F.col("_malformed"), "malformed_record"),
-            (F.col("_excluded").isNotNull(), F.col("_excluded")),
+            *record_checks("malformed_record"),
             *missing_checks(["user_id"]),
             (F.col("signup_date").isNotNull() & signup.isNull(), "invalid:signup_date"),
             (F.col("age").isNotNull() & (age.isNull() | (age < 0) | (age > 130)), "invalid:age"),
@@ -206,8 +220,7 @@ def validate_items(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
         word = F.lower(F.col("active"))
         active = F.when(word.isin(*TRUE_WORDS), True).when(word.isin(*FALSE_WORDS), False)
         reason = first_reason(
-            (F.col("_malformed"), "malformed_record"),
-            (F.col("_excluded").isNotNull(), F.col("_excluded")),
+            *record_checks("malformed_record"),
             *missing_checks(["item_id"]),
             (F.col("price").isNotNull() & (price.isNull() | F.isnan(price)), "invalid:price"),
             (price < 0, "negative_price"),

@@ -8,7 +8,8 @@ import argparse
 
 from marketlake.config import Config, shop_root
 from marketlake.errors import UsageError
-from marketlake.ingest import IngestRequest, IngestResult, ingest
+from marketlake.ingest import IngestRequest, IngestResult, RejectRateExceeded, ingest
+from marketlake.ingest.pseudonym import load_key
 from marketlake.ingest.sources import check_local_source
 from marketlake.mapping import load_mapping
 from marketlake.runner import Job, JobContext
@@ -45,18 +46,26 @@ def _request(entity: str | None, source: str, mapping_name: str | None, args) ->
 
 
 def validate(args: argparse.Namespace, config: Config) -> None:
+    """Before Spark starts: the mappings of every request load, local sources hold readable files, and
+    the pseudonym key is there when user ids are to be pseudonymised."""
     for request in plan(args, config):
         check_local_source(request.source)
+    if config.ingest.pseudonymise_user_ids:
+        load_key(config.ingest.pseudonym_key_env)
 
 
 def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     config = ctx.config.with_lake_root(ctx.lake.root)
-    counts: dict[str, int] = {}
-    for request in plan(args, config):
-        result = ingest(ctx, request, config.ingest)
-        counts.update({f"{result.entity}.{key}": value for key, value in result.counts.items()})
-        ctx.counts.update(counts)
-    return counts
+    try:
+        found = ingest(ctx, plan(args, config), config.ingest)
+    except RejectRateExceeded as exc:  # the counts that failed the run go into its ops.job_runs row
+        ctx.counts.update(prefixed(exc.results))
+        raise
+    return prefixed(found)
+
+
+def prefixed(found: list[IngestResult]) -> dict[str, int]:
+    return {f"{result.entity}.{key}": value for result in found for key, value in result.counts.items()}
 
 
 def results(counts: dict[str, int]) -> list[IngestResult]:
