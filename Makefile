@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 ARGS   ?=
 
-.PHONY: venv dev demo test test-fast lint bench clean java-check dag-check test-cluster
+.PHONY: venv dev demo test test-fast lint bench clean java-check dag-check test-cluster docs
 
 # Base install (what the jobs need). Idempotent: re-runs only when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml $(VENV)/.installed
 java-check: venv
 	@$(PY) -m marketlake.java
 
+# The demo writes a synthetic shop into the landing folder first (--generate); a production pipeline never does.
 demo: venv java-check
-	$(PY) jobs/pipeline.py --config conf/local.yaml $(ARGS)
+	$(PY) jobs/pipeline.py --generate --config conf/local.yaml $(ARGS)
 
 test: dev java-check
 	$(PY) -m pytest $(ARGS)
@@ -57,6 +58,10 @@ dag-check: dev java-check $(AIRFLOW_VENV)/.installed
 # undisturbed and once with a worker killed mid-job (tests/test_cluster.py).
 test-cluster: dev java-check
 	$(PY) -m pytest -m cluster tests/test_cluster.py $(ARGS)
+
+# docs/tables.md from the table catalog (tests/test_catalog.py fails when it is stale).
+docs: venv
+	$(PY) -m marketlake.catalog > docs/tables.md
 
 bench: dev java-check
 	$(PY) bench/$(or $(BENCH),lake).py $(ARGS)

@@ -84,6 +84,16 @@ trap 'rm -rf "$build"' EXIT
 files_arg=()
 if [ ${#extra_files[@]} -gt 0 ]; then files_arg=(--files "$(IFS=,; echo "${extra_files[*]}")"); fi
 
-exec_args=("$submit" --name "marketlake-$job" --py-files "$build/marketlake.zip" "${files_arg[@]}" \
-  "${spark_args[@]}" "$here/jobs/$job.py" "${job_args[@]}")
-"${exec_args[@]}"
+# spark-submit's PythonRunner merges the driver's stderr into its stdout, so a job's one-line failure
+# would reach the caller on stdout. The job writes that line to this file instead (marketlake.runner
+# print_error), and it goes to stderr once spark-submit has exited. A driver on another machine
+# (cluster deploy mode) cannot see the file and prints the line to its own stderr, in the cluster's logs.
+export MARKETLAKE_ERROR_FILE="$build/error"
+
+# ${a[@]+"${a[@]}"}: an empty array under `set -u` is an error in bash before 4.4 (macOS ships 3.2).
+submit_args=("$submit" --name "marketlake-$job" --py-files "$build/marketlake.zip" ${files_arg[@]+"${files_arg[@]}"} \
+  ${spark_args[@]+"${spark_args[@]}"} "$here/jobs/$job.py" ${job_args[@]+"${job_args[@]}"})
+code=0
+"${submit_args[@]}" || code=$?
+if [ -s "$MARKETLAKE_ERROR_FILE" ]; then cat "$MARKETLAKE_ERROR_FILE" >&2; fi
+exit "$code"

@@ -1,10 +1,11 @@
 """Benchmark: the whole pipeline, end to end, at several sizes on this machine.
 
 For each size (default 10^5, 10^6 and 10^7 event lines; users = events / 100, 2,000 items, 30 days, 1%
-dirty, seed 7) a fresh lake is made and `jobs/pipeline.py` runs in its own process, as a scheduler would
-start it: generate, ingest, features, segment, rules, recommend, activate, experiment, report. Beside it,
-in the same run, the baseline: plain Spark reading the same generated JSON events and writing them as
-Parquet (`spark.read.json(dir).write.parquet(out)`), in a process of its own with the same memory.
+dirty, seed 7) a fresh lake is made and `jobs/pipeline.py --generate` runs in its own process, as a
+scheduler would start it: generate (asked for: a production pipeline starts at ingest), ingest, features,
+segment, rules, recommend, activate, experiment, report. Beside it, in the same run, the baseline: plain
+Spark reading the same generated JSON events and writing them as Parquet
+(`spark.read.json(dir).write.parquet(out)`), in a process of its own with the same memory.
 
 Printed per size: seconds per stage (from ops.job_runs), events per second of the pipeline without
 generate, the peak memory of the driver (the Python process, its JVM and Python workers, as proportional
@@ -144,7 +145,7 @@ def run_size(events: int, work: Path, driver_memory: str) -> dict:
     log(f"{events:,} events, {users:,} users: pipeline (log: {work / 'pipeline.log'})")
     started = time.perf_counter()
     watch = Watch(
-        [sys.executable, "jobs/pipeline.py", "--config", str(config), "--lake", str(lake), "--run-date", RUN_DATE],
+        [sys.executable, "jobs/pipeline.py", "--generate", "--config", str(config), "--lake", str(lake), "--run-date", RUN_DATE],
         work / "pipeline.log", env,
     )  # fmt: skip
     code = watch.wait()

@@ -1,7 +1,7 @@
 """Real cluster mode: a Spark standalone master and two workers (1 core each) on 127.0.0.1, started from
-the pyspark installation, and the whole pipeline submitted to them through `spark-submit.sh --master
-spark://...`; then again while one worker (its JVM, its executor and their Python workers) is killed
-with SIGKILL while its executor runs a task of `ingest`. That run must succeed through Spark's task
+the pyspark installation, and the whole pipeline, the shop's generation included (`--generate`),
+submitted to them through `spark-submit.sh --master spark://...`; then again while one worker (its JVM,
+its executor and their Python workers) is killed with SIGKILL while its executor runs a task of `ingest`. That run must succeed through Spark's task
 retry and write the same tables.
 
 "The same tables", honestly: tables that are functions of the input (bronze, silver and quarantine
@@ -30,7 +30,7 @@ import pytest
 from cluster_standalone import StandaloneCluster, free_port, get_json
 from polars.testing import assert_frame_equal
 
-from marketlake.jobs import available_jobs
+from marketlake.jobs import GENERATE, available_jobs
 
 pytestmark = pytest.mark.cluster
 
@@ -93,7 +93,7 @@ class Submission:
             "--conf", f"spark.ui.port={self.ui_port}", "--conf", "spark.eventLog.enabled=true",
             "--conf", f"spark.eventLog.dir=file://{self.events}", "--conf", "spark.eventLog.compress=false",
             "--config", str(config), "--lake", str(self.lake),
-            "--run-date", RUN_DATE,
+            "--run-date", RUN_DATE, "--generate",
         ]  # fmt: skip
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
         started = time.monotonic()
@@ -205,7 +205,7 @@ def job_runs(lake: Path) -> pl.DataFrame:
 def test_the_pipeline_runs_on_the_cluster_and_writes_the_tables(cluster, undisturbed):
     lake = undisturbed.lake
     runs = job_runs(lake)
-    assert sorted(runs["job"]) == sorted([*available_jobs(), "pipeline"])
+    assert sorted(runs["job"]) == sorted([GENERATE, *available_jobs(), "pipeline"])
     assert set(runs["status"]) == {"succeeded"}
     # Both workers' executors took part.
     app = next(a for a in cluster.state()["completedapps"] if a["name"] == "marketlake-pipeline")
@@ -241,7 +241,7 @@ def test_a_worker_killed_mid_job_does_not_fail_the_run(cluster, disturbed):
         ), end
     runs = job_runs(submission.lake)
     assert set(runs["status"]) == {"succeeded"}
-    assert sorted(runs["job"]) == sorted([*available_jobs(), "pipeline"])
+    assert sorted(runs["job"]) == sorted([GENERATE, *available_jobs(), "pipeline"])
 
 
 @pytest.mark.parametrize("table", list(DETERMINISTIC))

@@ -4,6 +4,7 @@ import argparse
 import datetime as dt
 import glob
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,9 +12,9 @@ import polars as pl
 import pytest
 
 from marketlake.errors import TableError
-from marketlake.jobs import available_jobs, pipeline
+from marketlake.jobs import GENERATE, available_jobs, pipeline
 from marketlake.lake import Lake
-from marketlake.runner import Job, main, run_job
+from marketlake.runner import ERROR_FILE_VARIABLE, Job, build_parser, main, print_error, run_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,10 +26,10 @@ def job_runs(lake_root):
 def test_pipeline_records_a_run(spark, lake_root, tmp_path, capsys):
     small = tmp_path / "small.yaml"
     small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
-    argv = ["--lake", lake_root, "--run-date", "2026-01-31", "--config", str(small)]
+    argv = ["--lake", lake_root, "--run-date", "2026-01-31", "--config", str(small), "--generate"]
     assert main("pipeline", argv) == 0
     runs = job_runs(lake_root).sort("ended_at")
-    assert runs["job"].to_list() == [*available_jobs(), "pipeline"]
+    assert runs["job"].to_list() == [GENERATE, *available_jobs(), "pipeline"]
     assert set(runs["status"]) == {"succeeded"} and set(runs["run_date"]) == {dt.date(2026, 1, 31)}
     row = runs.row(runs.height - 1, named=True)
     assert row["seconds"] >= 0 and row["engine"] in ("delta-rs", "delta-spark")
@@ -38,7 +39,7 @@ def test_pipeline_records_a_run(spark, lake_root, tmp_path, capsys):
     before = table_contents(lake_root)
     assert main("pipeline", [*argv, "--force"]) == 0
     runs = job_runs(lake_root)
-    assert runs.height == 2 * (len(available_jobs()) + 1) and set(runs["status"]) == {"succeeded"}
+    assert runs.height == 2 * (len(available_jobs()) + 2) and set(runs["status"]) == {"succeeded"}
     after = table_contents(lake_root)
     assert sorted(after) == sorted(before)
     for table, frame in before.items():
@@ -124,7 +125,9 @@ def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, c
     monkeypatch.setattr(pipeline, "available_jobs", lambda: ["a", "b"])
     monkeypatch.setattr(pipeline, "get_job", lambda name: jobs[name])
     lake = Lake(spark, config.lake, lake_root)
-    args = argparse.Namespace(run_date=dt.date(2026, 3, 1), config=None, lake=lake_root, force=False, only=None)
+    args = argparse.Namespace(
+        run_date=dt.date(2026, 3, 1), config=None, lake=lake_root, force=False, only=None, generate=False
+    )
     assert run_job(pipeline.JOB, args, spark, config, lake) == 1
     assert calls == ["a", "b"]
     assert "step b failed" in job_runs(lake_root).filter(pl.col("job") == "pipeline")["message"][0]
@@ -137,19 +140,95 @@ def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, c
     assert calls == ["a", "b", "a", "a", "a"]
 
 
+def spark_submit(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """./spark-submit.sh in its own process group, so that a timeout also stops its JVM and Python driver."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    env.pop(ERROR_FILE_VARIABLE, None)
+    command = ["./spark-submit.sh", *argv]
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @pytest.mark.slow
 def test_spark_submit_script_runs_a_job(tmp_path):
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     lake_root = str(tmp_path / "lake")
     small = tmp_path / "small.yaml"
     small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
-    out = subprocess.run(
-        ["./spark-submit.sh", "pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-         "--config", str(small), "--lake", lake_root, "--run-date", "2026-01-31"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-    )
+    out = spark_submit(
+        "pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
+        "--config", str(small), "--lake", lake_root, "--run-date", "2026-01-31", "--generate", timeout=600,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     runs = job_runs(lake_root)
-    assert set(runs["job"]) == {*available_jobs(), "pipeline"} and set(runs["status"]) == {"succeeded"}
-    bad = subprocess.run(["./spark-submit.sh", "nosuchjob"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert set(runs["job"]) == {GENERATE, *available_jobs(), "pipeline"} and set(runs["status"]) == {"succeeded"}
+    bad = spark_submit("nosuchjob")
     assert bad.returncode == 2 and "no job named 'nosuchjob'" in bad.stderr
+
+
+def selected(*argv: str) -> list[str]:
+    return pipeline._selected(build_parser(pipeline.JOB).parse_args(list(argv)))
+
+
+def test_the_pipeline_runs_generate_only_when_asked_for():
+    production = available_jobs()
+    assert GENERATE not in production and production[0] == "ingest"
+    assert selected() == production
+    assert selected("--force") == production
+    assert selected("--generate") == [GENERATE, *production]
+    assert selected("--only", "report,generate,ingest") == [GENERATE, "ingest", "report"]
+    assert selected("--only", "features", "--generate") == [GENERATE, "features"]
+
+
+def test_a_production_pipeline_writes_no_shop(spark, lake_root, tmp_path, capsys):
+    """Default flags on a lake whose landing folder is empty: ingest finds nothing, and no shop is made up."""
+    small = tmp_path / "small.yaml"
+    small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
+    assert main("pipeline", ["--lake", lake_root, "--run-date", "2026-01-31", "--config", str(small)]) == 2
+    assert not os.path.exists(os.path.join(lake_root, "landing"))
+    missing = os.path.join(lake_root, "landing", "shop", "items.csv")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("marketlake ")]
+    assert err == [f"marketlake pipeline: source not found: {missing}"]
+    runs = job_runs(lake_root)
+    assert runs.select("job", "status").rows() == [("pipeline", "failed")]
+
+
+def test_the_failure_line_goes_to_the_file_spark_submit_sh_names(tmp_path, monkeypatch, capsys):
+    error_file = tmp_path / "error"
+    monkeypatch.setenv(ERROR_FILE_VARIABLE, str(error_file))
+    print_error("marketlake ingest: first")
+    print_error("marketlake pipeline: second")
+    assert error_file.read_text() == "marketlake ingest: first\nmarketlake pipeline: second\n"
+    assert capsys.readouterr().err == ""
+    # A driver that cannot see the file (another machine, in cluster deploy mode) prints the line itself.
+    monkeypatch.setenv(ERROR_FILE_VARIABLE, str(tmp_path / "elsewhere" / "error"))
+    print_error("marketlake ingest: third")
+    assert capsys.readouterr().err == "marketlake ingest: third\n"
+
+
+def test_spark_submit_sh_puts_a_usage_error_on_stderr(tmp_path):
+    """spark-submit's PythonRunner copies the driver's stderr to its stdout; the line must still reach stderr."""
+    missing = str(tmp_path / "no-such-folder")
+    out = spark_submit("ingest", "--master", "local[1]", "--lake", str(tmp_path / "lake"), "--source", missing)
+    line = f"marketlake ingest: source not found: {missing}"
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert line in out.stderr.splitlines() and "marketlake ingest:" not in out.stdout
+    assert not os.path.exists(tmp_path / "lake")  # nothing written: the job stopped before Spark started
+
+
+@pytest.mark.slow
+def test_spark_submit_sh_puts_a_failure_inside_the_job_on_stderr(tmp_path):
+    """A production pipeline on an empty landing folder stops at its ingest step, after Spark has started."""
+    lake_root = str(tmp_path / "lake")
+    out = spark_submit("pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false", "--lake", lake_root,
+                       "--run-date", "2026-01-31")  # fmt: skip
+    line = f"marketlake pipeline: source not found: {os.path.join(lake_root, 'landing', 'shop', 'items.csv')}"
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert line in out.stderr.splitlines() and "marketlake pipeline:" not in out.stdout
+    assert job_runs(lake_root).select("job", "status").rows() == [("pipeline", "failed")]

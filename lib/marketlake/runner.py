@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -21,12 +22,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from marketlake import catalog
 from marketlake.config import Config, load_config
 from marketlake.errors import MarketlakeError, UsageError, storage_problem
 
 log = logging.getLogger("marketlake")
 
-JOB_RUNS = "ops.job_runs"
+JOB_RUNS = catalog.JOB_RUNS.name
+# Set by spark-submit.sh: a file for the failure line, which it copies to the caller's stderr (see print_error).
+ERROR_FILE_VARIABLE = "MARKETLAKE_ERROR_FILE"
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ def main(name: str, argv: list[str] | None = None) -> int:
 
         ensure_java()
     except UsageError as exc:
-        print(f"marketlake {name}: {exc}", file=sys.stderr)
+        print_error(f"marketlake {name}: {exc}")
         return exc.exit_code
 
     from marketlake.lake import Lake
@@ -131,7 +135,7 @@ def main(name: str, argv: list[str] | None = None) -> int:
     try:
         lake = Lake(spark, config.lake)
     except UsageError as exc:
-        print(f"marketlake {name}: {exc}", file=sys.stderr)
+        print_error(f"marketlake {name}: {exc}")
         return exc.exit_code
     return run_job(job, args, spark, config, lake)
 
@@ -161,10 +165,30 @@ def run_job(job: Job, args: argparse.Namespace, spark, config: Config, lake) -> 
     counts_text = " ".join(f"{k}={v}" for k, v in ctx.counts.items())
     log.info("%s | %s | %s %.2fs", job.name, status, counts_text, seconds)
     if code:
-        print(f"marketlake {job.name}: {message}", file=sys.stderr)
+        print_error(f"marketlake {job.name}: {message}")
     elif job.finish is not None:
         job.finish(ctx)
     return code
+
+
+def print_error(line: str) -> None:
+    """The one line a failure prints on stderr.
+
+    Under spark-submit the driver's stderr is not the caller's: Spark's PythonRunner merges the Python
+    process's stderr into its stdout (redirectErrorStream) and copies that to its own stdout. So
+    spark-submit.sh names a file in MARKETLAKE_ERROR_FILE; the line goes there, and the script copies it
+    to stderr once spark-submit exits. Where that file cannot be written (a driver on another machine, in
+    cluster deploy mode), the line goes to stderr as without spark-submit.sh.
+    """
+    error_file = os.environ.get(ERROR_FILE_VARIABLE)
+    if error_file:
+        try:
+            with open(error_file, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr, flush=True)
 
 
 def record_run(ctx: JobContext, args, status: str, message: str, started_at: dt.datetime, seconds: float) -> None:

@@ -1,4 +1,5 @@
-"""pipeline: every job in order for one run date, skipping those already done unless --force."""
+"""pipeline: every job in order for one run date (ingest to report), skipping those already done unless
+--force. The synthetic shop generator runs first only when asked for: --generate, or generate in --only."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import argparse
 from pyspark.sql import functions as F
 
 from marketlake.errors import MarketlakeError
-from marketlake.jobs import available_jobs, get_job
-from marketlake.report import report_exists, report_path
+from marketlake.jobs import GENERATE, available_jobs, get_job
 from marketlake.runner import JOB_RUNS, Job, JobContext, build_parser, run_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="re-run steps already done for this run date")
     parser.add_argument("--only", help="comma-separated subset of jobs to run, in pipeline order")
+    parser.add_argument(
+        "--generate", action="store_true",
+        help="first write the synthetic demo shop into the landing folder (the generate job); demos and tests only",
+    )
 
 
 def validate(args, config) -> None:
@@ -23,12 +27,16 @@ def validate(args, config) -> None:
 
 
 def _selected(args) -> list[str]:
+    """The jobs to run, in order: generate first when asked for, then those of the production order."""
     jobs = available_jobs()
+    wanted: list[str] = []
     if args.only:
         wanted = [name.strip() for name in args.only.split(",") if name.strip()]
         for name in wanted:
             get_job(name)
         jobs = [name for name in jobs if name in wanted]
+    if args.generate or GENERATE in wanted:
+        jobs = [GENERATE, *jobs]
     return jobs
 
 
@@ -82,8 +90,8 @@ def print_tables(ctx: JobContext) -> None:
         f"  .venv/bin/python -c \"import polars as pl; print(pl.read_delta('{example}'))\"   # with the dev extra",
         "",
     ]
-    report = report_path(ctx.lake.root, ctx.run_date)
-    if report_exists(report):
+    report = ctx.lake.report_path(ctx.run_date)
+    if ctx.lake.files.is_file(report):
         lines += [f"The report for {ctx.run_date}: {report}", ""]
     print("\n".join(lines), flush=True)
 
