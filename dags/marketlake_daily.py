@@ -8,7 +8,9 @@ retries and re-runs of a date are safe.
 The task graph follows the tables each job reads: rules and experiment run beside features -> segment
 -> recommend, and report waits for all of them. The job list comes from the marketlake checkout
 (`PIPELINE_ORDER` in lib/marketlake/jobs/__init__.py, those whose files exist), read as text:
-this file imports neither marketlake nor Spark, so the Airflow environment needs neither.
+this file imports neither marketlake nor Spark, so the Airflow environment needs neither. That order
+starts at ingest, which reads the landing folder: the synthetic shop generator (`generate`) is for demos
+and tests and is never a task here, so a scheduled run cannot put a made-up shop beside real data.
 
 Settings, from the environment of the DAG processor and the workers (read when this file is parsed):
 
@@ -17,7 +19,7 @@ Settings, from the environment of the DAG processor and the workers (read when t
   MARKETLAKE_CONFIG      passed as --config to every job, for example conf/cluster.yaml
   MARKETLAKE_SPARK_ARGS  spark-submit options for every job, for example
                          "--master yarn --packages io.delta:delta-spark_2.13:4.4.1"
-  MARKETLAKE_SKIP_JOBS   comma-separated jobs to leave out, for example "generate" where real data lands
+  MARKETLAKE_SKIP_JOBS   comma-separated jobs to leave out, for example "experiment" where no A/B test runs
   MARKETLAKE_RETRIES     retries of a failed task (default 2, 5 minutes apart, then longer)
 
 The lake root comes from the config or from MARKETLAKE_LAKE in the workers' environment.
@@ -27,9 +29,12 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import importlib.util
 import os
 import shlex
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable
@@ -38,20 +43,6 @@ DAG_ID = "marketlake_daily"
 # A job is there when both its entry point (what spark-submit.sh runs) and its library module are.
 JOB_FOLDERS = ("jobs", "lib/marketlake/jobs")
 
-# The jobs whose tables each job reads. A job missing from the DAG (skipped, or not in this version)
-# is replaced by what it reads. A job not listed here, report included (it reads every gold table),
-# waits for every job before it in pipeline order.
-READS_FROM = {
-    "ingest": ["generate"],  # the shop files generate writes into the landing folder
-    "features": ["ingest"],
-    "segment": ["features"],
-    "rules": ["ingest"],
-    "recommend": ["ingest", "segment"],  # users without a model fall back to their segment's favourites
-    "activate": ["features", "segment", "rules", "recommend"],
-    "experiment": ["ingest"],
-}
-
-
 def marketlake_home() -> Path:
     home = Path(os.environ.get("MARKETLAKE_HOME") or Path(__file__).resolve().parent.parent)
     if not (home / "spark-submit.sh").is_file():
@@ -59,14 +50,43 @@ def marketlake_home() -> Path:
     return home
 
 
+def table_catalog(home: Path) -> ModuleType:
+    """lib/marketlake/catalog.py of the checkout: which job writes and which jobs read each table. It
+    imports only the standard library, so it loads here without marketlake's dependencies."""
+    path = home / "lib" / "marketlake" / "catalog.py"
+    spec = importlib.util.spec_from_file_location("marketlake_catalog", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"{DAG_ID}: cannot load the table catalog {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def reads(home: Path, order: list[str]) -> dict[str, list[str]]:
+    """For each job that reads tables, the jobs that write them (from the catalog). A job missing from the
+    DAG (skipped, or not in this version) is replaced by what it reads; a job the catalog knows no reads
+    of waits for every job before it in pipeline order."""
+    catalog = table_catalog(home)
+    jobs = {job for table in catalog.TABLES for job in table.read_by}
+    return {job: catalog.upstream_jobs(job) for job in order if job in jobs}
+
+
+def pipeline_order(home: Path) -> list[str]:
+    """PIPELINE_ORDER of the checkout's lib/marketlake/jobs/__init__.py."""
+    module = ast.parse((home / "lib" / "marketlake" / "jobs" / "__init__.py").read_text())
+    return list(
+        next(
+            ast.literal_eval(node.value)
+            for node in module.body
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PIPELINE_ORDER" for t in node.targets)
+        )
+    )
+
+
 def pipeline_jobs(home: Path) -> list[str]:
     """PIPELINE_ORDER of the checkout, restricted to the jobs it has, less MARKETLAKE_SKIP_JOBS."""
-    module = ast.parse((home / "lib" / "marketlake" / "jobs" / "__init__.py").read_text())
-    order = next(
-        ast.literal_eval(node.value)
-        for node in module.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PIPELINE_ORDER" for t in node.targets)
-    )
+    order = pipeline_order(home)
     skipped = {name.strip() for name in os.environ.get("MARKETLAKE_SKIP_JOBS", "").split(",") if name.strip()}
     return [
         name for name in order
@@ -109,6 +129,7 @@ def submit_command(home: Path, job: str) -> str:
 
 checkout = marketlake_home()
 job_names = pipeline_jobs(checkout)
+READS_FROM = reads(checkout, pipeline_order(checkout))
 
 with DAG(
     dag_id=DAG_ID,
@@ -117,7 +138,8 @@ with DAG(
     schedule=CronDataIntervalTimetable("30 2 * * *", timezone="UTC"),
     start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
-    # Runs for two dates at once would write the same tables (ingest upserts users and items).
+    # Concurrent writers are safe (checked commits, retried), but runs for two dates at once would only
+    # contend for the same tables and the cluster: one date at a time, in order.
     max_active_runs=1,
     default_args={
         "owner": "marketlake",

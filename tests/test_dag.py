@@ -101,11 +101,19 @@ def test_one_task_per_job_through_spark_submit_with_the_run_date_templated(load_
     assert (timetable.cron, timetable.timezone) == ("30 2 * * *", "UTC")
 
 
+def test_the_synthetic_shop_generator_is_never_a_task(load_dag):
+    """A scheduled run is a production run: it ingests what landed and never writes a made-up shop there."""
+    dag = load_dag().dag
+    assert "generate" not in dag.tasks
+    assert dag.tasks["ingest"].upstream == set()
+    assert all(task.upstream for job, task in dag.tasks.items() if job != "ingest")
+
+
 def test_the_graph_follows_the_tables_each_job_reads(load_dag):
     module = load_dag()
     edges = module.dependencies(PIPELINE_ORDER)
     assert edges == {
-        "generate": [], "ingest": ["generate"], "features": ["ingest"], "segment": ["features"],
+        "ingest": [], "features": ["ingest"], "segment": ["features"],
         "rules": ["ingest"], "recommend": ["segment"], "activate": ["rules", "recommend"],
         "experiment": ["ingest"], "report": ["activate", "experiment"],
     }  # fmt: skip
@@ -118,7 +126,7 @@ def test_the_graph_follows_the_tables_each_job_reads(load_dag):
 
 def test_missing_jobs_are_bridged_by_what_they_read(load_dag):
     module = load_dag()
-    jobs = [job for job in PIPELINE_ORDER if job not in ("generate", "recommend", "experiment")]
+    jobs = [job for job in PIPELINE_ORDER if job not in ("recommend", "experiment")]
     assert module.dependencies(jobs) == {
         "ingest": [], "features": ["ingest"], "segment": ["features"], "rules": ["ingest"],
         "activate": ["segment", "rules"], "report": ["activate"],
@@ -140,11 +148,11 @@ def test_settings_from_the_environment(load_dag, tmp_path):
     dag = load_dag(
         MARKETLAKE_CONFIG="conf/cluster.yaml",
         MARKETLAKE_SPARK_ARGS="--master yarn --conf 'spark.driver.extraJavaOptions=-Da=1 -Db=2'",
-        MARKETLAKE_SKIP_JOBS="generate, rules",
+        MARKETLAKE_SKIP_JOBS="experiment, rules",
         MARKETLAKE_RETRIES="0",
     ).dag
     assert dag.kwargs["default_args"]["retries"] == 0
-    assert list(dag.tasks) == [job for job in available_jobs() if job not in ("generate", "rules")]
+    assert list(dag.tasks) == [job for job in available_jobs() if job not in ("experiment", "rules")]
     assert dag.tasks["ingest"].upstream == set()
     assert rendered(dag.tasks["ingest"].bash_command, "2026-01-31") == [
         str(ROOT / "spark-submit.sh"), "ingest", "--master", "yarn", "--conf",
@@ -218,6 +226,11 @@ def test_airflow_runs_the_dag_on_a_tiny_shop(airflow_dag, tmp_path):
         "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "MARKETLAKE_CONFIG": str(config),
         "MARKETLAKE_LAKE": str(tmp_path / "lake"), "MARKETLAKE_RETRIES": "0",
     })  # fmt: skip
+    # The shop lands before the run, as real tracking files would: the DAG has no generate task. Generated
+    # with the project's environment (this one has Airflow, not marketlake), into the lake's landing folder.
+    project = {name: value for name, value in env.items() if not name.startswith("AIRFLOW")}
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "jobs" / "generate.py"), "--config", str(config),
+                    "--run-date", "2024-06-30"], env=project, cwd=ROOT, check=True, capture_output=True, timeout=600)  # fmt: skip
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     out = subprocess.run([*airflow, "dags", "test", "marketlake_daily", "2024-06-30"], env=env, capture_output=True,
@@ -232,5 +245,5 @@ def test_airflow_runs_the_dag_on_a_tiny_shop(airflow_dag, tmp_path):
     table = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", read, str(tmp_path / "lake" / "ops" / "job_runs")],
                            check=True, capture_output=True, text=True)  # fmt: skip
     runs = json.loads(table.stdout)
-    assert sorted(run["job"] for run in runs) == sorted(available_jobs())
+    assert sorted(run["job"] for run in runs) == sorted(["generate", *available_jobs()])
     assert {(run["status"], run["run_date"]) for run in runs} == {("succeeded", "2024-06-30")}
