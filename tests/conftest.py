@@ -48,8 +48,7 @@ def lake_root(tmp_path) -> str:
 @pytest.fixture(params=["delta-rs", "delta-spark"])
 def lake(request, spark, config, lake_root):
     """A Lake on each engine available here; the delta-spark half skips, saying why, without the jars."""
-    from marketlake.lake import Lake
-    from marketlake.lake.delta_spark import delta_spark_available
+    from marketlake.lake import Lake, delta_spark_available
 
     if request.param == "delta-spark":
         available, why = delta_spark_available(spark)

@@ -20,6 +20,7 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from marketlake.errors import ConcurrentWriteError, TableError
+from marketlake.lake import WriteOptions
 
 
 def events(spark, n=600, days=3, offset=0):
@@ -252,17 +253,64 @@ def test_overwrite_from_a_stale_snapshot_fails_clearly(rs_lake, spark):
     lake.write("gold.t", events(spark, n=50, days=1))
     lake.write("gold.t", events(spark, n=5, days=1, offset=100))  # another writer, meanwhile
     with pytest.raises(ConcurrentWriteError, match="another writer committed"):
-        lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1), "overwrite", None, None,
-                          False, False, "overwrite", read_version=0)
+        lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1),
+                          WriteOptions(mode="overwrite", operation="overwrite", expected_version=0))
     assert lake.version("gold.t") == 1 and lake.read("gold.t").count() == 55
     leftovers = set(glob.glob(os.path.join(lake.path("gold.t"), "*.parquet")))
     assert len(leftovers) == len(delta_files(lake, "gold.t")), "the failed write removed its files"
 
 
-def test_append_from_a_stale_snapshot_lands(rs_lake, spark):
+def test_append_from_a_stale_snapshot_lands_unless_checked(rs_lake, spark):
     lake = rs_lake
     lake.write("gold.t", events(spark, n=50, days=1))
     lake.write("gold.t", events(spark, n=5, days=1, offset=100))
-    lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1, offset=200), "append", None, None,
-                      False, False, "append", read_version=0)
+    with pytest.raises(ConcurrentWriteError):
+        lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1, offset=200),
+                          WriteOptions(expected_version=0))
+    assert lake.version("gold.t") == 1
+    lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1, offset=200), WriteOptions())
     assert lake.version("gold.t") == 2 and lake.read("gold.t").count() == 62
+
+
+# ---- the engine protocol, the table listing, session settings ---------------------------------------
+
+
+def test_both_engines_have_the_engine_protocols_methods():
+    import inspect
+
+    from marketlake.lake.delta_rs import DeltaRsEngine
+    from marketlake.lake.delta_spark import DeltaSparkEngine
+    from marketlake.lake.engine import Engine
+
+    wanted = {
+        name: list(inspect.signature(member).parameters)
+        for name, member in vars(Engine).items()
+        if inspect.isfunction(member) and not name.startswith("_")
+    }
+    assert {"write", "tables_under", "vacuum"} <= set(wanted)
+    for engine in (DeltaRsEngine, DeltaSparkEngine):
+        assert isinstance(engine.name, str)
+        have = {name: list(inspect.signature(getattr(engine, name)).parameters) for name in wanted if hasattr(engine, name)}
+        assert have == wanted, engine.__name__
+
+
+def test_tables_lists_the_delta_tables_under_the_root_with_version_and_rows(lake, spark):
+    lake.write("silver.events", events(spark), partition_by=["event_date"])
+    lake.write("silver.events", events(spark, n=10, offset=1000))
+    lake.write("gold.t", events(spark, n=5, days=1))
+    os.makedirs(os.path.join(lake.root, "models", "m", "v1"))  # folders that are not tables
+    os.makedirs(os.path.join(lake.root, "gold", "Not_A_Name", "_delta_log"))
+    open(os.path.join(lake.root, "stray.txt"), "w").close()
+    assert lake.tables() == [("gold.t", 0, 5), ("silver.events", 1, 610)]
+
+
+def test_a_write_checks_the_session_settings_and_changes_none(rs_lake, spark):
+    key = "spark.sql.parquet.outputTimestampType"
+    spark.conf.set(key, "INT96")
+    try:
+        with pytest.raises(TableError, match=f"{key}=INT96"):
+            rs_lake.write("gold.t", events(spark, n=5, days=1))
+        assert spark.conf.get(key) == "INT96"
+    finally:
+        spark.conf.set(key, "TIMESTAMP_MICROS")
+    assert not rs_lake.exists("gold.t") and not os.path.exists(os.path.join(rs_lake.path("gold.t"), "_staging"))

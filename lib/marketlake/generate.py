@@ -80,12 +80,10 @@ import functools
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -94,6 +92,9 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from marketlake.errors import UsageError
+
+if TYPE_CHECKING:  # imported where used: the Python workers that run the generator need none of the lake
+    from marketlake.lake.files import Files
 
 DEFAULT_END_DATE = dt.date(2024, 6, 30)
 EVENTS_PER_TASK = 250_000
@@ -901,79 +902,21 @@ def render(rows: DataFrame) -> DataFrame:
     )
 
 
-class Files:
-    """The Hadoop file system behind out_dir (local, HDFS, object stores), for the driver's few files and
-    for renaming Spark's part files; on a local disk renames go through Python (faster than py4j)."""
-
-    def __init__(self, spark: SparkSession, root: str, python_moves: bool = True):
-        jvm = spark.sparkContext._jvm
-        self._jvm = jvm
-        self.root = jvm.org.apache.hadoop.fs.Path(root)
-        conf = spark.sparkContext._jsc.hadoopConfiguration()
-        fs = self.root.getFileSystem(conf)
-        self.local: Path | None = None
-        if fs.getUri().getScheme() == "file":
-            fs = jvm.org.apache.hadoop.fs.FileSystem.getLocal(conf).getRawFileSystem()  # no .crc side files
-            if python_moves:
-                self.local = Path(fs.makeQualified(self.root).toUri().getPath())
-        self.fs = fs
-
-    def path(self, relative: str) -> Any:
-        return self._jvm.org.apache.hadoop.fs.Path(self.root, relative)
-
-    def delete(self, relative: str) -> None:
-        self.fs.delete(self.path(relative), True)
-
-    def write(self, relative: str, data: str) -> None:
-        out = self.fs.create(self.path(relative), True)
-        try:
-            raw = data.encode()
-            for start in range(0, len(raw), 1 << 22):
-                out.write(bytearray(raw[start : start + (1 << 22)]))
-        finally:
-            out.close()
-
-    def read(self, relative: str) -> str:
-        stream = self.fs.open(self.path(relative))
-        try:
-            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
-            lines = []
-            while (line := reader.readLine()) is not None:
-                lines.append(line)
-            return "\n".join(lines)
-        finally:
-            stream.close()
-
-    def move_parts(self, source: str, target: str) -> list[str]:
-        """Move Spark's part files from source/date=X/ to target/date=X/part-NNNNN.json; returns the new
-        paths, relative to the root."""
-        moved = []
-        for day in self.children(source):
-            if not day.startswith("date="):
+def move_parts(files: Files, out_dir: str, source: str, target: str) -> list[str]:
+    """Move Spark's part files from out_dir/source/date=X/ to out_dir/target/date=X/part-NNNNN.json; returns
+    the new paths, relative to out_dir."""
+    moved = []
+    for day in files.list(f"{out_dir}/{source}", recursive=False):
+        if not (day.is_dir and day.relative.startswith("date=")):
+            continue
+        for part in files.list(day.uri, recursive=False):
+            new_name = part_name(part.relative)
+            if new_name is None:
                 continue
-            if self.local is None:
-                self.fs.mkdirs(self.path(f"{target}/{day}"))
-            else:
-                (self.local / target / day).mkdir(parents=True, exist_ok=True)
-            for name in self.children(f"{source}/{day}"):
-                new_name = part_name(name)
-                if new_name is None:
-                    continue
-                dest = f"{target}/{day}/{new_name}"
-                if self.local is None:
-                    self.fs.rename(self.path(f"{source}/{day}/{name}"), self.path(dest))
-                else:
-                    os.replace(self.local / source / day / name, self.local / dest)
-                moved.append(dest)
-        return moved
-
-    def children(self, relative: str) -> list[str]:
-        if self.local is not None:
-            folder = self.local / relative
-            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        if not self.fs.exists(self.path(relative)):
-            return []
-        return sorted(status.getPath().getName() for status in self.fs.listStatus(self.path(relative)))
+            destination = f"{target}/{day.relative}/{new_name}"
+            files.move(part.uri, f"{out_dir}/{destination}")
+            moved.append(destination)
+    return moved
 
 
 def part_name(spark_name: str) -> str | None:
@@ -1066,40 +1009,44 @@ def experiment_truth(spec: ShopSpec, totals: dict[str, float]) -> dict[str, Any]
 OUTPUTS = ("events", "truth", "users.csv", "items.csv", ".users.csv.crc", ".items.csv.crc", "_staging")
 
 
-def generate_shop(spark: SparkSession, spec: ShopSpec, out_dir: str) -> dict[str, int]:
-    """Write a synthetic shop for `spec` under `out_dir` (its generated parts are replaced) and return the
-    counts: events (lines written), valid_events, dirty, dirty_<kind> per kind, late_events, users, items,
-    sessions, orders, purchases, exposures, bundles."""
+def generate_shop(
+    spark: SparkSession, spec: ShopSpec, out_dir: str, files: Files | None = None
+) -> dict[str, int]:
+    """Write a synthetic shop for `spec` under the folder `out_dir` (a path or a URI such as s3a://...; its
+    generated parts are replaced) and return the counts: events (lines written), valid_events, dirty,
+    dirty_<kind> per kind, late_events, users, items, sessions, orders, purchases, exposures, bundles.
+    `files`: the lake's file helper (`lake.files`, with its storage options); by default a plain one."""
+    from marketlake.lake.files import Files, absolute
+
     spec.validate()
     rng = np.random.default_rng([spec.seed, _DRIVER_STREAM])
     catalog = build_catalog(spec, rng)
     bundles = build_bundles(catalog, rng)
     population = build_population(spec, catalog, rng)
     ctx = build_context(spec, catalog, bundles, population)
-    files = Files(spark, out_dir)
+    files = files or Files()
+    out_dir = absolute(out_dir)
     for name in OUTPUTS:
-        files.delete(name)
+        files.delete(f"{out_dir}/{name}")
 
     broadcast = spark.sparkContext.broadcast(ctx)
     try:
         chunks = len(ctx.bounds) - 1
         rows = spark.range(0, chunks, 1, chunks).mapInArrow(functools.partial(_generate_partition, broadcast),
                                                             ROW_DDL)  # fmt: skip
-        staging = files.path("_staging").toString()
-        render(rows).write.partitionBy("target", "date").text(staging)
+        render(rows).write.partitionBy("target", "date").text(f"{out_dir}/_staging")
     finally:
         broadcast.destroy()
 
-    files.move_parts("_staging/target=events", "events")
-    files.move_parts("_staging/target=dirty", "truth/dirty")
+    move_parts(files, out_dir, "_staging/target=events", "events")
+    move_parts(files, out_dir, "_staging/target=dirty", "truth/dirty")
     totals: dict[str, float] = {}
-    for day in files.children("_staging/target=stats"):
-        for name in files.children(f"_staging/target=stats/{day}"):
-            if name.startswith("part-"):
-                for line in files.read(f"_staging/target=stats/{day}/{name}").splitlines():
-                    for key, value in json.loads(line).items():
-                        totals[key] = totals.get(key, 0) + value
-    files.delete("_staging")
+    for stats in files.list(f"{out_dir}/_staging/target=stats"):
+        if not stats.is_dir and stats.relative.rpartition("/")[2].startswith("part-"):
+            for line in files.read_text(stats.uri).splitlines():
+                for key, value in json.loads(line).items():
+                    totals[key] = totals.get(key, 0) + value
+    files.delete(f"{out_dir}/_staging")
 
     counts = {key: int(totals.get(key, 0)) for key in (
         "events", "valid_events", "dirty", *(f"dirty_{k}" for k in DIRTY_KINDS), "late_events", "sessions",
@@ -1111,5 +1058,5 @@ def generate_shop(spark: SparkSession, spec: ShopSpec, out_dir: str) -> dict[str
                     "counts": counts}  # fmt: skip
     texts["truth/dirty_counts.json"] = json.dumps(dirty_counts, indent=2) + "\n"
     for relative, text in texts.items():
-        files.write(relative, text)
+        files.write_text(f"{out_dir}/{relative}", text)
     return counts

@@ -4,8 +4,8 @@ A model version is `<run date>-<first 8 hex digits of SHA-256 over the params as
 `2024-06-30-3f9a1c0b`. It is derived, not a timestamp, so re-running a run date with the same params gives
 the same version: the model is saved again over the same folder (the latest run for a date wins, as gold
 partitions do) and gold tables that carry the version stay identical. Other params give another version
-beside it. A model lives at `<lake root>/models/<name>/<version>` (Spark ML's own format:
-`PipelineModel.load(path)` reads it back).
+beside it. A model lives at `lake.model_path(name, version)`, `<lake root>/models/<name>/<version>` (Spark
+ML's own format: `PipelineModel.load(path)` reads it back).
 
 ops.models is a log: every run that fits a model appends one row (name, version, run date, run id, path,
 params, metrics, features), so a re-run adds a row with the same version; the newest row of a version
@@ -21,7 +21,9 @@ from typing import Any
 
 from pyspark.sql import types as T
 
-MODELS_TABLE = "ops.models"
+from marketlake import catalog
+
+MODELS_TABLE = catalog.MODELS.name
 
 SCHEMA = T.StructType(
     [
@@ -48,13 +50,9 @@ def model_version(run_date: dt.date, params: dict[str, Any]) -> str:
     return f"{run_date.isoformat()}-{digest}"
 
 
-def model_path(lake, name: str, version: str) -> str:
-    return f"{lake.root.rstrip('/')}/models/{name}/{version}"
-
-
 def save_model(model, lake, name: str, version: str) -> str:
-    """Save a Spark ML model (or PipelineModel) over `<lake root>/models/<name>/<version>`; returns the path."""
-    path = model_path(lake, name, version)
+    """Save a Spark ML model (or PipelineModel) over `lake.model_path(name, version)`; returns the path."""
+    path = lake.model_path(name, version)
     model.write().overwrite().save(path)
     return path
 

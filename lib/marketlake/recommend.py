@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 
 from marketlake.config import RecommendConfig
 from marketlake.errors import UsageError
+from marketlake.lake.files import Files, absolute
 
 log = logging.getLogger("marketlake.recommend")
 
@@ -212,25 +213,24 @@ def als(params: AlsParams, seed: int, blocks: int) -> ALS:
 
 
 @contextmanager
-def checkpoints(spark, directory: str) -> Iterator[None]:
-    """Points the SparkContext's checkpoint directory at `directory` (any Hadoop path: it must be one that
-    every executor sees on a cluster) and removes that directory at the end, and its parent when that is
-    left empty.
+def checkpoints(spark, directory: str, files: Files | None = None) -> Iterator[None]:
+    """Points the SparkContext's checkpoint directory at `directory` (a folder every executor sees on a
+    cluster: `lake.checkpoint_dir(run_id)`) and removes that directory at the end through `files` (the
+    lake's), and its parent when that is left empty.
 
     ALS checkpoints its factors every 10 iterations, but only when a checkpoint directory is set; without
     one, the lineage of about 20 iterations overflows the stack when tasks are serialised
     (StackOverflowError). Wrap everything that uses the fitted models: their factors may be read back."""
-    context = spark.sparkContext
-    context.setCheckpointDir(directory)
+    files = files or Files()
+    directory = absolute(directory)
+    spark.sparkContext.setCheckpointDir(directory)
     try:
         yield
     finally:
-        path = context._jvm.org.apache.hadoop.fs.Path(directory)
-        filesystem = path.getFileSystem(context._jsc.hadoopConfiguration())
-        filesystem.delete(path, True)
-        parent = path.getParent()
-        if parent is not None and filesystem.exists(parent) and len(filesystem.listStatus(parent)) == 0:
-            filesystem.delete(parent, False)
+        files.delete(directory)
+        parent = directory.rpartition("/")[0]
+        if parent:
+            files.delete_if_empty(parent)
 
 
 def fit(train: DataFrame, params: AlsParams, seed: int, blocks: int) -> ALSModel:

@@ -1,7 +1,9 @@
-"""The Spark session factory: defaults sized for a small machine, never overriding spark-submit."""
+"""The Spark session factory: defaults sized for a small machine, never overriding spark-submit (except
+the few settings the lake's files depend on, `SESSION_SETTINGS`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -9,7 +11,9 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from marketlake.config import Config
+from marketlake.lake.engine import SESSION_SETTINGS
 
+log = logging.getLogger("marketlake.spark")
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
@@ -28,8 +32,7 @@ def session_defaults(config: Config, submitted: dict[str, str] | None = None) ->
         "spark.ui.enabled": str(spark.ui).lower(),
         "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
         "spark.sql.session.timeZone": "UTC",
-        # Delta readers expect microsecond timestamps, not Spark's default INT96.
-        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        **SESSION_SETTINGS,  # see apply_lake_settings
         "spark.sql.sources.partitionOverwriteMode": "static",
         # Jobs cache what they read several times (ingest's validated records); building an uncompressed
         # cache measured 1.3-2x faster at 10^6 events for ~7% more memory, and later scans cost the same.
@@ -64,10 +67,12 @@ def _delta_jars_requested(submitted: dict[str, str]) -> bool:
 
 
 def build_session(config: Config) -> SparkSession:
-    """Get or create the session; what is already set (spark-submit, an existing session) wins."""
+    """Get or create the session; what is already set (spark-submit, an existing session) wins, except
+    SESSION_SETTINGS, which the lake needs."""
     active = SparkSession.getActiveSession()
     if active is not None:
         active.sparkContext.setLogLevel(config.spark.log_level)
+        apply_lake_settings(active)
         return active
     submitted = submitted_settings()
     if submitted.get("spark.master", config.spark.master).startswith("local"):
@@ -80,4 +85,15 @@ def build_session(config: Config) -> SparkSession:
             builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(config.spark.log_level)
+    apply_lake_settings(session)
     return session
+
+
+def apply_lake_settings(session: SparkSession) -> None:
+    """SESSION_SETTINGS on the session, whoever built it: the lake's writes check them and never set
+    them, so they are set here, once."""
+    for key, value in SESSION_SETTINGS.items():
+        current = session.conf.get(key, None)
+        if current != value:
+            log.info("spark: %s was %s; set to %s, which the lake's tables need", key, current, value)
+            session.conf.set(key, value)

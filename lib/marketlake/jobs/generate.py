@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed; the same seed writes the same files (default: config)")
     parser.add_argument("--days", type=int, help="days of events, ending on the run date (default: config)")
     parser.add_argument("--dirty-rate", type=float, help="share of dirty lines, 0-0.3 (default: config, 0.01)")
-    parser.add_argument("--out", help="output folder (default: <landing root>/<generate.shop>, where ingest looks)")
+    parser.add_argument("--out", help="output folder, a path or a URI such as s3a://bucket/shop "
+                        "(default: <landing root>/<generate.shop>, where ingest looks)")
 
 
 def spec_from(args: argparse.Namespace, config: Config) -> ShopSpec:
@@ -42,7 +43,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     spec = spec_from(args, ctx.config)
     out = args.out or shop_root(ctx.config.with_lake_root(ctx.lake.root))
     with ctx.step(f"write shop to {out}") as step:
-        counts = generate_shop(ctx.spark, spec, out)
+        counts = generate_shop(ctx.spark, spec, out, ctx.lake.files)
         step.rows = counts["events"]
         step.detail = (
             f"events ({spec.users:,} users, {spec.items:,} items, {spec.days} days to {spec.end_date}, "

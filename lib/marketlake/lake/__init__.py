@@ -1,40 +1,62 @@
-"""marketlake.lake: the one place that knows where tables live and how they are read and written.
+"""marketlake.lake: the one place that knows where tables live and how they are read and written, and
+where everything else under the lake root goes.
 
 A table named `layer.name` lives at `<lake root>/<layer>/<name>` and is a real Delta table. Jobs call
-`Lake.read`, `Lake.write`, `Lake.upsert`; no job builds a path or names a format.
+`Lake.read`, `Lake.write`, `Lake.upsert`; no job builds a path or names a format. What is not a table has
+its place too (`Layout`): models at `<root>/models/<name>/<version>`, ALS checkpoints at
+`<root>/_checkpoints/<run id>`, campaign exports at `<root>/exports/<campaign id>/<run date>`, the report
+at `<root>/reports/<run date>/marketlake-report.html`; `lake.files` does the file-system calls.
 
-Engines (see docs/DESIGN.md): `delta-spark` (format("delta"), needs the io.delta jars), `delta-rs`
+Engines (see docs/design.md): `delta-spark` (format("delta"), needs the io.delta jars), `delta-rs`
 (Spark's Parquet writer plus a commit through the `deltalake` package), `auto` (delta-spark when its
 classes load in the session, otherwise delta-rs).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+from marketlake import catalog
 from marketlake.config import LakeConfig
 from marketlake.errors import ConcurrentWriteError, StorageError, TableError, UsageError, storage_problem
-from marketlake.lake.delta_rs import NO_TABLE, DeltaRsEngine, WriteResult, store_uri
+from marketlake.lake.delta_rs import DeltaRsEngine
 from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
+from marketlake.lake.engine import (
+    NO_TABLE,
+    TABLE_NAME,
+    Engine,
+    Partitions,
+    TableSummary,
+    WriteOptions,
+    WriteResult,
+)
+from marketlake.lake.files import Files, absolute
 
-__all__ = ["NO_TABLE", "Lake", "WriteResult", "resolve_engine"]
+__all__ = [
+    "NO_TABLE", "Engine", "Files", "Lake", "Layout", "TableSummary", "WriteOptions", "WriteResult",
+    "delta_spark_available", "resolve_engine",
+]  # fmt: skip
 
 log = logging.getLogger("marketlake.lake")
-TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-Partitions = dict[str, list] | Literal["dynamic"] | None
 T_ = TypeVar("T_")
+REPORT_FILE = "marketlake-report.html"
+TableRef = str | catalog.Table
 
 
-def resolve_engine(spark: SparkSession, wanted: str, storage_options: dict[str, str] | None = None):
+def table_name(table: TableRef) -> str:
+    return table.name if isinstance(table, catalog.Table) else table
+
+
+def resolve_engine(spark: SparkSession, wanted: str, storage_options: dict[str, str] | None = None) -> Engine:
     """The engine object for `wanted` (auto, delta-spark, delta-rs) in this session."""
     if wanted == "delta-rs":
         return DeltaRsEngine(spark, storage_options)
@@ -45,73 +67,98 @@ def resolve_engine(spark: SparkSession, wanted: str, storage_options: dict[str, 
                 f"engine delta-spark: {why}; add --packages io.delta:delta-spark_2.13:4.4.1 "
                 "(or use engine delta-rs)"
             )
-        return DeltaSparkEngine(spark)
+        return DeltaSparkEngine(spark, storage_options)
     if available:
-        return DeltaSparkEngine(spark)
+        return DeltaSparkEngine(spark, storage_options)
     log.info("engine auto: delta-rs, because %s", why)
     return DeltaRsEngine(spark, storage_options)
 
 
-def absolute_root(root: str) -> str:
-    """Local roots become absolute paths; URIs (s3a://, hdfs://, file:/...) stay as they are."""
-    if "://" in root or root.startswith("file:"):
-        return root.rstrip("/")
-    return os.path.abspath(root)
+class Layout:
+    """Where what is not a table lives under a lake root (same folders and names on every engine)."""
+
+    def __init__(self, root: str):
+        self.root = absolute(root)
+
+    def model_path(self, name: str, version: str) -> str:
+        """A fitted model (Spark ML's own format), replaced when the same version is saved again."""
+        return f"{self.root}/models/{name}/{version}"
+
+    def checkpoint_dir(self, run_id: str) -> str:
+        """Spark checkpoints of one run (removed at its end, with the _checkpoints folder when left empty:
+        `marketlake.recommend.checkpoints`)."""
+        return f"{self.root}/_checkpoints/{run_id}"
+
+    def export_dir(self, campaign_id: str, run_date: dt.date) -> str:
+        """A campaign's exported files for a run date (replaced whole by a re-run)."""
+        return f"{self.root}/exports/{campaign_id}/{run_date.isoformat()}"
+
+    def report_path(self, run_date: dt.date) -> str:
+        """The HTML report of a run date."""
+        return f"{self.root}/reports/{run_date.isoformat()}/{REPORT_FILE}"
 
 
-class Lake:
+class Lake(Layout):
     def __init__(self, spark: SparkSession, config: LakeConfig, root: str | None = None):
+        super().__init__(root or config.root)
         self.spark = spark
         self.config = config
-        self.root = absolute_root(root or config.root)
+        self.files = Files(config.storage_options)
         self.engine = resolve_engine(spark, config.engine, config.storage_options)
 
     @property
     def engine_name(self) -> str:
         return self.engine.name
 
-    def path(self, table: str) -> str:
+    def path(self, table: TableRef) -> str:
+        table = table_name(table)
         if not TABLE_NAME.match(table):
             raise TableError(f"table name '{table}' is not of the form layer.name (lower case)")
         layer, name = table.split(".")
         return f"{self.root}/{layer}/{name}"
 
-    def exists(self, table: str) -> bool:
+    def exists(self, table: TableRef) -> bool:
+        table = table_name(table)
         return self.engine.exists(self.path(table))
 
-    def tables(self) -> list[tuple[str, int, int]]:
-        """(table, version, rows) for every Delta table under the root, from the logs alone."""
-        import pyarrow as pa
-        import pyarrow.fs as pafs
-        from deltalake import DeltaTable
+    def tables(self) -> list[TableSummary]:
+        """(table, version, rows) for every Delta table under the root, sorted by table, as the engine
+        reads them."""
+        return sorted(self.engine.tables_under(self.root))
 
-        filesystem, root = pafs.FileSystem.from_uri(store_uri(self.root))
-        found = []
-        for layer in filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-            if layer.type != pafs.FileType.Directory:
-                continue
-            for entry in filesystem.get_file_info(pafs.FileSelector(layer.path)):
-                table = f"{layer.base_name}.{entry.base_name}"
-                if entry.type != pafs.FileType.Directory or not TABLE_NAME.match(table):
-                    continue
-                if filesystem.get_file_info(f"{entry.path}/_delta_log").type != pafs.FileType.Directory:
-                    continue
-                delta_table = DeltaTable(store_uri(self.path(table)), storage_options=self.config.storage_options or None)
-                actions = pa.table(delta_table.get_add_actions(flatten=True))
-                rows = sum(n or 0 for n in actions.column("num_records").to_pylist()) if actions.num_rows else 0
-                found.append((table, delta_table.version(), rows))
-        return sorted(found)
+    def require(self, table: TableRef) -> None:
+        """UsageError (before anything is written) when `table` does not exist yet, naming the job that
+        writes it."""
+        table = table_name(table)
+        if not self.exists(table):
+            raise UsageError(f"{table} does not exist in this lake; run {catalog.table(table).made_by()} first")
 
-    def version(self, table: str) -> int:
+    def read_if_exists(self, table: TableRef) -> DataFrame | None:
+        table = table_name(table)
+        return self.read(table) if self.exists(table) else None
+
+    def read_as_of(self, table: TableRef, run_date: dt.date, column: str = "as_of_date") -> DataFrame:
+        """The run date's slice of a table partitioned by date."""
+        table = table_name(table)
+        return self.read(table).filter(F.col(column) == F.lit(run_date))
+
+    def overwrite_as_of(self, table: TableRef, df: DataFrame, run_date: dt.date, column: str = "as_of_date") -> WriteResult:
+        """Replace the run date's partition with `df` (every row of which belongs to it); other dates stay."""
+        table = table_name(table)
+        return self.write(table, df, "overwrite", partition_by=[column], partitions={column: [run_date]})
+
+    def version(self, table: TableRef) -> int:
+        table = table_name(table)
         return self.engine.version(table, self.path(table))
 
-    def read(self, table: str, version: int | None = None) -> DataFrame:
+    def read(self, table: TableRef, version: int | None = None) -> DataFrame:
         """The table at its latest version, or at `version` (time travel)."""
+        table = table_name(table)
         return self.engine.read(table, self.path(table), version)
 
     def write(
         self,
-        table: str,
+        table: TableRef,
         df: DataFrame,
         mode: Literal["append", "overwrite"] = "append",
         partition_by: list[str] | None = None,
@@ -129,20 +176,22 @@ class Lake:
         expected_version: commit only if the table is still at this version (`NO_TABLE`: it must not exist
         yet), else ConcurrentWriteError with nothing committed; see `retry_on_conflict`.
         """
+        table = table_name(table)
         if mode not in ("append", "overwrite"):
             raise TableError(f"{table}: write mode must be append or overwrite, not {mode!r}")
         if partitions is not None and mode != "overwrite":
             raise TableError(f"{table}: partitions= goes with mode='overwrite'")
-        operation = f"{mode}" if partitions is None else f"{mode} partitions"
+        options = WriteOptions(
+            mode=mode, partition_by=partition_by, partitions=partitions, merge_schema=merge_schema,
+            overwrite_schema=overwrite_schema, operation=mode if partitions is None else f"{mode} partitions",
+            expected_version=expected_version,
+        )
         with self._storage_errors(table):
-            return self.engine.write(
-                table, self.path(table), df, mode, partition_by, partitions, merge_schema, overwrite_schema,
-                operation, expected_version,
-            )
+            return self.engine.write(table, self.path(table), df, options)
 
     def upsert(
         self,
-        table: str,
+        table: TableRef,
         df: DataFrame,
         keys: list[str],
         partition_by: list[str] | None = None,
@@ -151,6 +200,7 @@ class Lake:
         """Insert rows with new keys, replace rows whose keys exist (dimension tables). Keys must be
         unique in `df`: a duplicate key would make the result depend on row order, so it is an error.
         expected_version: as for `write`."""
+        table = table_name(table)
         duplicate = df.groupBy(*keys).count().filter("count > 1").limit(1).collect()
         if duplicate:
             example = ", ".join(f"{k}={duplicate[0][k]!r}" for k in keys)
@@ -158,19 +208,22 @@ class Lake:
         with self._storage_errors(table):
             return self.engine.upsert(table, self.path(table), df, keys, partition_by, expected_version)
 
-    def snapshot_version(self, table: str) -> int:
+    def snapshot_version(self, table: TableRef) -> int:
         """The table's current version, or NO_TABLE when it does not exist yet."""
+        table = table_name(table)
         return self.version(table) if self.exists(table) else NO_TABLE
 
-    def read_at(self, table: str, version: int) -> DataFrame | None:
+    def read_at(self, table: TableRef, version: int) -> DataFrame | None:
         """The table at `version` (from `snapshot_version`), or None for NO_TABLE."""
+        table = table_name(table)
         return None if version == NO_TABLE else self.read(table, version)
 
-    def retry_on_conflict(self, table: str, attempt: Callable[[int], T_], attempts: int | None = None) -> T_:
+    def retry_on_conflict(self, table: TableRef, attempt: Callable[[int], T_], attempts: int | None = None) -> T_:
         """Optimistic concurrency: run `attempt(version)` with the table's current version; the attempt
         reads the table at that version and commits with `expected_version=version`. When another writer
         committed first, nothing was committed: run it again against the new version (jittered back-off).
         Two writers deciding from one snapshot can thus never both commit."""
+        table = table_name(table)
         attempts = attempts or self.config.commit_attempts
         for tried in range(1, attempts + 1):
             version = self.snapshot_version(table)
@@ -200,11 +253,13 @@ class Lake:
                 raise
             raise StorageError(f"cannot write {table} at {self.path(table)}: {problem}") from exc
 
-    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def history(self, table: TableRef, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp (ms), operation, parameters, metrics."""
+        table = table_name(table)
         return self.engine.history(table, self.path(table), limit)
 
-    def vacuum(self, table: str, retention_hours: int | None = None) -> list[str]:
+    def vacuum(self, table: TableRef, retention_hours: int | None = None) -> list[str]:
         """Delete files that no version within the retention needs (and staged files of dead writes)."""
+        table = table_name(table)
         hours = self.config.vacuum_retention_hours if retention_hours is None else retention_hours
         return self.engine.vacuum(table, self.path(table), hours)

@@ -13,6 +13,7 @@ A write that dies before step 3 leaves files no snapshot references; `vacuum` re
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import urllib.parse
@@ -32,24 +33,23 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
+from marketlake.lake.engine import (
+    NO_TABLE,
+    SESSION_SETTINGS,
+    TableSummary,
+    WriteOptions,
+    WriteResult,
+    table_folders,
+)
+from marketlake.lake.files import Files, store_uri
 from marketlake.lake.schema import align_to_table, as_nullable, check_partition_columns
 from marketlake.lake.stats import file_stats
 
 STAGING = "_staging"
-# The expected version of a table that must not exist yet (a checked write that creates it).
-NO_TABLE = -1
 DRIVER_LISTING_LIMIT = 20_000
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # Table features this engine can read and write faithfully; anything else is refused, not ignored.
 SUPPORTED_FEATURES = {"appendOnly", "invariants", "timestampNtz"}
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    version: int
-    files_added: int
-    files_removed: int
-    rows: int
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,13 @@ class StagedFile:
     rows: int
 
 
-def store_uri(uri: str) -> str:
-    """The form `deltalake` and pyarrow understand (Hadoop's s3a:// is plain s3:// to them)."""
-    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
-
-
 class DeltaRsEngine:
     name = "delta-rs"
 
     def __init__(self, spark: SparkSession, storage_options: dict[str, str] | None = None):
         self.spark = spark
         self.storage_options = dict(storage_options or {}) or None
+        self.files = Files(storage_options)
 
     # ---- snapshot access -------------------------------------------------------------------------
 
@@ -113,6 +109,18 @@ class DeltaRsEngine:
             }
             for entry in self._open(table, uri).history(limit)
         ]
+
+    def tables_under(self, root: str) -> list[TableSummary]:
+        """Every Delta table at `<root>/<layer>/<name>`, with its version and rows, from the logs alone."""
+        found = []
+        for table, uri in table_folders(self.files, root):
+            delta_table = self._table(uri) if self.files.is_dir(f"{uri}/_delta_log") else None
+            if delta_table is None:
+                continue
+            actions = pa.table(delta_table.get_add_actions(flatten=True))
+            rows = sum(n or 0 for n in actions.column("num_records").to_pylist()) if actions.num_rows else 0
+            found.append(TableSummary(table, delta_table.version(), rows))
+        return found
 
     # ---- read ------------------------------------------------------------------------------------
 
@@ -176,34 +184,23 @@ class DeltaRsEngine:
 
     # ---- write -----------------------------------------------------------------------------------
 
-    def write(
-        self,
-        table: str,
-        uri: str,
-        df: DataFrame,
-        mode: str,
-        partition_by: list[str] | None,
-        partitions: dict[str, list] | str | None,
-        merge_schema: bool,
-        overwrite_schema: bool,
-        operation: str,
-        expected_version: int | None = None,
-    ) -> WriteResult:
-        """expected_version: commit only if the table is still at this version (NO_TABLE: does not exist
-        yet); otherwise ConcurrentWriteError and nothing is committed. None: appends rebase on whatever
-        landed meanwhile, and overwrites fail if anything did."""
-        current = self._snapshot(table, uri, expected_version)
+    def write(self, table: str, uri: str, df: DataFrame, options: WriteOptions) -> WriteResult:
+        """options.expected_version: commit only if the table is still at this version (NO_TABLE: does not
+        exist yet); otherwise ConcurrentWriteError and nothing is committed. None: appends rebase on
+        whatever landed meanwhile, and overwrites fail if anything did."""
+        current = self._snapshot(table, uri, options.expected_version)
         if current is not None:
             _check_features(table, current)
         schema, partition_by, df, new_columns = _plan_schema(
-            table, current, df, mode, partition_by, partitions, merge_schema, overwrite_schema
+            table, current, df, options.mode, options.partition_by, options.partitions, options.merge_schema,
+            options.overwrite_schema,
         )
         staged = self._stage(table, uri, df, schema, partition_by)
         try:
-            filters = _partition_filters(table, partitions, partition_by, staged)
+            filters = _partition_filters(table, options.partitions, partition_by, staged)
             return self._commit(
-                table, uri, current, schema, partition_by, staged, mode, filters, new_columns,
-                overwrite_schema, operation, checked=expected_version is not None,
+                table, uri, current, schema, partition_by, staged, options.mode, filters, new_columns,
+                options.overwrite_schema, options.operation, checked=options.checked,
             )
         except BaseException:
             self._discard(uri, staged)
@@ -212,13 +209,13 @@ class DeltaRsEngine:
     def _stage(self, table: str, uri: str, df: DataFrame, schema: T.StructType, partition_by) -> list[StagedFile]:
         write_id = uuid.uuid4().hex
         staging = _join(uri, f"{STAGING}/{write_id}")
-        self.spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        _check_session(self.spark)
         writer = df.write.mode("errorifexists")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(staging)
-        filesystem, staging_path = pafs.FileSystem.from_uri(store_uri(staging))
-        _, table_path = pafs.FileSystem.from_uri(store_uri(uri))
+        filesystem, staging_path = self.files.resolve(staging)
+        _, table_path = self.files.resolve(uri)
         found = [
             info
             for info in filesystem.get_file_info(pafs.FileSelector(staging_path, recursive=True))
@@ -355,10 +352,9 @@ class DeltaRsEngine:
         return existing
 
     def _discard(self, uri: str, staged: list[StagedFile]) -> None:
-        filesystem, table_path = pafs.FileSystem.from_uri(store_uri(uri))
         for s in staged:
             with contextlib.suppress(OSError):  # vacuum removes what is left
-                filesystem.delete_file(f"{table_path}/{s.relative_path}")
+                self.files.delete(_join(uri, s.relative_path))
 
     # ---- upsert ----------------------------------------------------------------------------------
 
@@ -373,47 +369,59 @@ class DeltaRsEngine:
         """
         current = self._snapshot(table, uri, expected_version)
         if current is None:
-            return self.write(
-                table, uri, df, "append", partition_by, None, False, False, "upsert",
+            return self.write(table, uri, df, WriteOptions(
+                mode="append", partition_by=partition_by, operation="upsert",
                 expected_version=NO_TABLE if expected_version is not None else None,
-            )
+            ))  # fmt: skip
         read_version = current.version()
         existing = self.read(table, uri, read_version)
         aligned, _ = align_to_table(table, df, existing.schema, merge_schema=True)
         kept = existing.join(aligned.select(*keys).distinct(), on=keys, how="left_anti")
         merged = kept.unionByName(aligned, allowMissingColumns=True)
-        return self.write(
-            table, uri, merged, "overwrite", list(current.metadata().partition_columns) or partition_by,
-            None, True, False, "upsert", expected_version=read_version,
-        )
+        return self.write(table, uri, merged, WriteOptions(
+            mode="overwrite", partition_by=list(current.metadata().partition_columns) or partition_by,
+            merge_schema=True, operation="upsert", expected_version=read_version,
+        ))  # fmt: skip
 
     # ---- vacuum ----------------------------------------------------------------------------------
 
     def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
         """Delete files no snapshot within the retention needs, and staged files of writes that died."""
-        import time
-
         delta_table = self._open(table, uri)
         deleted = delta_table.vacuum(
             retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
         )
-        filesystem, table_path = pafs.FileSystem.from_uri(store_uri(uri))
-        staging = f"{table_path}/{STAGING}"
-        cutoff_ns = (time.time() - retention_hours * 3600) * 1e9
-        if filesystem.get_file_info(staging).type == pafs.FileType.Directory:
-            for info in filesystem.get_file_info(pafs.FileSelector(staging)):
-                newest = max(
-                    [info.mtime_ns or 0]
-                    + [i.mtime_ns or 0 for i in filesystem.get_file_info(pafs.FileSelector(info.path, recursive=True))]
-                )
-                if newest <= cutoff_ns:
-                    filesystem.delete_dir(info.path)
-                    deleted.append(info.path)
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=retention_hours)
+        for write in self.files.list(_join(uri, STAGING), recursive=False):
+            newest = max([write.mtime] + [e.mtime for e in self.files.list(write.uri)], key=_as_utc)
+            if _as_utc(newest) <= cutoff:
+                self.files.delete(write.uri)
+                deleted.append(write.uri)
         return list(deleted)
 
 
 def _join(uri: str, relative: str) -> str:
     return uri.rstrip("/") + "/" + relative
+
+
+def _as_utc(moment: dt.datetime | None) -> dt.datetime:
+    """A file's modification time, comparable with any other (a store may not report one: the oldest)."""
+    if moment is None:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _check_session(spark: SparkSession) -> None:
+    """The session must have the settings the lake's files depend on (SESSION_SETTINGS: microsecond
+    timestamps, which carry Delta statistics; Spark's default INT96 has none). The session gets them when
+    it is built (marketlake.spark.build_session); a write checks, and never changes them."""
+    for key, wanted in SESSION_SETTINGS.items():
+        value = spark.conf.get(key, None)
+        if value != wanted:
+            raise TableError(
+                f"the Spark session has {key}={value}, the lake needs {wanted} (build the session with "
+                "marketlake.spark.build_session, or set it)"
+            )
 
 
 def _spark_schema(delta_table: DeltaTable) -> T.StructType:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
-from marketlake.lake.delta_rs import NO_TABLE, WriteResult
+from marketlake.lake.engine import NO_TABLE, TableSummary, WriteOptions, WriteResult, table_folders
+from marketlake.lake.files import Files
 from marketlake.lake.schema import align_to_table, check_partition_columns
 
 
@@ -27,11 +30,13 @@ def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
 class DeltaSparkEngine:
     name = "delta-spark"
 
-    def __init__(self, spark: SparkSession):
+    def __init__(self, spark: SparkSession, storage_options: dict[str, str] | None = None):
         from delta.tables import DeltaTable  # the Python half; the JVM half must be on the classpath
 
         self.spark = spark
         self.DeltaTable = DeltaTable
+        # Only for listing the lake's folders: Spark reaches the tables with its own Hadoop settings.
+        self.files = Files(storage_options)
 
     def exists(self, uri: str) -> bool:
         return bool(self.DeltaTable.isDeltaTable(self.spark, uri))
@@ -64,6 +69,15 @@ class DeltaSparkEngine:
             for row in frame.collect()  # the log's history: one small row per commit
         ]
 
+    def tables_under(self, root: str) -> list[TableSummary]:
+        """Every Delta table at `<root>/<layer>/<name>`, with its version and rows. Delta answers an
+        unfiltered count from the statistics in its log (no data file is read)."""
+        return [
+            TableSummary(table, self.version(table, uri), self.spark.read.format("delta").load(uri).count())
+            for table, uri in table_folders(self.files, root)
+            if self.exists(uri)
+        ]
+
     def read(self, table: str, uri: str, version: int | None = None) -> DataFrame:
         self._open(table, uri)
         reader = self.spark.read.format("delta")
@@ -71,21 +85,20 @@ class DeltaSparkEngine:
             reader = reader.option("versionAsOf", version)
         return reader.load(uri)
 
-    def write(
-        self, table, uri, df, mode, partition_by, partitions, merge_schema, overwrite_schema, operation,
-        expected_version=None,
-    ) -> WriteResult:
+    def write(self, table: str, uri: str, df: DataFrame, options: WriteOptions) -> WriteResult:
+        mode, partition_by, partitions = options.mode, options.partition_by, options.partitions
+        expected_version = options.expected_version
         self._check_expected(table, uri, expected_version)
         current = self.schema(table, uri)
         if current is None:
             check_partition_columns(table, df.schema, list(partition_by or []))
-        elif not (mode == "overwrite" and overwrite_schema and partitions is None):
+        elif not (mode == "overwrite" and options.overwrite_schema and partitions is None):
             table_schema, table_partitions = current
             if partition_by is not None and list(partition_by) != table_partitions:
                 raise TableError(f"{table}: the table is partitioned by {table_partitions}, not {list(partition_by)}")
             partition_by = table_partitions
-            df, _ = align_to_table(table, df, table_schema, merge_schema)
-        writer = df.write.format("delta").mode(mode).option("userMetadata", operation)
+            df, _ = align_to_table(table, df, table_schema, options.merge_schema)
+        writer = df.write.format("delta").mode(mode).option("userMetadata", options.operation)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         if expected_version is not None:
@@ -93,9 +106,9 @@ class DeltaSparkEngine:
             # write to the same table commits a transaction with the same id, which delta-spark's conflict
             # check refuses (ConcurrentTransactionException); a marker already at or past ours skips the write.
             writer = writer.option("txnAppId", f"marketlake:{table}").option("txnVersion", expected_version + 2)
-        if merge_schema:
+        if options.merge_schema:
             writer = writer.option("mergeSchema", "true")
-        if overwrite_schema and mode == "overwrite":
+        if options.overwrite_schema and mode == "overwrite":
             writer = writer.option("overwriteSchema", "true")
         if partitions == "dynamic":
             writer = writer.option("partitionOverwriteMode", "dynamic")
@@ -123,20 +136,24 @@ class DeltaSparkEngine:
         self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by, expected_version=None
     ) -> WriteResult:
         if not self.exists(uri):
-            return self.write(
-                table, uri, df, "append", partition_by, None, False, False, "upsert", expected_version
-            )
+            return self.write(table, uri, df, WriteOptions(
+                mode="append", partition_by=partition_by, operation="upsert",
+                expected_version=expected_version,
+            ))  # fmt: skip
         # MERGE reads the table: delta-spark refuses its commit when a concurrent one touched the same files.
         self._check_expected(table, uri, expected_version)
         target = self._open(table, uri)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        self.spark.conf.set("spark.databricks.delta.schema.autoMerge.enabled", "true")
-        target.alias("t").merge(df.alias("s"), condition).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        merge = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()  # new columns: this merge only
+        merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
         return self._result(table, uri)
 
     def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
-        self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        self._open(table, uri).vacuum(float(retention_hours))
+        # delta-spark has no per-call way past its retention check (a retention under the table's
+        # deletedFileRetentionDuration is refused unless this session conf is off), so it is turned off for
+        # this call only and restored after.
+        with _session_conf(self.spark, "spark.databricks.delta.retentionDurationCheck.enabled", "false"):
+            self._open(table, uri).vacuum(float(retention_hours))
         return []  # delta-spark reports the count in its own log, not the paths
 
     def _result(self, table: str, uri: str) -> WriteResult:
@@ -148,6 +165,19 @@ class DeltaSparkEngine:
             files_removed=int(metrics.get("numRemovedFiles", metrics.get("numTargetFilesRemoved", 0))),
             rows=int(metrics.get("numOutputRows", 0)),
         )
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 def _replace_where(partitions: dict[str, list]) -> str:

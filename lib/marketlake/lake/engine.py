@@ -1,0 +1,98 @@
+"""What the lake asks of an engine: the `Engine` protocol both engines satisfy, and the types and
+constants they share (`WriteOptions`, `WriteResult`, `TableSummary`, `NO_TABLE`).
+
+The engines (delta_rs.py, delta_spark.py) import from here and never from each other, so either loads
+without the other's package.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Protocol
+
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from marketlake.lake.files import Files
+
+# The expected version of a table that must not exist yet (a checked write that creates it).
+NO_TABLE = -1
+# `layer.name`, lower case: the table lives at `<lake root>/<layer>/<name>`.
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+Partitions = dict[str, list] | Literal["dynamic"] | None
+# Session settings the lake's files depend on, set when the session is built (marketlake.spark), never by
+# a write: Delta readers and statistics want INT64 microsecond timestamps, not Spark's default INT96.
+SESSION_SETTINGS = {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    version: int
+    files_added: int
+    files_removed: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How `Engine.write` commits a DataFrame (see `Lake.write` for the meaning of each)."""
+
+    mode: Literal["append", "overwrite"] = "append"
+    partition_by: list[str] | None = None
+    partitions: Partitions = None
+    merge_schema: bool = False
+    overwrite_schema: bool = False
+    operation: str = "append"  # recorded in the commit as marketlake.operation
+    expected_version: int | None = None
+
+    @property
+    def checked(self) -> bool:
+        return self.expected_version is not None
+
+
+class TableSummary(NamedTuple):
+    table: str
+    version: int
+    rows: int
+
+
+class Engine(Protocol):
+    """A Delta engine: reads and commits the table at `uri`; `table` (layer.name) is for messages."""
+
+    name: str
+
+    def exists(self, uri: str) -> bool: ...
+
+    def version(self, table: str, uri: str) -> int: ...
+
+    def schema(self, table: str, uri: str) -> tuple[T.StructType, list[str]] | None: ...
+
+    def history(self, table: str, uri: str, limit: int | None = None) -> list[dict[str, Any]]: ...
+
+    def read(self, table: str, uri: str, version: int | None = None) -> DataFrame: ...
+
+    def write(self, table: str, uri: str, df: DataFrame, options: WriteOptions) -> WriteResult: ...
+
+    def upsert(
+        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by: list[str] | None,
+        expected_version: int | None = None,
+    ) -> WriteResult: ...
+
+    def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]: ...
+
+    def tables_under(self, root: str) -> list[TableSummary]: ...
+
+
+def table_folders(files: Files, root: str) -> list[tuple[str, str]]:
+    """(layer.name, folder) for every `<root>/<layer>/<name>` folder whose names make a table name;
+    whether it holds a Delta table is for the engine to say."""
+    found = []
+    for layer in files.list(root, recursive=False):
+        if not layer.is_dir:
+            continue
+        for entry in files.list(layer.uri, recursive=False):
+            table = f"{layer.relative}.{entry.relative}"
+            if entry.is_dir and TABLE_NAME.match(table):
+                found.append((table, entry.uri))
+    return sorted(found)
