@@ -19,39 +19,40 @@ from typing import Any
 
 import jinja2
 import pandas as pd
-import pyarrow.fs as pafs
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from marketlake import catalog
 from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
-from marketlake.lake.delta_rs import store_uri
+from marketlake.lake import Files, Layout
 
-REPORT_FILE = "marketlake-report.html"
 RFM_ORDER = [label for label, _, _ in RFM_GRID] + [PROSPECTS, INACTIVE]
 SEGMENT_MODEL = "segment_kmeans"
 # (table, the job that writes it)
-PROFILES = ("gold.segment_profiles", "segment")
-FEATURES = ("gold.user_features", "features")
-RULES = ("gold.association_rules", "rules")
-CROSS_SELL = ("gold.item_cross_sell", "rules")
-EVALUATION = ("gold.recommendation_evaluation", "recommend")
-RECOMMENDATIONS = ("gold.user_recommendations", "recommend")
-AUDIENCE = ("gold.campaign_audience", "activate")
-EXPERIMENTS = ("gold.experiment_results", "experiment")
-MODELS = ("ops.models", "segment")
-JOB_RUNS = ("ops.job_runs", "any job")
+PROFILES, FEATURES = catalog.SEGMENT_PROFILES, catalog.USER_FEATURES
+RULES, CROSS_SELL = catalog.ASSOCIATION_RULES, catalog.ITEM_CROSS_SELL
+EVALUATION, RECOMMENDATIONS = catalog.RECOMMENDATION_EVALUATION, catalog.USER_RECOMMENDATIONS
+AUDIENCE, EXPERIMENTS = catalog.CAMPAIGN_AUDIENCE, catalog.EXPERIMENT_RESULTS
+MODELS, JOB_RUNS, ITEMS = catalog.MODELS, catalog.JOB_RUNS, catalog.SILVER_ITEMS
+
+
+def source_note(*tables: catalog.Table, detail: str = "") -> str:
+    """Where a section's figures come from: 'gold.x, gold.y (x job)'."""
+    names = ", ".join(t.name for t in tables) + (f", {detail}" if detail else "")
+    return f"{names} ({tables[0].written_by[0]} job)"
 
 BLUE, GREY, GREEN, RED, ORANGE = "#2f6db5", "#9aa5b1", "#2e8b57", "#c0392b", "#e08e0b"
 
 
 def report_path(root: str, run_date: dt.date) -> str:
-    return f"{root.rstrip('/')}/reports/{run_date.isoformat()}/{REPORT_FILE}"
+    """`lake.report_path(run_date)` for callers that hold only the lake root."""
+    return Layout(root).report_path(run_date)
 
 
 def report_exists(path: str) -> bool:
-    filesystem, file_path = pafs.FileSystem.from_uri(store_uri(path))
-    return filesystem.get_file_info(file_path).type == pafs.FileType.File
+    """Whether the report file is there (on the lake's own store, `lake.files.is_file` is the same)."""
+    return Files().is_file(path)
 
 
 # ---- reading the lake --------------------------------------------------------------------------------
@@ -67,9 +68,9 @@ class Absent:
 Data = pd.DataFrame | Absent
 
 
-def dated(lake, source: tuple[str, str], run_date: dt.date) -> DataFrame | Absent:
+def dated(lake, source: catalog.Table, run_date: dt.date) -> DataFrame | Absent:
     """The table's rows for the run date, or why there are none."""
-    table, job = source
+    table, job = source.name, source.written_by[0]
     if not lake.exists(table):
         return Absent(f"{table} is absent from this lake: the {job} job makes it (./spark-submit.sh {job} --run-date {run_date}).")
     frame = lake.read(table).filter(F.col("as_of_date") == F.lit(run_date))
@@ -148,17 +149,17 @@ def silhouettes(lake, profiles: Data, run_date: dt.date) -> Data:
     versions = [v for v in profiles.model_version.dropna().unique()]
     if not versions:
         return Absent("the segments of this date come from no model (too few distinct users to segment).")
-    if not lake.exists(MODELS[0]):
-        return Absent(f"{MODELS[0]} is absent from this lake: the segment job records its models there.")
+    if not lake.exists(MODELS):
+        return Absent(f"{MODELS.name} is absent from this lake: the segment job records its models there.")
     row = (
-        lake.read(MODELS[0])
+        lake.read(MODELS)
         .filter((F.col("model_name") == SEGMENT_MODEL) & (F.col("model_version") == versions[0]))
         .orderBy(F.desc("created_at"))
         .select("metrics")
         .first()
     )
     if row is None:
-        return Absent(f"{MODELS[0]} has no row for model {SEGMENT_MODEL} {versions[0]}: run segment for {run_date}.")
+        return Absent(f"{MODELS.name} has no row for model {SEGMENT_MODEL} {versions[0]}: run segment for {run_date}.")
     metrics = row.metrics
     ks = sorted(int(key[len("silhouette_k"):]) for key in metrics if key.startswith("silhouette_k"))
     return pd.DataFrame(
@@ -168,17 +169,17 @@ def silhouettes(lake, profiles: Data, run_date: dt.date) -> Data:
 
 def item_names(lake, rules: Data) -> dict[str, str]:
     """Titles (or category) of the items in the listed rules, from silver.items."""
-    if isinstance(rules, Absent) or rules.empty or not lake.exists("silver.items"):
+    if isinstance(rules, Absent) or rules.empty or not lake.exists(ITEMS):
         return {}
     ids = sorted({item for column in ("antecedent", "consequent") for text in rules[column] for item in text.split(" + ")})
-    items = lake.read("silver.items").filter(F.col("item_id").isin(ids))
+    items = lake.read(ITEMS).filter(F.col("item_id").isin(ids))
     title = F.coalesce(*[F.col(c) for c in ("title", "category") if c in items.columns], F.lit(""))
     return {row.item_id: row.name for row in items.select("item_id", title.alias("name")).collect()}  # a few dozen
 
 
 def job_runs(lake, run_date: dt.date) -> Data:
     """The latest run of each job for the run date."""
-    table = JOB_RUNS[0]
+    table = JOB_RUNS.name
     if not lake.exists(table):
         return Absent(f"{table} is absent from this lake.")
     runs = lake.read(table).filter(F.col("run_date") == F.lit(run_date))
@@ -274,7 +275,7 @@ def segments_section(data: dict[str, Any]) -> Section:
         "segments", "Customer segments",
         "KMeans segments of the customers' behaviour, largest first in the chart; the table gives each segment's "
         "average customer and the strategy suggested for it.",
-        "gold.segment_profiles (segment job)",
+        source_note(PROFILES),
     )  # fmt: skip
     profiles = data["profiles"]
     if isinstance(profiles, Absent):
@@ -325,7 +326,7 @@ def silhouette_section(data: dict[str, Any]) -> Section:
         "silhouette", "Silhouette by number of segments",
         "How well separated the segments are for each number of segments tried (higher is better, at most 1); "
         "the highest was chosen.",
-        "ops.models, model segment_kmeans (segment job)",
+        f"{MODELS.name}, model {SEGMENT_MODEL} (segment job)",
     )  # fmt: skip
     scores = data["silhouettes"]
     if isinstance(scores, Absent):
@@ -354,7 +355,7 @@ def rfm_section(data: dict[str, Any]) -> Section:
         "rfm", "RFM distribution",
         "Customers by RFM label (recency and frequency scores 1-5 among buyers); the grid counts buyers by their "
         "two scores. Prospects browsed without buying; Inactive had no events in the window.",
-        "gold.user_features (features job)",
+        source_note(FEATURES),
     )  # fmt: skip
     rfm = data["rfm"]
     if isinstance(rfm, Absent):
@@ -403,7 +404,7 @@ def rules_section(data: dict[str, Any]) -> Section:
         "Items bought together, strongest first by lift (how many times likelier the second item is in a basket "
         "that has the first). Support: share of baskets with both; confidence: share of the first item's "
         "baskets that also have the second.",
-        "gold.association_rules, gold.item_cross_sell (rules job)",
+        source_note(RULES, CROSS_SELL),
     )  # fmt: skip
     rules = data["rules"]
     if isinstance(rules, Absent):
@@ -438,7 +439,7 @@ def recommendations_section(data: dict[str, Any]) -> Section:
         "recommendations", "Recommendation quality",
         "Held-out evaluation of the ALS recommendations against the popularity baseline (the same items for "
         "everyone) at each cut-off k; higher is better.",
-        "gold.recommendation_evaluation, gold.user_recommendations (recommend job)",
+        source_note(EVALUATION, RECOMMENDATIONS),
     )  # fmt: skip
     evaluation = data["evaluation"]
     if isinstance(evaluation, Absent):
@@ -489,7 +490,7 @@ def audiences_section(data: dict[str, Any]) -> Section:
         "audiences", "Campaign audiences",
         "Who each campaign reaches: the treatment gets the message, the control is held out at random to "
         "measure what the campaign adds.",
-        "gold.campaign_audience (activate job)",
+        source_note(AUDIENCE),
     )  # fmt: skip
     audience = data["audience"]
     if isinstance(audience, Absent):
@@ -534,7 +535,7 @@ def experiments_section(data: dict[str, Any]) -> Section:
         "Each variant against its control: the lift with its 95% confidence interval (a bar that crosses 0 is "
         "not a clear win or loss), the p-value adjusted for multiple comparisons, the probability that the "
         "variant beats the control (P(better)), and a sample-ratio check.",
-        "gold.experiment_results (experiment job)",
+        source_note(EXPERIMENTS),
     )  # fmt: skip
     results = data["experiments"]
     if isinstance(results, Absent):

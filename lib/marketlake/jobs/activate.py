@@ -17,12 +17,11 @@ import argparse
 import logging
 import os
 import re
-import uuid
 
-import pyarrow.fs as pafs
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from marketlake import catalog
 from marketlake.activate import (
     CONTROL,
     TREATMENT,
@@ -44,13 +43,12 @@ from marketlake.activate import (
 from marketlake.config import CampaignConfig, Config, shop_root
 from marketlake.errors import UsageError
 from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
-from marketlake.lake.delta_rs import store_uri
 from marketlake.runner import Job, JobContext
 from marketlake.segment import STRATEGIES
 
-FEATURES, SEGMENTS = "gold.user_features", "gold.user_segments"
-RECOMMENDATIONS, CROSS_SELL = "gold.user_recommendations", "gold.item_cross_sell"
-AUDIENCE = "gold.campaign_audience"
+FEATURES, SEGMENTS = catalog.USER_FEATURES.name, catalog.USER_SEGMENTS.name
+RECOMMENDATIONS, CROSS_SELL = catalog.USER_RECOMMENDATIONS.name, catalog.ITEM_CROSS_SELL.name
+AUDIENCE, EVENTS, USERS = catalog.CAMPAIGN_AUDIENCE.name, catalog.SILVER_EVENTS.name, catalog.SILVER_USERS.name
 EXPORT_FILE = "audience"
 # RFC 4180 (see the module docstring); Spark's defaults escape a quote as \" and trim whitespace. The line
 # separator stays "\n": with "\r\n" the writer also turns a "\n" inside a quoted value into "\r\n".
@@ -88,9 +86,8 @@ def validate(args: argparse.Namespace, config: Config) -> None:
 
 def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.activate
-    for table, job in ((FEATURES, "features"), (SEGMENTS, "segment")):
-        if not lake.exists(table):
-            raise UsageError(f"{table} does not exist in this lake; run {job} first")
+    for table in (FEATURES, SEGMENTS):
+        lake.require(table)
     campaigns = settings.campaigns
     with ctx.step(f"inputs: users of {run_date}, export columns") as step:
         users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date))
@@ -158,8 +155,8 @@ def lists(ctx: JobContext, campaigns: list[CampaignConfig]) -> tuple[DataFrame |
     items = cross_sell = None
     if items_n and has_date(ctx, RECOMMENDATIONS, "recommend"):
         items = top_items(lake.read(RECOMMENDATIONS), run_date, items_n)
-    if cross_sell_n and has_date(ctx, CROSS_SELL, "rules") and lake.exists("silver.events"):
-        bought = lake.read("silver.events").transform(last_order_items(run_date))
+    if cross_sell_n and has_date(ctx, CROSS_SELL, "rules") and lake.exists(EVENTS):
+        bought = lake.read(EVENTS).transform(last_order_items(run_date))
         cross_sell = bought.transform(cross_sell_for(lake.read(CROSS_SELL), run_date, cross_sell_n))
     return items, cross_sell
 
@@ -183,7 +180,7 @@ def contacts_for(ctx: JobContext, campaign: CampaignConfig) -> DataFrame | None:
     if not campaign.export_columns:
         return None
     lake = ctx.lake
-    users = lake.read("silver.users") if lake.exists("silver.users") else None
+    users = lake.read_if_exists(USERS)
     from_users = {k: v for k, v in campaign.export_columns.items() if users is not None and v in users.columns}
     from_contacts = {k: v for k, v in campaign.export_columns.items() if k not in from_users}
     frames = []
@@ -231,37 +228,29 @@ def read_contacts(ctx: JobContext) -> DataFrame:
     return contacts
 
 
-def export_folder(root: str, campaign_id: str, run_date) -> str:
-    return f"{root.rstrip('/')}/exports/{campaign_id}/{run_date.isoformat()}"
-
-
 def export_campaign(ctx: JobContext, rows: DataFrame, campaign: CampaignConfig) -> str:
     """Write `rows` as one audience.csv (the format of the module docstring) and one audience.parquet, each
-    ordered by audience_rank, into the campaign's folder for the run date, replacing what was there; returns
-    the folder."""
-    folder = export_folder(ctx.lake.root, campaign.id, ctx.run_date)
-    staging = f"{ctx.lake.root.rstrip('/')}/exports/{campaign.id}/_staging-{uuid.uuid4().hex}"
-    filesystem, staging_path = pafs.FileSystem.from_uri(store_uri(staging))
-    _, folder_path = pafs.FileSystem.from_uri(store_uri(folder))
+    ordered by audience_rank, into the campaign's folder for the run date (`lake.export_dir`), replacing
+    what was there only once both files are complete; returns the folder."""
+    lake = ctx.lake
+    folder = lake.export_dir(campaign.id, ctx.run_date)
     single = rows.repartition(1).sortWithinPartitions("audience_rank")
     csv_cells = rows.transform(as_csv_cells).repartition(1).sortWithinPartitions("audience_rank")
-    try:
-        csv_cells.write.options(**CSV_OPTIONS).csv(f"{staging}/csv")
-        single.write.parquet(f"{staging}/parquet")
-        if filesystem.get_file_info(folder_path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(folder_path)
-        filesystem.create_dir(folder_path, recursive=True)
+    with lake.files.staged_replace(folder) as staging:
+        csv_cells.write.options(**CSV_OPTIONS).csv(f"{staging}/_csv")
+        single.write.parquet(f"{staging}/_parquet")
         for kind in ("csv", "parquet"):
+            spark_folder = f"{staging}/_{kind}"
             parts = [
-                info.path for info in filesystem.get_file_info(pafs.FileSelector(f"{staging_path}/{kind}"))
-                if info.base_name.startswith("part-") and info.type == pafs.FileType.File
+                e.uri for e in lake.files.list(spark_folder, recursive=False)
+                if e.relative.startswith("part-") and not e.is_dir
             ]  # fmt: skip
             if len(parts) != 1:
-                raise RuntimeError(f"{campaign.id}: expected one {kind} part file in {staging}, found {len(parts)}")
-            filesystem.move(parts[0], f"{folder_path}/{EXPORT_FILE}.{kind}")
-    finally:
-        if filesystem.get_file_info(staging_path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(staging_path)
+                raise RuntimeError(
+                    f"{campaign.id}: expected one {kind} part file in {spark_folder}, found {len(parts)}"
+                )
+            lake.files.move(parts[0], f"{staging}/{EXPORT_FILE}.{kind}")
+            lake.files.delete(spark_folder)
     return folder
 
 

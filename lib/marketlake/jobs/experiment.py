@@ -20,6 +20,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from marketlake import catalog
 from marketlake.errors import UsageError
 from marketlake.experiment import (
     CONVERSION,
@@ -41,7 +42,7 @@ from marketlake.experiment import (
 from marketlake.ingest.transform import text  # trimmed, the empty string as null
 from marketlake.runner import Job, JobContext
 
-RESULTS = "gold.experiment_results"
+RESULTS = catalog.EXPERIMENT_RESULTS.name
 EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRUE_WORDS, FALSE_WORDS = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
 # Optional columns of an exposure log: (Spark type, what a cell must be).
@@ -79,9 +80,8 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     if args.input is not None:
         return run_csv(ctx, args)
     lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.experiment
-    if not lake.exists("silver.events"):
-        raise UsageError("silver.events does not exist in this lake; run ingest first")
-    events = lake.read("silver.events")
+    lake.require(catalog.SILVER_EVENTS)
+    events = lake.read(catalog.SILVER_EVENTS)
     with ctx.step(f"exposures up to {run_date}") as step:
         first = first_exposures(events.transform(exposures(run_date, settings.lookback_days))).persist()
         per_experiment = first.groupBy("experiment_id").agg(

@@ -17,9 +17,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from marketlake import catalog
 from marketlake.config import Config, RecommendConfig
 from marketlake.errors import UsageError
-from marketlake.models import model_path, model_version, record_model
+from marketlake.models import model_version, record_model
 from marketlake.recommend import (
     ITEM,
     ITEM_INDEX,
@@ -53,9 +54,9 @@ from marketlake.recommend import (
 )
 from marketlake.runner import Job, JobContext
 
-EVENTS, USERS, ITEMS, SEGMENTS = "silver.events", "silver.users", "silver.items", "gold.user_segments"
-RECOMMENDATIONS = "gold.user_recommendations"
-EVALUATION = "gold.recommendation_evaluation"
+EVENTS, USERS, ITEMS = catalog.SILVER_EVENTS.name, catalog.SILVER_USERS.name, catalog.SILVER_ITEMS.name
+SEGMENTS = catalog.USER_SEGMENTS.name
+RECOMMENDATIONS, EVALUATION = catalog.USER_RECOMMENDATIONS.name, catalog.RECOMMENDATION_EVALUATION.name
 MODEL_NAME = "recommend_als"
 METRIC_DECIMALS = 9
 EVALUATION_SCHEMA = T.StructType(
@@ -156,8 +157,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         cached.append(frame.persist())
         return cached[-1]
 
-    checkpoint_dir = f"{lake.root.rstrip('/')}/_checkpoints/{ctx.run_id}"  # removed at the end
-    with checkpoints(ctx.spark, checkpoint_dir):
+    with checkpoints(ctx.spark, lake.checkpoint_dir(ctx.run_id), lake.files):  # removed at the end
         try:
             return fit_and_recommend(ctx, settings, inputs, partitions, blocks, keep)
         finally:
@@ -234,7 +234,7 @@ def recommend(ctx, settings: RecommendConfig, inputs: Inputs, pairs, users, item
             started = time.perf_counter()
             model = fit(indexed, tuned.chosen, settings.seed, blocks)
             train_seconds = time.perf_counter() - started
-            path = model_path(lake, MODEL_NAME, version)
+            path = lake.model_path(MODEL_NAME, version)
             save_recommender(model, users, items, path)
             step.detail = f"saved {path}"
         als_candidates = Recommender(model, users, items).top(settings.top_n, inputs.exclude, inputs.inactive)
@@ -257,7 +257,7 @@ def recommend(ctx, settings: RecommendConfig, inputs: Inputs, pairs, users, item
         frame = evaluation_frame(ctx.spark, evaluation or [], version, settings.split, run_date)
         step.rows = lake.write(EVALUATION, frame, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
     if path is not None:
-        with ctx.step("ops.models"):
+        with ctx.step(catalog.MODELS.name):
             metrics = model_metrics(tuned, evaluation, settings.k, train_seconds)
             record_model(ctx, MODEL_NAME, version, path, {**params, **tuning_params(settings, tuned)}, metrics,
                          sorted(t for t, w in settings.event_weights.items() if w > 0))  # fmt: skip

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 
-import pyarrow.fs as pafs
-
-from marketlake.lake.delta_rs import store_uri
-from marketlake.report import build, gather, render, report_path
+from marketlake.report import build, gather, render
 from marketlake.runner import Job, JobContext
 
 
@@ -26,18 +22,15 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         step.rows = len(sections)
         step.detail = f"incomplete: {', '.join(missing)}" if missing else "all sections complete"
     html = render(data, sections, dt.datetime.now(dt.timezone.utc))
-    path = report_path(ctx.lake.root, ctx.run_date)
+    path = ctx.lake.report_path(ctx.run_date)
     with ctx.step(f"write {path}") as step:
-        filesystem, file_path = pafs.FileSystem.from_uri(store_uri(path))
-        filesystem.create_dir(os.path.dirname(file_path), recursive=True)
-        with filesystem.open_output_stream(file_path) as out:
-            out.write(html.encode("utf-8"))
+        ctx.lake.files.write_text(path, html)
         step.detail = f"{len(html) / 1024:,.0f} KiB"
     return {"sections": len(sections), "incomplete_sections": len(missing), "charts": sum(len(s.charts) for s in sections)}
 
 
 def print_path(ctx: JobContext) -> None:
-    print(f"report: {report_path(ctx.lake.root, ctx.run_date)}", flush=True)
+    print(f"report: {ctx.lake.report_path(ctx.run_date)}", flush=True)
 
 
 JOB = Job(name="report", help=__doc__.strip(), run=run, finish=print_path)

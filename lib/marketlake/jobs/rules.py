@@ -10,6 +10,7 @@ import argparse
 from pydantic import ValidationError
 from pyspark.sql import functions as F
 
+from marketlake import catalog
 from marketlake.config import Config, RulesConfig
 from marketlake.errors import UsageError
 from marketlake.rules import (
@@ -24,8 +25,7 @@ from marketlake.rules import (
 )
 from marketlake.runner import Job, JobContext
 
-RULES = "gold.association_rules"
-CROSS_SELL = "gold.item_cross_sell"
+RULES, CROSS_SELL = catalog.ASSOCIATION_RULES.name, catalog.ITEM_CROSS_SELL.name
 # Command-line options that override the config's rules section (option dest = config key).
 OVERRIDES = ("basket", "min_support", "min_confidence", "min_lift", "top_n", "max_itemsets")
 
@@ -56,11 +56,10 @@ def validate(args: argparse.Namespace, config: Config) -> None:
 
 def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     lake, rules_config = ctx.lake, settings(args, ctx.config)
-    if not lake.exists("silver.events"):
-        raise UsageError("silver.events does not exist in this lake; run ingest first")
+    lake.require(catalog.SILVER_EVENTS)
     kind = "orders" if rules_config.basket == "order" else "sessions"
     with ctx.step(f"baskets: {kind} up to {ctx.run_date}") as step:
-        events = lake.read("silver.events")
+        events = lake.read(catalog.SILVER_EVENTS)
         basket_frame = events.transform(baskets(ctx.run_date, rules_config.basket, rules_config.session_event_types)).persist()
         step.rows = n_baskets = basket_frame.count()
     try:

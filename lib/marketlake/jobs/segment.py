@@ -11,6 +11,7 @@ import math
 
 from pyspark.sql import functions as F
 
+from marketlake import catalog
 from marketlake.config import Config, SegmentConfig
 from marketlake.errors import UsageError
 from marketlake.features import NUMERIC
@@ -29,9 +30,7 @@ from marketlake.segment import (
     profiles_frame,
 )
 
-FEATURES = "gold.user_features"
-SEGMENTS = "gold.user_segments"
-PROFILES = "gold.segment_profiles"
+FEATURES, SEGMENTS, PROFILES = catalog.USER_FEATURES.name, catalog.USER_SEGMENTS.name, catalog.SEGMENT_PROFILES.name
 MODEL_NAME = "segment_kmeans"
 ROWS_PER_PARTITION = 50_000
 MAX_PARALLEL_FITS = 8
@@ -64,9 +63,8 @@ def validate(args: argparse.Namespace, config: Config) -> None:
 
 def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     settings, lake, run_date = settings_for(args, ctx.config), ctx.lake, ctx.run_date
-    if not lake.exists(FEATURES):
-        raise UsageError(f"{FEATURES} does not exist in this lake; run features first")
-    features = lake.read(FEATURES).filter(F.col("as_of_date") == F.lit(run_date)).select("user_id", *NUMERIC)
+    lake.require(FEATURES)
+    features = lake.read_as_of(FEATURES, run_date).select("user_id", *NUMERIC)
     users = features.count()
     if users == 0:
         raise UsageError(f"{FEATURES} has no rows for {run_date}; run features for that date first")
@@ -120,15 +118,14 @@ def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> dict[
         silhouette = None if chosen is None or math.isnan(chosen.silhouette) else round(chosen.silhouette, 6)
         profiles = profiles_frame(ctx.spark, named, users, silhouette, settings.features, version, run_date)
         segments = assign(predictions, named, version, run_date)
-        this_date = {"as_of_date": [run_date]}
         with ctx.step(SEGMENTS) as step:
-            step.rows = lake.write(SEGMENTS, segments, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
+            step.rows = lake.overwrite_as_of(SEGMENTS, segments, run_date).rows
         with ctx.step(PROFILES) as step:
-            step.rows = lake.write(PROFILES, profiles, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
+            step.rows = lake.overwrite_as_of(PROFILES, profiles, run_date).rows
     finally:
         predictions.unpersist()
     if fitted.model is not None:
-        with ctx.step("ops.models"):
+        with ctx.step(catalog.MODELS.name):
             record_model(ctx, MODEL_NAME, version, path, params, model_metrics(fitted), settings.features)
     return {"users": users, "segments": len(named), "k": chosen.k if fitted.model is not None else 1}
 
