@@ -1,0 +1,91 @@
+"""How the report writes a value: each helper gives "-" for a missing value (None or NaN)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+Formatter = Callable[[Any], str]
+
+
+def missing(value) -> bool:
+    return value is None or pd.isna(value)
+
+
+def count(value) -> str:
+    """1,234"""
+    return "-" if missing(value) else f"{int(value):,}"
+
+
+def share(value) -> str:
+    """12.3%"""
+    return "-" if missing(value) else f"{value:.1%}"
+
+
+def number(value, digits: int = 4) -> str:
+    """1,234.5678"""
+    return "-" if missing(value) else f"{value:,.{digits}f}"
+
+
+def fixed(digits: int) -> Formatter:
+    """A `number` with this many digits."""
+
+    def format_(value) -> str:
+        return number(value, digits)
+
+    return format_
+
+
+def money(value) -> str:
+    """1,234.50"""
+    return number(value, 2)
+
+
+def signed(value, digits: int = 4) -> str:
+    """+0.0200"""
+    return "-" if missing(value) else f"{value:+.{digits}f}"
+
+
+def signed_share(value) -> str:
+    """+20.0%"""
+    return f"{value:+.1%}"
+
+
+def with_interval(value, low, high, format_: Formatter) -> str:
+    """"+0.0200 [+0.0080, +0.0320]"; "-" without a value."""
+    if missing(value):
+        return "-"
+    if missing(low) or missing(high):
+        return format_(value)
+    return f"{format_(value)} [{format_(low)}, {format_(high)}]"
+
+
+def p_value(value) -> str:
+    """A `number`, without printing a tiny p-value as 0.0000."""
+    if not missing(value) and value < 0.0001:
+        return "<0.0001"
+    return number(value)
+
+
+def probability(value) -> str:
+    """A `share`, without rounding a near-certainty to 100.0% (or a near-impossibility to 0.0%)."""
+    if not missing(value):
+        if value > 0.999:
+            return ">99.9%"
+        if value < 0.001:
+            return "<0.1%"
+    return share(value)
+
+
+def number_or_count(value) -> str:
+    """Conversions are counts for rate metrics and sums (revenue) for others."""
+    if missing(value):
+        return "-"
+    return count(value) if float(value).is_integer() else number(value, 2)
+
+
+def timestamp(value) -> str:
+    """2024-06-30 03:00"""
+    return "-" if missing(value) else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
