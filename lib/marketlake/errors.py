@@ -50,16 +50,17 @@ def storage_problem(exc: BaseException) -> str | None:
     Spark's errors arrive as Py4JJavaError whose text carries the Java exception chain; deltalake's
     carry the OS error; Python's are OSError with an errno."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc)
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
         for needle, words in STORAGE_PROBLEMS.items():
             if needle in text:
                 return words
         cannot_create = MKDIRS_FAILED.search(text)
         if cannot_create:
             return _why_no_folder(cannot_create.group(1))
-        exc = exc.__cause__ or exc.__context__
+        current = current.__cause__ or current.__context__
     return None
 
 

@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from pyspark.sql import Column, DataFrame
@@ -235,10 +236,10 @@ def moment_sums(users: DataFrame, by: Iterable[str]) -> DataFrame:
     return users.groupBy(*by).agg(*columns)
 
 
-def pooled_sums(by_variant: Iterable[dict]) -> dict[str, dict]:
+def pooled_sums(by_variant: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Rows of moment_sums per experiment and variant -> the same sums per experiment (all its users): the
     sums are exact decimals, so adding them up equals aggregating the users again."""
-    pooled: dict[str, dict] = {}
+    pooled: dict[str, dict[str, Any]] = {}
     for row in by_variant:
         sums = {name: value for name, value in row.items() if name not in ("experiment_id", "variant")}
         total = pooled.setdefault(row["experiment_id"], dict.fromkeys(sums, 0))
@@ -247,7 +248,7 @@ def pooled_sums(by_variant: Iterable[dict]) -> dict[str, dict]:
     return pooled
 
 
-def moments(sums: dict) -> dict:
+def moments(sums: dict[str, Any]) -> dict[str, Any]:
     """A row of moment_sums (as a dict) -> n, and per metric: sum, mean and sample variance of y, mean and
     sample variance of x, sample covariance of x and y; exact rational arithmetic, then floats (variances
     None for a single user)."""
@@ -256,7 +257,7 @@ def moments(sums: dict) -> dict:
     def sample(total: Fraction) -> float | None:
         return float(total / (n - 1)) if n > 1 else None
 
-    found: dict = {"n": n}
+    found: dict[str, Any] = {"n": n}
     for metric in MOMENTS:
         y, y2, x, x2, xy = (Fraction(sums[f"{metric}_{name}"]) for name in ("sum", "sum2", "x_sum", "x_sum2", "xy_sum"))
         found[f"{metric}_sum"] = float(y)
@@ -295,7 +296,7 @@ class Comparison:
     prob_beat_control: float | None = None
 
 
-def _finite(value) -> float | None:
+def _finite(value: float) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -355,6 +356,7 @@ def prob_beat_control(c_control: int, n_control: int, c_variant: int, n_variant:
     integrand however narrow the posteriors are)."""
     control = stats.beta(1 + c_control, 1 + n_control - c_control)
     variant = stats.beta(1 + c_variant, 1 + n_variant - c_variant)
+    value: float
     value, _ = integrate.quad(lambda u: variant.sf(control.ppf(u)), 0.0, 1.0, epsabs=1e-12, epsrel=1e-10, limit=200)
     return min(1.0, max(0.0, value))
 
@@ -432,6 +434,7 @@ def decide(
     if min(control.n, variant.n) < settings.min_users or p_adjusted is None:
         return KEEP_RUNNING
     if p_adjusted < settings.alpha:
+        assert comparison.lift is not None  # compare_proportions and compare_means always set it
         return SHIP if comparison.lift > 0 else DO_NOT_SHIP
     if needed is not None and control.n >= needed:
         return DO_NOT_SHIP
@@ -459,7 +462,7 @@ def _arm(variant: str, row: dict[str, float], metric: str) -> Arm:
 def experiment_rows(
     experiment_id: str, source: str, arms: dict[str, dict[str, float]], pooled: dict[str, float], plan: Plan,
     settings: ExperimentConfig,
-) -> tuple[list[dict], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Result rows (RESULT_COLUMNS but as_of_date) for one experiment from its moments per variant
     (`arms`, keyed by variant) and over all its users (`pooled`); and notes on what could not be computed."""
     notes: list[str] = []

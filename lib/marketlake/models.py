@@ -17,11 +17,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import types as T
 
 from marketlake import catalog
+
+if TYPE_CHECKING:
+    from pyspark.ml.util import MLWritable
+
+    from marketlake.lake import Lake
+    from marketlake.runner import JobContext
 
 MODELS_TABLE = catalog.MODELS.name
 
@@ -50,7 +56,7 @@ def model_version(run_date: dt.date, params: dict[str, Any]) -> str:
     return f"{run_date.isoformat()}-{digest}"
 
 
-def save_model(model, lake, name: str, version: str) -> str:
+def save_model(model: MLWritable, lake: Lake, name: str, version: str) -> str:
     """Save a Spark ML model (or PipelineModel) over `lake.model_path(name, version)`; returns the path."""
     path = lake.model_path(name, version)
     model.write().overwrite().save(path)
@@ -58,7 +64,7 @@ def save_model(model, lake, name: str, version: str) -> str:
 
 
 def record_model(
-    ctx,
+    ctx: JobContext,
     name: str,
     version: str,
     path: str,

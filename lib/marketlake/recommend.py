@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 from pyspark.ml.evaluation import RankingEvaluator
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from marketlake.config import RecommendConfig
@@ -135,7 +135,7 @@ def dense_index(values: DataFrame, column: str, index_column: str, buckets: int)
     per-bucket counts reach the driver."""
     distinct = values.select(column).where(F.col(column).isNotNull()).distinct()
     bucketed = distinct.withColumn("_bucket", F.pmod(F.xxhash64(F.col(column)), F.lit(buckets)).cast("int"))
-    counts = dict(bucketed.groupBy("_bucket").count().collect())  # one row per bucket
+    counts: dict[int, int] = dict(bucketed.groupBy("_bucket").count().collect())  # one row per bucket
     total = sum(counts.values())
     if total > MAX_INDEX:
         raise UsageError(f"{total} distinct {column} values: more than ALS's integer ids can number")
@@ -213,7 +213,7 @@ def als(params: AlsParams, seed: int, blocks: int) -> ALS:
 
 
 @contextmanager
-def checkpoints(spark, directory: str, files: Files | None = None) -> Iterator[None]:
+def checkpoints(spark: SparkSession, directory: str, files: Files | None = None) -> Iterator[None]:
     """Points the SparkContext's checkpoint directory at `directory` (a folder every executor sees on a
     cluster: `lake.checkpoint_dir(run_id)`) and removes that directory at the end through `files` (the
     lake's), and its parent when that is left empty.
@@ -242,7 +242,9 @@ def most_excluded(exclude: DataFrame | None, user: str = USER_INDEX) -> int:
     """The largest number of excluded items of any one user (a small aggregate)."""
     if exclude is None:
         return 0
-    return exclude.groupBy(user).count().agg(F.max("count")).first()[0] or 0
+    row = exclude.groupBy(user).count().agg(F.max("count")).first()
+    assert row is not None  # an aggregate over the whole frame has exactly one row
+    return int(row[0] or 0)
 
 
 def rank_within_user(n: int, user: str, order: list[Column]) -> Callable[[DataFrame], DataFrame]:
@@ -522,5 +524,5 @@ class Recommender:
         return top.join(self.users, USER_INDEX).join(self.items, ITEM_INDEX).select(USER, ITEM, SCORE, RANK)
 
 
-def load_recommender(spark, path: str) -> Recommender:
+def load_recommender(spark: SparkSession, path: str) -> Recommender:
     return Recommender(ALSModel.load(f"{path}/als"), spark.read.parquet(f"{path}/user_ids"), spark.read.parquet(f"{path}/item_ids"))

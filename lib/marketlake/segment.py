@@ -15,16 +15,18 @@ whole population by `name_segment` (rules in the README); each name comes with a
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.clustering import KMeans
+from pyspark.ml.clustering import KMeans, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -130,13 +132,13 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
     scaled = prep.transform(data).select("user_id", SCALED)
     seeds = list(range(settings.seed, settings.seed + settings.runs))
 
-    def kmeans(k: int, seed: int):
+    def kmeans(k: int, seed: int) -> tuple[float, int, KMeansModel]:
         model = KMeans(featuresCol=SCALED, predictionCol=CLUSTER, k=k, seed=seed, maxIter=settings.max_iter).fit(scaled)
         return model.summary.trainingCost, seed, model
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        runs = {k: [pool.submit(kmeans, k, seed) for seed in seeds] for k in ks}
-        runs = {k: [future.result() for future in futures] for k, futures in runs.items()}
+        submitted = {k: [pool.submit(kmeans, k, seed) for seed in seeds] for k in ks}
+        runs = {k: [future.result() for future in futures] for k, futures in submitted.items()}
         best = {k: min(found, key=lambda run: (run[0], run[1])) for k, found in runs.items()}
         silhouettes = {k: pool.submit(silhouette, model.transform(scaled)) for k, (_, _, model) in best.items()}
         trials = [Trial(k, best[k][1], best[k][0], silhouettes[k].result(), [run[0] for run in runs[k]]) for k in ks]
@@ -152,7 +154,7 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
 PROFILE_MEANS = [f"mean_{c}" for c in NUMERIC]
 
 
-def profile_aggregates() -> list:
+def profile_aggregates() -> list[Column]:
     """Per-segment size, buyer share and means in the features' own units (decimal sums: exact, so the
     means do not depend on the order rows arrive in)."""
     means = [
@@ -162,14 +164,14 @@ def profile_aggregates() -> list:
     return [F.count("*").alias("size"), F.round(buyers.cast("double"), 4).alias("buyer_share"), *means]
 
 
-def overall(profiles: list[dict]) -> dict[str, float]:
+def overall(profiles: list[dict[str, Any]]) -> dict[str, float]:
     """Population means from the per-segment means, weighted by size."""
     total = sum(p["size"] for p in profiles)
     keys = ["buyer_share", *PROFILE_MEANS]
     return {key: sum((p[key] or 0.0) * p["size"] for p in profiles) / total for key in keys}
 
 
-def name_segment(profile: dict, population: dict[str, float]) -> str:
+def name_segment(profile: dict[str, Any], population: dict[str, float]) -> str:
     """A segment's name from its means against the population's (the README lists the rules)."""
     recency, population_recency = profile["mean_recency_days"], population["mean_recency_days"]
     lapsed = recency > 1.5 * population_recency
@@ -185,7 +187,7 @@ def name_segment(profile: dict, population: dict[str, float]) -> str:
     return LOYAL if frequency >= population["mean_frequency"] else OCCASIONAL
 
 
-def name_segments(profiles: list[dict]) -> list[dict]:
+def name_segments(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Profiles (one dict per cluster, with `_cluster`) -> the same with segment_id (by mean monetary,
     highest first), segment_name (unique: a repeated name gets " 2", " 3" in segment order), strategy."""
     population = overall(profiles)
@@ -217,8 +219,8 @@ PROFILE_SCHEMA = T.StructType(
 )
 
 
-def profiles_frame(spark, named: list[dict], users: int, silhouette: float | None, features: list[str],
-                   version: str | None, run_date) -> DataFrame:
+def profiles_frame(spark: SparkSession, named: list[dict[str, Any]], users: int, silhouette: float | None,
+                   features: list[str], version: str | None, run_date: dt.date) -> DataFrame:
     """gold.segment_profiles rows of one run date from the named profiles."""
     rows = [
         (
@@ -230,7 +232,9 @@ def profiles_frame(spark, named: list[dict], users: int, silhouette: float | Non
     return spark.createDataFrame(rows, PROFILE_SCHEMA).withColumn("as_of_date", F.lit(run_date))
 
 
-def assign(predictions: DataFrame, named: list[dict], version: str | None, run_date) -> DataFrame:
+def assign(
+    predictions: DataFrame, named: list[dict[str, Any]], version: str | None, run_date: dt.date
+) -> DataFrame:
     """(user_id, _cluster) -> gold.user_segments rows: the cluster's segment id and name, the model version."""
     mapping = predictions.sparkSession.createDataFrame(
         [(p[CLUSTER], p["segment_id"], p["segment_name"]) for p in named],

@@ -31,9 +31,10 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -56,8 +57,11 @@ from marketlake.ingest.transform import (
     validate_items,
     validate_users,
 )
-from marketlake.lake import NO_TABLE
+from marketlake.lake import NO_TABLE, Lake
 from marketlake.mapping import KEYS, SourceMapping
+
+if TYPE_CHECKING:
+    from marketlake.runner import JobContext
 
 log = logging.getLogger("marketlake.ingest")
 
@@ -130,7 +134,7 @@ class Batch:
     request: IngestRequest
     files: list[SourceFile]
     counts: dict[str, int]
-    tally: list = field(default_factory=list)  # rows of (_source_file, _outcome, _reason, count)
+    tally: list[Row] = field(default_factory=list)  # rows of (_source_file, _outcome, _reason, count)
     records: DataFrame | None = None  # as read (bronze's own pass over the lines)
     validated: DataFrame | None = None  # cached
     classified: DataFrame | None = None
@@ -160,7 +164,7 @@ def quarantine_table(entity: str) -> str:
     return catalog.quarantine(entity).name
 
 
-def ingest(ctx, requests: list[IngestRequest], settings: IngestConfig) -> list[IngestResult]:
+def ingest(ctx: JobContext, requests: list[IngestRequest], settings: IngestConfig) -> list[IngestResult]:
     """Ingest each request (see the module's docstring); returns their counts. Every request is read,
     validated and counted before anything is written, so a bad mapping, a missing source or a source
     rejecting too much (RejectRateExceeded) leaves every table as it was."""
@@ -180,7 +184,9 @@ def ingest(ctx, requests: list[IngestRequest], settings: IngestConfig) -> list[I
     return [batch.result for batch in batches]
 
 
-def read_and_validate(ctx, request: IngestRequest, settings: IngestConfig, lineage: Lineage) -> Batch:
+def read_and_validate(
+    ctx: JobContext, request: IngestRequest, settings: IngestConfig, lineage: Lineage
+) -> Batch:
     """The request's new files as records, validated and classified (cached for the writes), and counted."""
     spark, lake, entity, mapping = ctx.spark, ctx.lake, request.entity, request.mapping
     with ctx.step(f"{entity}: list {request.source}") as step:
@@ -210,15 +216,16 @@ def read_and_validate(ctx, request: IngestRequest, settings: IngestConfig, linea
     return batch
 
 
-def decide(lake, batch: Batch, silver_version: int, lineage: Lineage) -> int:
+def decide(lake: Lake, batch: Batch, silver_version: int, lineage: Lineage) -> int:
     """Classify the batch's validated rows against silver at `silver_version` (accepted, duplicate,
     rejected) and count them; returns how many keys needed a decision beyond "accept"."""
-    entity = batch.request.entity
-    facts = batch.validated.transform(key_facts(entity, lake.read_at(silver_table(entity), silver_version)))
+    entity, validated = batch.request.entity, batch.validated
+    assert validated is not None  # read_and_validate sets it before any decision
+    facts = validated.transform(key_facts(entity, lake.read_at(silver_table(entity), silver_version)))
     facts = facts.persist(StorageLevel.MEMORY_AND_DISK)
     batch.cached.append(facts)
     keys_to_decide = facts.count()
-    batch.classified = batch.validated.transform(
+    batch.classified = validated.transform(
         classify(entity, facts, conflicts_with_existing=entity == "events", broadcast=keys_to_decide <= BROADCAST_KEYS)
     ).withColumns(lineage.columns())
     # One row per file, outcome and reason: the counts, and the records of each file.
@@ -257,7 +264,7 @@ def check_reject_rate(batch: Batch, settings: IngestConfig, results: list[Ingest
     )
 
 
-def write_batch(ctx, batch: Batch, lineage: Lineage) -> None:
+def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
     """The batch's rows into bronze (events), silver and quarantine, then its files into the manifest.
 
     Each table write is decided from the table's snapshot (what bronze and quarantine already hold, which
@@ -265,6 +272,8 @@ def write_batch(ctx, batch: Batch, lineage: Lineage) -> None:
     from the new snapshot (Lake.retry_on_conflict). So concurrent runs over the same files store each record
     once, and the run that loses a race counts what the other committed as duplicates."""
     lake, request, counts, entity = ctx.lake, batch.request, batch.counts, batch.request.entity
+    # A batch with records was read (records) and decided (classified) by read_and_validate.
+    assert batch.records is not None and batch.classified is not None
     if entity == "events":
         with ctx.step(f"events: {BRONZE}") as step:
             records = batch.records.withColumns(lineage.columns())
@@ -275,6 +284,7 @@ def write_batch(ctx, batch: Batch, lineage: Lineage) -> None:
         def attempt(version: int) -> int:
             if version != batch.silver_version:  # another run committed to silver since: decide again
                 decide(lake, batch, version, lineage)
+            assert batch.classified is not None  # decide sets it
             accepted = batch.classified.filter(F.col("_outcome") == ACCEPTED)
             return write_silver(lake, entity, accepted, version) if counts["accepted"] else 0
 
@@ -301,7 +311,10 @@ def write_batch(ctx, batch: Batch, lineage: Lineage) -> None:
         )
 
 
-def validated_records(spark, files: list[SourceFile], request: IngestRequest, settings: IngestConfig, run_date: dt.date) -> DataFrame:
+def validated_records(
+    spark: SparkSession, files: list[SourceFile], request: IngestRequest, settings: IngestConfig,
+    run_date: dt.date,
+) -> DataFrame:  # fmt: skip
     """The records of `files`, mapped to the entity's canonical columns, typed and validated."""
     records, source_columns = read_records(spark, files, request.mapping, request.format, settings.pii_columns)
     return records.transform(validate_records(source_columns, request, settings, run_date))
@@ -333,7 +346,7 @@ def validate_records(
     return transform
 
 
-def summarise(tally) -> dict[str, int]:
+def summarise(tally: list[Row]) -> dict[str, int]:
     """Counts by outcome, and rejections by reason (the most frequent REASONS_NAMED by name)."""
     by_outcome: dict[str, int] = {}
     reasons: dict[str, int] = {}
@@ -359,7 +372,7 @@ def summarise(tally) -> dict[str, int]:
 # ---- writes ----------------------------------------------------------------------------------------
 
 
-def write_bronze(lake, records: DataFrame, version: int) -> int:
+def write_bronze(lake: Lake, records: DataFrame, version: int) -> int:
     """Every record as received (blank lines aside), except those of file versions bronze holds at
     `version`; commits only while bronze is at that version."""
     rows = records.filter(~F.col("_blank")).select(
@@ -373,7 +386,7 @@ def write_bronze(lake, records: DataFrame, version: int) -> int:
     return lake.write(BRONZE, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version).rows
 
 
-def write_silver(lake, entity: str, accepted: DataFrame, version: int) -> int:
+def write_silver(lake: Lake, entity: str, accepted: DataFrame, version: int) -> int:
     """The accepted rows (decided against silver at `version`), committed only while silver is at it."""
     rows = accepted.select(*SILVER_COLUMNS[entity], F.col("_source_file").alias("source_file"), "batch_id", "ingested_at")
     table = silver_table(entity)
@@ -382,7 +395,7 @@ def write_silver(lake, entity: str, accepted: DataFrame, version: int) -> int:
     return lake.upsert(table, rows, keys=[KEYS[entity]], expected_version=version).rows
 
 
-def write_quarantine(lake, entity: str, rejected: DataFrame, version: int) -> int:
+def write_quarantine(lake: Lake, entity: str, rejected: DataFrame, version: int) -> int:
     """Rejected records with their reason, except those (file, raw, reason) quarantined at `version`;
     commits only while the table is at that version."""
     rows = rejected.select(
@@ -405,7 +418,7 @@ MANIFEST_SCHEMA = T.StructType([
 ])  # fmt: skip
 
 
-def ingested_files(lake, entity: str, mapping: str) -> set[tuple[str, int, int]]:
+def ingested_files(lake: Lake, entity: str, mapping: str) -> set[tuple[str, int, int]]:
     """(path, size, modified_ms) of the files earlier runs ingested for this entity and mapping."""
     if not lake.exists(MANIFEST):
         return set()
@@ -416,8 +429,10 @@ def ingested_files(lake, entity: str, mapping: str) -> set[tuple[str, int, int]]
     return {(file_uri(r.source_file), r.size, r.modified_ms) for r in rows}  # earlier runs spelled some file:///
 
 
-def record_files(spark, lake, per_file: dict[str, int], files: list[SourceFile], entity: str, mapping: str,
-                 batch_id: str, run_date: dt.date, ingested_at: dt.datetime) -> int:  # fmt: skip
+def record_files(
+    spark: SparkSession, lake: Lake, per_file: dict[str, int], files: list[SourceFile], entity: str,
+    mapping: str, batch_id: str, run_date: dt.date, ingested_at: dt.datetime,
+) -> int:  # fmt: skip
     rows = [
         (f.uri, f.size, f.modified_ms, entity, mapping, per_file.get(f.uri, 0), batch_id, run_date, ingested_at)
         for f in files

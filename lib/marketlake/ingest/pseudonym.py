@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
+from typing import cast
 
 import pandas as pd
 from pyspark.sql import Column
@@ -39,8 +40,10 @@ def load_key(variable: str, environ: dict[str, str] | None = None) -> bytes:
 def keyed_hash(key: bytes) -> Callable[[Column], Column]:
     """A function Column -> Column giving the pseudonym of each non-null text value."""
 
-    @F.pandas_udf("string")
+    # pyspark's typing gap: `functions` does not re-export pandas_udf, and its overloads lack the
+    # type-hint form (no functionType), so the decorator is untyped; it returns a Column -> Column UDF.
+    @F.pandas_udf("string")  # type: ignore[attr-defined, untyped-decorator]
     def hmac_sha256(values: pd.Series) -> pd.Series:
         return values.map(lambda value: None if value is None else pseudonym(key, value))
 
-    return hmac_sha256
+    return cast("Callable[[Column], Column]", hmac_sha256)

@@ -84,6 +84,7 @@ def list_source_files(spark: SparkSession, source: str) -> list[SourceFile]:
     """The files under `source` (a file, or a folder searched recursively), with Hadoop's view of their
     size and modification time, sorted by path. Hidden names (_x, .x) are skipped, as Spark does."""
     jvm = spark.sparkContext._jvm
+    assert jvm is not None  # set once a classic session's context has started
     hadoop_path = jvm.org.apache.hadoop.fs.Path(source)
     fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.exists(hadoop_path):
@@ -250,10 +251,10 @@ def _with_arrival(frame: DataFrame) -> DataFrame:
     )
 
 
-def _blank(line):
+def _blank(line: Column) -> Column:
     """An empty line of a JSON file: not a record."""
     return (F.trim(line) == "").alias("_blank")
 
 
-def _meta_columns() -> list:
+def _meta_columns() -> list[Column]:
     return [F.col("_source_file"), F.col("_source_size"), F.col("_arrival_block"), F.col("_arrival_row")]

@@ -18,9 +18,10 @@ import json
 import os
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -36,6 +37,8 @@ from marketlake.errors import ConcurrentWriteError, TableError
 from marketlake.lake.engine import (
     NO_TABLE,
     SESSION_SETTINGS,
+    Partitions,
+    PartitionValue,
     TableSummary,
     WriteOptions,
     WriteResult,
@@ -44,6 +47,10 @@ from marketlake.lake.engine import (
 from marketlake.lake.files import Files, store_uri
 from marketlake.lake.schema import align_to_table, as_nullable, check_partition_columns
 from marketlake.lake.stats import file_stats
+
+if TYPE_CHECKING:
+    from deltalake.schema import Field
+    from deltalake.table import FilterConjunctionType
 
 STAGING = "_staging"
 DRIVER_LISTING_LIMIT = 20_000
@@ -136,7 +143,10 @@ class DeltaRsEngine:
         with self._listing_in_driver(uri, len(files)):
             return self._scan(schema, partition_columns, uri, files, relative, actions)
 
-    def _scan(self, schema, partition_columns, uri, files, relative, actions) -> DataFrame:
+    def _scan(
+        self, schema: T.StructType, partition_columns: list[str], uri: str, files: list[str],
+        relative: list[str], actions: pa.Table,
+    ) -> DataFrame:
         if not partition_columns:
             return self.spark.read.schema(schema).parquet(*files)
         columns = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_columns}
@@ -147,7 +157,7 @@ class DeltaRsEngine:
         return self._read_by_partition(schema, partition_columns, files, values)
 
     @contextlib.contextmanager
-    def _listing_in_driver(self, uri: str, files: int):
+    def _listing_in_driver(self, uri: str, files: int) -> Iterator[None]:
         """The Delta log already lists the files; past 32 paths Spark would start a distributed job just
         to look them up again. On local and HDFS roots the driver does it faster (read when the
         DataFrame is created, so the setting is restored right after)."""
@@ -164,10 +174,13 @@ class DeltaRsEngine:
             else:
                 self.spark.conf.set(key, previous)
 
-    def _read_by_partition(self, schema, partition_columns, files, values) -> DataFrame:
+    def _read_by_partition(
+        self, schema: T.StructType, partition_columns: list[str], files: list[str],
+        values: list[dict[str, Any]],
+    ) -> DataFrame:
         """Tables whose file paths do not spell their partition values: one scan per partition."""
         data_schema = T.StructType([f for f in schema.fields if f.name not in partition_columns])
-        groups: dict[tuple, list[str]] = {}
+        groups: dict[tuple[Any, ...], list[str]] = {}
         for path, value in zip(files, values, strict=True):
             groups.setdefault(tuple(value[c] for c in partition_columns), []).append(path)
         types = {f.name: f.dataType for f in schema.fields}
@@ -206,7 +219,9 @@ class DeltaRsEngine:
             self._discard(uri, staged)
             raise
 
-    def _stage(self, table: str, uri: str, df: DataFrame, schema: T.StructType, partition_by) -> list[StagedFile]:
+    def _stage(
+        self, table: str, uri: str, df: DataFrame, schema: T.StructType, partition_by: list[str]
+    ) -> list[StagedFile]:
         write_id = uuid.uuid4().hex
         staging = _join(uri, f"{STAGING}/{write_id}")
         _check_session(self.spark)
@@ -262,8 +277,9 @@ class DeltaRsEngine:
         return snapshot
 
     def _commit(
-        self, table, uri, current, schema, partition_by, staged, mode, filters, new_columns,
-        overwrite_schema, operation, checked: bool,
+        self, table: str, uri: str, current: DeltaTable | None, schema: T.StructType, partition_by: list[str],
+        staged: list[StagedFile], mode: Literal["append", "overwrite"], filters: FilterConjunctionType | None,
+        new_columns: list[T.StructField], overwrite_schema: bool, operation: str, checked: bool,
     ) -> WriteResult:
         adds = [
             AddAction(s.relative_path, s.size, s.partition_values, s.modification_time, True, s.stats)
@@ -305,7 +321,8 @@ class DeltaRsEngine:
                 if mode == "overwrite":
                     removed = _count_replaced(current, filters)
                 current.create_write_transaction(
-                    adds, mode, delta_schema, partition_by=partition_by or None,
+                    list(adds),  # a new list, of deltalake's type list[AddAction | RemoveAction]
+                    mode, delta_schema, partition_by=partition_by or None,
                     partition_filters=filters, commit_properties=properties,
                 )
         except CommitFailedError as exc:
@@ -316,7 +333,10 @@ class DeltaRsEngine:
         version = self._open(table, uri).version()
         return WriteResult(version, len(adds), removed, sum(s.rows for s in staged))
 
-    def _create(self, table, uri, delta_schema, partition_by, adds, properties) -> None:
+    def _create(
+        self, table: str, uri: str, delta_schema: Schema, partition_by: list[str], adds: list[AddAction],
+        properties: CommitProperties,
+    ) -> None:
         """Create the table with these files; if another writer created it first, nothing is committed."""
         try:
             create_table_with_add_actions(
@@ -330,7 +350,10 @@ class DeltaRsEngine:
                 f"{table}: another writer created the table while this write ran; nothing was committed"
             ) from exc
 
-    def _create_or_join(self, table, uri, delta_schema, schema, partition_by, adds, properties):
+    def _create_or_join(
+        self, table: str, uri: str, delta_schema: Schema, schema: T.StructType, partition_by: list[str],
+        adds: list[AddAction], properties: CommitProperties,
+    ) -> DeltaTable | None:
         """Create the table with this append; if another writer created it meanwhile, return it so the
         append lands there (when the schemas agree). None means the table was created here."""
         try:
@@ -359,7 +382,8 @@ class DeltaRsEngine:
     # ---- upsert ----------------------------------------------------------------------------------
 
     def upsert(
-        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by, expected_version: int | None = None
+        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by: list[str] | None,
+        expected_version: int | None = None,
     ) -> WriteResult:
         """Rows of `df` replace the table's rows with the same keys; the rest are kept.
 
@@ -428,7 +452,7 @@ def _spark_schema(delta_table: DeltaTable) -> T.StructType:
     return T.StructType.fromJson(json.loads(delta_table.schema().to_json()))
 
 
-def _delta_field(field: T.StructField):
+def _delta_field(field: T.StructField) -> Field:
     from deltalake.schema import Field
 
     return Field.from_json(json.dumps(as_nullable(T.StructType([field])).jsonValue()["fields"][0]))
@@ -458,17 +482,33 @@ def _hive_values(relative_path: str, partition_by: list[str]) -> dict[str, str |
 
 
 def _as_hive(values: dict[str, Any]) -> dict[str, str | None]:
-    def spell(value):
-        if value is None:
-            return None
-        if isinstance(value, bool):
-            return str(value).lower()
-        return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-    return {c: spell(v) for c, v in values.items()}
+    return {c: _hive_value(v) for c, v in values.items()}
 
 
-def _plan_schema(table, current, df, mode, partition_by, partitions, merge_schema, overwrite_schema):
+@overload
+def _hive_value(value: None) -> None: ...
+
+
+@overload
+def _hive_value(value: PartitionValue) -> str: ...
+
+
+def _hive_value(value: Any) -> str | None:
+    """A partition value as a Hive-style path spells it (None: the null partition)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if hasattr(value, "isoformat"):
+        spelled: str = value.isoformat()
+        return spelled
+    return str(value)
+
+
+def _plan_schema(
+    table: str, current: DeltaTable | None, df: DataFrame, mode: Literal["append", "overwrite"],
+    partition_by: list[str] | None, partitions: Partitions, merge_schema: bool, overwrite_schema: bool,
+) -> tuple[T.StructType, list[str], DataFrame, list[T.StructField]]:
     """The schema to commit, the partition columns, the aligned DataFrame and any new columns."""
     if current is None or (mode == "overwrite" and overwrite_schema and partitions is None):
         schema = as_nullable(df.schema)
@@ -484,7 +524,9 @@ def _plan_schema(table, current, df, mode, partition_by, partitions, merge_schem
     return merged, table_partitions, aligned, new_columns
 
 
-def _partition_filters(table, partitions, partition_by, staged: list[StagedFile]):
+def _partition_filters(
+    table: str, partitions: Partitions, partition_by: list[str], staged: list[StagedFile]
+) -> FilterConjunctionType | None:
     """deltalake partition filters for an overwrite of selected partitions (None: the whole table)."""
     if partitions is None:
         return None
@@ -500,11 +542,11 @@ def _partition_filters(table, partitions, partition_by, staged: list[StagedFile]
         return [(column, "in", present)]
     if not partitions:
         raise TableError(f"{table}: name the partitions to overwrite")
-    filters = []
+    filters: FilterConjunctionType = []
     for column, values in partitions.items():
         if column not in partition_by:
             raise TableError(f"{table}: '{column}' is not a partition column (the table has {partition_by})")
-        wanted = sorted({_as_hive({column: v})[column] for v in values})
+        wanted = sorted({_hive_value(v) for v in values})
         filters.append((column, "in", wanted))
         outside = {s.partition_values[column] for s in staged} - set(wanted)
         if outside:
@@ -515,7 +557,7 @@ def _partition_filters(table, partitions, partition_by, staged: list[StagedFile]
     return filters
 
 
-def _count_replaced(delta_table: DeltaTable, filters) -> int:
+def _count_replaced(delta_table: DeltaTable, filters: FilterConjunctionType | None) -> int:
     if filters is None:
         return len(delta_table.file_uris())
     return len(delta_table.file_uris(filters))

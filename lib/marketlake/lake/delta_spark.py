@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
-from marketlake.lake.engine import NO_TABLE, TableSummary, WriteOptions, WriteResult, table_folders
+from marketlake.lake.engine import (
+    NO_TABLE,
+    PartitionValue,
+    TableSummary,
+    WriteOptions,
+    WriteResult,
+    table_folders,
+)
 from marketlake.lake.files import Files
 from marketlake.lake.schema import align_to_table, check_partition_columns
+
+if TYPE_CHECKING:
+    from delta.tables import DeltaTable
 
 
 def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
     """Whether the delta-spark classes load in this session's JVM and the session is set up for them."""
+    no_jars = "the delta-spark jars (io.delta:delta-spark_2.13) are not on the session's classpath"
     try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # noqa: SLF001
+        jvm = spark._jvm  # noqa: SLF001
+        if jvm is None:
+            return False, no_jars
+        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
     except Exception:  # py4j wraps ClassNotFoundException; Spark Connect has no _jvm
-        return False, "the delta-spark jars (io.delta:delta-spark_2.13) are not on the session's classpath"
+        return False, no_jars
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if "io.delta.sql.DeltaSparkSessionExtension" not in extensions:
         return False, "the session lacks spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension"
@@ -41,18 +55,18 @@ class DeltaSparkEngine:
     def exists(self, uri: str) -> bool:
         return bool(self.DeltaTable.isDeltaTable(self.spark, uri))
 
-    def _open(self, table: str, uri: str):
+    def _open(self, table: str, uri: str) -> DeltaTable:
         if not self.exists(uri):
             raise TableError(f"table {table} does not exist at {uri}")
         return self.DeltaTable.forPath(self.spark, uri)
 
     def version(self, table: str, uri: str) -> int:
-        return int(self._open(table, uri).history(1).select("version").first()[0])
+        return int(_first(self._open(table, uri).history(1).select("version"))[0])
 
     def schema(self, table: str, uri: str) -> tuple[T.StructType, list[str]] | None:
         if not self.exists(uri):
             return None
-        detail = self._open(table, uri).detail().select("partitionColumns").first()
+        detail = _first(self._open(table, uri).detail().select("partitionColumns"))
         return self.spark.read.format("delta").load(uri).schema, list(detail[0])
 
     def history(self, table: str, uri: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -133,7 +147,8 @@ class DeltaSparkEngine:
             raise ConcurrentWriteError(f"{table}: at version {current}, not the expected {expected_version}")
 
     def upsert(
-        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by, expected_version=None
+        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by: list[str] | None,
+        expected_version: int | None = None,
     ) -> WriteResult:
         if not self.exists(uri):
             return self.write(table, uri, df, WriteOptions(
@@ -157,8 +172,8 @@ class DeltaSparkEngine:
         return []  # delta-spark reports the count in its own log, not the paths
 
     def _result(self, table: str, uri: str) -> WriteResult:
-        last = self._open(table, uri).history(1).first()
-        metrics = dict(last["operationMetrics"] or {})
+        last = _first(self._open(table, uri).history(1))
+        metrics: dict[str, str] = dict(last["operationMetrics"] or {})
         return WriteResult(
             version=int(last["version"]),
             files_added=int(metrics.get("numFiles", metrics.get("numTargetFilesAdded", 0))),
@@ -180,8 +195,14 @@ def _session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
             spark.conf.set(key, previous)
 
 
-def _replace_where(partitions: dict[str, list]) -> str:
-    def literal(value) -> str:
+def _first(frame: DataFrame) -> Row:
+    row = frame.first()
+    assert row is not None  # the history or detail of a table that exists: never empty
+    return row
+
+
+def _replace_where(partitions: Mapping[str, Sequence[PartitionValue]]) -> str:
+    def literal(value: PartitionValue) -> str:
         return "'" + str(value).replace("'", "\\'") + "'"
 
     return " AND ".join(f"`{c}` IN ({', '.join(literal(v) for v in values)})" for c, values in partitions.items())

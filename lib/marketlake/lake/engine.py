@@ -7,7 +7,9 @@ without the other's package.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -20,7 +22,9 @@ from marketlake.lake.files import Files
 NO_TABLE = -1
 # `layer.name`, lower case: the table lives at `<lake root>/<layer>/<name>`.
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-Partitions = dict[str, list] | Literal["dynamic"] | None
+# A value of a partition column (string, date, integer or boolean; see schema.PARTITION_TYPES).
+PartitionValue = str | int | dt.date
+Partitions = Mapping[str, Sequence[PartitionValue]] | Literal["dynamic"] | None
 # Session settings the lake's files depend on, set when the session is built (marketlake.spark), never by
 # a write: Delta readers and statistics want INT64 microsecond timestamps, not Spark's default INT96.
 SESSION_SETTINGS = {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}
@@ -87,7 +91,7 @@ class Engine(Protocol):
 def table_folders(files: Files, root: str) -> list[tuple[str, str]]:
     """(layer.name, folder) for every `<root>/<layer>/<name>` folder whose names make a table name;
     whether it holds a Delta table is for the engine to say."""
-    found = []
+    found: list[tuple[str, str]] = []
     for layer in files.list(root, recursive=False):
         if not layer.is_dir:
             continue

@@ -105,13 +105,13 @@ class Files:
         return filesystem.get_file_info(path)
 
     def exists(self, uri: str) -> bool:
-        return self._info(uri).type != pafs.FileType.NotFound
+        return bool(self._info(uri).type != pafs.FileType.NotFound)
 
     def is_file(self, uri: str) -> bool:
-        return self._info(uri).type == pafs.FileType.File
+        return bool(self._info(uri).type == pafs.FileType.File)
 
     def is_dir(self, uri: str) -> bool:
-        return self._info(uri).type == pafs.FileType.Directory
+        return bool(self._info(uri).type == pafs.FileType.Directory)
 
     def make_dir(self, uri: str) -> None:
         filesystem, path = self.resolve(uri)
@@ -128,7 +128,7 @@ class Files:
             filesystem.delete_dir(path)
         elif kind == pafs.FileType.File:
             filesystem.delete_file(path)
-        return kind != pafs.FileType.NotFound
+        return bool(kind != pafs.FileType.NotFound)
 
     def delete_if_empty(self, uri: str) -> bool:
         """Delete the folder at `uri` when it holds nothing (never a store's root or a bucket); returns
@@ -180,7 +180,8 @@ class Files:
     def read_text(self, uri: str) -> str:
         filesystem, path = self.resolve(uri)
         with filesystem.open_input_stream(path) as stream:
-            return stream.read().decode("utf-8")
+            data: bytes = stream.read()
+            return data.decode("utf-8")
 
     @contextmanager
     def staged_replace(self, folder: str) -> Iterator[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -9,6 +11,14 @@ from pyspark.sql import types as T
 from marketlake.errors import TableError
 
 PARTITION_TYPES = (T.StringType, T.DateType, T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.BooleanType)
+
+
+@overload
+def as_nullable(data_type: T.StructType) -> T.StructType: ...
+
+
+@overload
+def as_nullable(data_type: T.DataType) -> T.DataType: ...
 
 
 def as_nullable(data_type: T.DataType) -> T.DataType:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -47,8 +48,8 @@ def file_stats(metadata: pq.FileMetaData, schema: T.StructType) -> str:
     )
 
 
-def _column_chunks(metadata: pq.FileMetaData) -> dict[str, list]:
-    chunks: dict[str, list] = {}
+def _column_chunks(metadata: pq.FileMetaData) -> dict[str, list[pq.ColumnChunkMetaData]]:
+    chunks: dict[str, list[pq.ColumnChunkMetaData]] = {}
     for group in range(metadata.num_row_groups):
         row_group = metadata.row_group(group)
         if row_group.num_rows == 0:
@@ -59,7 +60,9 @@ def _column_chunks(metadata: pq.FileMetaData) -> dict[str, list]:
     return chunks
 
 
-def _leaf_columns(schema: T.StructType, prefix: tuple[str, ...] = ()):
+def _leaf_columns(
+    schema: T.StructType, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], T.DataType]]:
     """Primitive columns reachable through structs only (arrays and maps carry no min/max in Delta)."""
     for field in schema.fields:
         path = (*prefix, field.name)
@@ -75,7 +78,7 @@ def _put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _min_max(columns: list, data_type: T.DataType) -> tuple[Any, Any]:
+def _min_max(columns: list[pq.ColumnChunkMetaData], data_type: T.DataType) -> tuple[Any, Any]:
     statistics = [column.statistics for column in columns]
     if not all(s is not None and s.has_min_max for s in statistics):
         return None, None
