@@ -1,6 +1,6 @@
 """Benchmark: the `ingest` job on the generator's JSON events against plain Spark, in one run.
 
-Generates a synthetic shop once (`marketlake.generate.generate_shop`: users = events / 100, 2,000 items,
+Generates a synthetic shop once (`marketlake.demo.generate_shop`: users = events / 100, 2,000 items,
 seed 7, ending on 2024-06-30), then times, on the same files and in the same Spark session:
 - baseline: `spark.read.json(events_dir).write.parquet(dir)`, plain Spark with its schema inference, as a
   user would write it;
@@ -96,7 +96,7 @@ def files_under(folder: str) -> tuple[int, int]:
 
 def shop(spark, events: int, work: str) -> tuple[str, int]:
     """The shop's events folder and its number of lines; generates it unless `work` holds it already."""
-    from marketlake.generate import ShopSpec, generate_shop
+    from marketlake.demo import ShopSpec, generate_shop
 
     spec = ShopSpec(users=max(10, events // 100), items=ITEMS, events=events, seed=SEED, end_date=END_DATE)
     out = os.path.join(work, "shop")

@@ -69,7 +69,7 @@ def demo_shop(spark, tmp_path_factory):
     (`shutil.copytree(root, tmp_path / "lake")`), or builds its own in a module fixture."""
     import datetime as dt
 
-    from marketlake.generate import ShopSpec, generate_shop
+    from marketlake.demo import ShopSpec, generate_shop
     from marketlake.runner import main
 
     shop = tmp_path_factory.mktemp("demo-shop")

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 from chispa import assert_df_equality
 
-from marketlake.generate import ShopSpec, generate_shop
+from marketlake.demo import ShopSpec, generate_shop
 from marketlake.lake import Lake
 from marketlake.runner import main
 

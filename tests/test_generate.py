@@ -6,8 +6,11 @@ back with plain Python, independently of the generator's own bookkeeping.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
+import importlib.util
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from marketlake.demo import DIRTY_KINDS, ShopSpec, generate_shop
 from marketlake.errors import UsageError
-from marketlake.generate import DIRTY_KINDS, ShopSpec, generate_shop
 
 SPEC = ShopSpec(users=200, items=50, events=20_000, seed=11)
 EVENT_TYPES = {"view", "click", "add_to_cart", "purchase", "exposure"}
@@ -302,7 +305,7 @@ def test_spec_validation_and_demo_scale():
 
 
 def test_part_files_moved_into_date_folders(tmp_path):
-    from marketlake.generate import move_parts, part_name
+    from marketlake.demo import move_parts, part_name
     from marketlake.lake.files import Files
 
     assert part_name("part-00003-1b2c-4d.c000.txt") == "part-00003.json"
@@ -318,3 +321,62 @@ def test_part_files_moved_into_date_folders(tmp_path):
     assert (tmp_path / "events" / "date=2024-06-01" / "part-00001.json").read_text() == "x\n"
     assert sorted(p.name for p in day.iterdir()) == ["_SUCCESS"]
 
+
+
+# ---- the demo stays out of production code ------------------------------------------------------------
+
+DEMO = "marketlake.demo"
+DEMO_ENTRY_POINT = "marketlake.jobs.generate"  # the generate job: the only module of marketlake that imports it
+
+
+def production_modules() -> list[str]:
+    """Every module under lib/marketlake but the demo package and its entry point (from the files: walking
+    the packages would import them)."""
+    import marketlake
+
+    lib = Path(marketlake.__file__).resolve().parent.parent
+    names = []
+    for path in sorted((lib / "marketlake").rglob("*.py")):
+        parts = path.relative_to(lib).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name != DEMO_ENTRY_POINT and name != DEMO and not name.startswith(f"{DEMO}."):
+            names.append(name)
+    return names
+
+
+def test_production_code_does_not_import_the_demo():
+    import subprocess
+    import sys
+
+    import marketlake
+
+    modules = production_modules()
+    assert {"marketlake.runner", "marketlake.jobs.pipeline", "marketlake.ingest", "marketlake.lake.files"} <= set(
+        modules
+    )
+    script = (
+        "import importlib, json, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        f"loaded = sorted(m for m in sys.modules if m == {DEMO!r} or m.startswith({DEMO + '.'!r}))\n"
+        f"importlib.import_module({DEMO_ENTRY_POINT!r})\n"
+        f"print(json.dumps({{'loaded': loaded, 'by_entry_point': {DEMO!r} in sys.modules}}))\n"
+    )
+    lib = str(Path(marketlake.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([lib, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script, *modules], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == [], f"production modules import the demo: {result['loaded']}"
+    assert result["by_entry_point"]  # the check can see an import of it
+
+    # nor inside a function, where importing the module would not show it
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        tree = ast.parse(Path(spec.origin).read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:  # from marketlake import demo, too
+                imported += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        assert not [m for m in imported if m == DEMO or m.startswith(f"{DEMO}.")], name

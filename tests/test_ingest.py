@@ -23,7 +23,7 @@ from chispa import assert_df_equality
 from conftest import SHARED_DATA
 from pyspark.sql import functions as F
 
-from marketlake.generate import ShopSpec, generate_shop
+from marketlake.demo import ShopSpec, generate_shop
 from marketlake.lake import Lake
 from marketlake.runner import main
 

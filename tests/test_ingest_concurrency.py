@@ -53,7 +53,7 @@ def silver(root: str, table: str = "events") -> pl.DataFrame:
 def overlapping_sources(spark, tmp_path_factory):
     """Three folders over one small shop's event files, each pair sharing a third of them (copies: other
     paths, same lines, so the same events arrive through different files)."""
-    from marketlake.generate import ShopSpec, generate_shop
+    from marketlake.demo import ShopSpec, generate_shop
 
     shop = tmp_path_factory.mktemp("shop")
     spec = ShopSpec(users=60, items=30, events=6000, seed=3, days=6, end_date=dt.date.fromisoformat(RUN_DATE))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from marketlake.config import Config, shop_root
-from marketlake.generate import ShopSpec, generate_shop
+from marketlake.demo import ShopSpec, generate_shop
 from marketlake.runner import Job, JobContext
 
 

@@ -1,0 +1,321 @@
+"""Executor side: one user's sessions and events. `Context` is everything a generator task needs
+(broadcast once); the user ranges of the tasks (`chunk_bounds`) follow from the spec alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from marketlake.demo.shop_catalog import Bundles, Catalog, Population
+from marketlake.demo.spec import (
+    CAMPAIGNS,
+    CART,
+    CHANNELS,
+    CLICK,
+    DAY_MS,
+    EXPERIMENT_DAYS,
+    EXPOSED_SHARE,
+    EXPOSURE,
+    PURCHASE,
+    REPEAT_EXPOSURE_P,
+    TREATMENT_SHARE,
+    TRUE_RELATIVE_LIFT,
+    VIEW,
+    ZONES,
+    Persona,
+    ShopSpec,
+)
+
+EVENTS_PER_TASK = 250_000
+# Session starts by hour of the day (UTC); nothing starts at 23h so that sessions rarely cross midnight.
+HOUR_WEIGHTS = np.array([1, .5, .3, .2, .2, .3, .6, 1.2, 2, 2.5, 2.8, 3, 3.2, 3, 2.8, 2.8, 3, 3.5, 4.5, 5,
+                         4.5, 3.5, 2, 0])  # fmt: skip
+HOUR_P = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
+VIEW_GAP_MS = 40_000
+MAX_VIEW_GAP_MS = 300_000
+DISCOUNTS = np.array([0.05, 0.10, 0.15, 0.20])
+DISCOUNT_P = 0.2
+TASTE_STRENGTH = 0.85
+
+
+def chunk_bounds(budget: np.ndarray, events: int) -> np.ndarray:
+    """Split users into contiguous ranges of about EVENTS_PER_TASK events (at least 2 ranges); the
+    result, [0, ..., users], depends only on the spec."""
+    n_chunks = min(len(budget), max(2, math.ceil(events / EVENTS_PER_TASK)))
+    cumulative = np.cumsum(budget)
+    cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, n_chunks) / n_chunks, side="right")
+    return np.concatenate([[0], cuts, [len(budget)]]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a generator task needs, broadcast once."""
+
+    seed: int
+    days: int
+    start_ms: int  # midnight UTC starting the first day
+    end_ms: int  # midnight UTC after the last day
+    dirty_rate: float
+    experiment_start_day: int
+    user_ids: np.ndarray
+    persona: np.ndarray
+    group: np.ndarray
+    group_categories: np.ndarray
+    budget: np.ndarray
+    signup_day: np.ndarray
+    zone: np.ndarray
+    item_ids: np.ndarray
+    price: np.ndarray
+    pick_keys: np.ndarray  # category + cumulative popularity within category, ascending
+    pick_items: np.ndarray  # the item at each key
+    n_categories: int
+    bundle_of_item: np.ndarray  # bundle index where the item is an anchor, else -1
+    bundle_members: np.ndarray
+    bundle_rate: np.ndarray
+    bounds: np.ndarray
+
+
+def build_context(spec: ShopSpec, catalog: Catalog, bundles: Bundles, population: Population) -> Context:
+    keys, items = [], []
+    for c in range(len(catalog.categories)):
+        members = np.flatnonzero((catalog.category == c) & (catalog.popularity > 0))
+        members = members[np.argsort(-catalog.popularity[members], kind="stable")]
+        cumulative = np.cumsum(catalog.popularity[members]) / catalog.popularity[members].sum()
+        cumulative[-1] = 1.0
+        keys.append(c + cumulative)
+        items.append(members)
+    bundle_of_item = np.full(len(catalog.item_ids), -1)
+    bundle_of_item[bundles.members[:, 0]] = np.arange(len(bundles.members))
+    start_ms = _epoch_ms(spec.start_date)
+    return Context(
+        seed=spec.seed,
+        days=spec.days,
+        start_ms=start_ms,
+        end_ms=start_ms + spec.days * DAY_MS,
+        dirty_rate=spec.dirty_rate,
+        experiment_start_day=max(0, spec.days - EXPERIMENT_DAYS),
+        user_ids=population.user_ids,
+        persona=population.persona.astype(np.int8),
+        group=population.group.astype(np.int16),
+        group_categories=population.group_categories,
+        budget=population.budget.astype(np.int64),
+        signup_day=population.signup_day.astype(np.int32),
+        zone=population.zone.astype(np.int8),
+        item_ids=catalog.item_ids,
+        price=catalog.price,
+        pick_keys=np.concatenate(keys),
+        pick_items=np.concatenate(items),
+        n_categories=len(catalog.categories),
+        bundle_of_item=bundle_of_item,
+        bundle_members=bundles.members,
+        bundle_rate=bundles.rate,
+        bounds=chunk_bounds(population.budget, spec.events),
+    )
+
+
+def _epoch_ms(day: dt.date) -> int:
+    return int((day - dt.date(1970, 1, 1)).days) * DAY_MS
+
+
+def pick_items(ctx: Context, rng: np.random.Generator, group: int, n: int) -> np.ndarray:
+    """n items: a category of the taste group (else any), then an item by popularity within it."""
+    preferred = rng.random(n) < TASTE_STRENGTH
+    category = np.where(
+        preferred,
+        ctx.group_categories[group][rng.integers(0, 2, n)],
+        rng.integers(0, ctx.n_categories, n),
+    )
+    position = np.searchsorted(ctx.pick_keys, category + rng.random(n), side="right")
+    return ctx.pick_items[position]
+
+
+@dataclass
+class Sessions:
+    start: np.ndarray  # ms
+    day: np.ndarray
+    channel: np.ndarray
+    campaign: np.ndarray  # index into CAMPAIGNS, -1 none
+    p_convert: np.ndarray
+    exposure: np.ndarray  # bool: an exposure event opens the session
+    first_exposure: int  # session index, -1: the user is not exposed
+    treatment: bool
+
+
+def draw_sessions(ctx: Context, rng: np.random.Generator, u: int, persona: Persona, n: int) -> Sessions:
+    """More candidate sessions than the budget needs; session 0 carries the persona's recency."""
+    count = max(2, math.ceil(1.5 * n / persona.events_per_session) + 1)
+    lo = max(0, int(persona.active_from * ctx.days), int(ctx.signup_day[u]))
+    hi = max(lo, math.ceil(persona.active_to * ctx.days) - 1)
+    day = rng.integers(lo, hi + 1, count)
+    if persona.recent_days:
+        day[0] = rng.integers(max(lo, ctx.days - persona.recent_days), hi + 1)
+    start = ctx.start_ms + day * DAY_MS + rng.choice(24, count, p=HOUR_P) * 3_600_000
+    start = start + rng.integers(0, 3_600_000, count)
+    channel = rng.choice(len(CHANNELS), count, p=persona.channel_p)
+    campaign = np.where(channel >= 2, rng.integers(0, len(CAMPAIGNS), count), -1)
+    in_window = day >= ctx.experiment_start_day
+    exposed = bool(rng.random() < EXPOSED_SHARE) and bool(in_window.any())
+    treatment = bool(rng.random() < TREATMENT_SHARE)
+    repeat = rng.random(count) < REPEAT_EXPOSURE_P
+    p_convert = np.full(count, persona.p_convert)
+    exposure = np.zeros(count, dtype=bool)
+    first = -1
+    if exposed:
+        first = int(np.flatnonzero(in_window)[np.argmin(start[in_window])])
+        exposure = in_window & repeat & (start > start[first])
+        exposure[first] = True
+        p_convert[first] = persona.p_convert * (1 + TRUE_RELATIVE_LIFT * treatment)
+    return Sessions(start, day, channel, campaign, p_convert, exposure, first, treatment)
+
+
+def forced_orders(sessions: Sessions, persona: Persona) -> np.ndarray:
+    """The first `min_orders` sessions other than the first exposure (the experiment decides that one)."""
+    candidates = np.flatnonzero(np.arange(len(sessions.start)) != sessions.first_exposure)
+    return candidates[: persona.min_orders]
+
+
+def _segment_ids(lengths: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(lengths)), lengths)
+
+
+def _within_segment_rank(segment: np.ndarray) -> np.ndarray:
+    """0, 1, 2... within runs of equal, ascending segment ids."""
+    if len(segment) == 0:
+        return segment
+    starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+    return np.arange(len(segment)) - np.repeat(starts, np.diff(np.r_[starts, len(segment)]))
+
+
+@dataclass
+class Events:
+    """A user's events, one array per column, unsorted."""
+
+    t: np.ndarray
+    session: np.ndarray
+    item: np.ndarray
+    kind: np.ndarray  # index into EVENT_TYPES
+    quantity: np.ndarray  # 0: none
+    price: np.ndarray  # nan: none
+
+    @staticmethod
+    def concat(parts: list[Events]) -> Events:
+        fields = dataclasses.fields(Events)
+        return Events(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields))
+
+    def take(self, index: np.ndarray) -> Events:
+        return Events(*(getattr(self, f.name)[index] for f in dataclasses.fields(Events)))
+
+
+def browse_and_buy(
+    ctx: Context, rng: np.random.Generator, u: int, persona: Persona, sessions: Sessions
+) -> Events:
+    """Views, clicks, carts and orders for every candidate session (bundles included)."""
+    count = len(sessions.start)
+    views = 1 + rng.poisson(max(0.0, persona.views - 1), count)
+    session = _segment_ids(views)
+    item = pick_items(ctx, rng, int(ctx.group[u]), len(session))
+    gap = np.minimum(rng.exponential(VIEW_GAP_MS, len(session)), MAX_VIEW_GAP_MS).astype(np.int64) + 1000
+    first_view = np.cumsum(views) - views
+    elapsed = np.cumsum(gap)
+    view_t = sessions.start[session] + elapsed - (elapsed - gap)[first_view][session]
+    click = rng.random(len(session)) < persona.p_click
+    cart = click & (rng.random(len(session)) < persona.p_cart)
+    click_t = view_t + 500 + rng.exponential(4_000, len(session)).astype(np.int64)
+    cart_t = click_t + 1_000 + rng.exponential(8_000, len(session)).astype(np.int64)
+    cart_quantity = 1 + rng.poisson(persona.extra_quantity, len(session))
+    convert = rng.random(count) < sessions.p_convert
+    convert[forced_orders(sessions, persona)] = True
+    has_cart = np.bincount(session, weights=cart, minlength=count) > 0
+    forced = first_view[convert & ~has_cart]
+    click[forced] = cart[forced] = True
+    last_t = np.maximum.reduceat(np.where(cart, cart_t, np.where(click, click_t, view_t)), first_view)
+    checkout_t = last_t + 30_000 + rng.exponential(60_000, count).astype(np.int64)
+
+    line = np.flatnonzero(cart & convert[session])
+    _, first_pos = np.unique(session[line] * len(ctx.item_ids) + item[line], return_index=True)
+    line = line[np.sort(first_pos)]
+    order_keys = session[line] * len(ctx.item_ids) + item[line]
+    bundle = ctx.bundle_of_item[item[line]]
+    rate = np.r_[ctx.bundle_rate, 0.0][bundle]  # -1: no bundle, rate 0
+    with_bundle = (bundle >= 0) & (rng.random(len(line)) < rate)
+    extra_session = np.repeat(session[line][with_bundle], 2)
+    extra_item = ctx.bundle_members[bundle[with_bundle], 1:].ravel()
+    fresh = (extra_item >= 0) & ~np.isin(extra_session * len(ctx.item_ids) + extra_item, order_keys)
+    extra_session, extra_item = extra_session[fresh], extra_item[fresh]
+    extra_quantity = 1 + rng.poisson(persona.extra_quantity, len(extra_item))
+    extra_t = checkout_t[extra_session] - 20_000 + 1_000 * _within_segment_rank(extra_session)
+
+    buy_session = np.concatenate([session[line], extra_session])
+    order = np.argsort(buy_session, kind="stable")
+    buy_session = buy_session[order]
+    buy_item = np.concatenate([item[line], extra_item])[order]
+    buy_quantity = np.concatenate([cart_quantity[line], extra_quantity])[order]
+    discounted = rng.random(len(buy_item)) < DISCOUNT_P
+    discount = np.where(discounted, DISCOUNTS[rng.integers(0, len(DISCOUNTS), len(buy_item))], 0.0)
+    buy_price = np.round(ctx.price[buy_item] * (1 - discount), 2)
+    buy_t = checkout_t[buy_session] + 50 * _within_segment_rank(buy_session)
+
+    opening = np.flatnonzero(sessions.exposure)
+    return Events.concat([
+        Events(sessions.start[opening], opening, item[first_view[opening]], np.full(len(opening), EXPOSURE),
+               np.zeros(len(opening), dtype=np.int64), np.full(len(opening), np.nan)),
+        Events(view_t, session, item, np.full(len(session), VIEW), np.zeros_like(session), ctx.price[item]),
+        Events(click_t[click], session[click], item[click], np.full(int(click.sum()), CLICK),
+               np.zeros(int(click.sum()), dtype=np.int64), ctx.price[item[click]]),
+        Events(cart_t[cart], session[cart], item[cart], np.full(int(cart.sum()), CART), cart_quantity[cart],
+               ctx.price[item[cart]]),
+        Events(extra_t, extra_session, extra_item, np.full(len(extra_item), CART), extra_quantity,
+               ctx.price[extra_item]),
+        Events(buy_t, buy_session, buy_item, np.full(len(buy_item), PURCHASE), buy_quantity, buy_price),
+    ])  # fmt: skip
+
+
+def fit_budget(
+    ctx: Context,
+    rng: np.random.Generator,
+    u: int,
+    persona: Persona,
+    sessions: Sessions,
+    events: Events,
+    n: int,
+) -> tuple[Events, int]:
+    """Keep session 0 (recency) and the first-exposure session, then whole sessions, forced orders first,
+    while they fit `n` events, and top up with a views-only session. Returns the events and the number of
+    sessions kept (the filler has index len(sessions.start))."""
+    count = len(sessions.start)
+    per_session = np.bincount(events.session, minlength=count)
+    mandatory = np.zeros(count, dtype=bool)
+    mandatory[0] = True
+    if sessions.first_exposure >= 0:
+        mandatory[sessions.first_exposure] = True
+    room = n - per_session[mandatory].sum()
+    forced = forced_orders(sessions, persona)
+    rest = np.flatnonzero(~mandatory & ~np.isin(np.arange(count), forced))
+    optional = np.concatenate([forced[~mandatory[forced]], rest])
+    fits = np.cumsum(per_session[optional]) <= room
+    keep = mandatory.copy()
+    keep[optional[fits]] = True
+    kept = events.take(np.flatnonzero(keep[events.session]))
+    filler = max(0, n - len(kept.t))
+    lo = max(0, int(persona.active_from * ctx.days), int(ctx.signup_day[u]))
+    hi = max(lo, math.ceil(persona.active_to * ctx.days) - 1)
+    start = ctx.start_ms + int(rng.integers(lo, hi + 1)) * DAY_MS + int(rng.integers(6, 22)) * 3_600_000
+    item = pick_items(ctx, rng, int(ctx.group[u]), filler)
+    t = start + np.cumsum(rng.integers(5_000, 90_000, filler))
+    filler_events = Events(t, np.full(filler, count), item, np.full(filler, VIEW), np.zeros(filler, np.int64),
+                           ctx.price[item])  # fmt: skip
+    return Events.concat([kept, filler_events]), int(keep.sum()) + (filler > 0)
+
+
+def format_ts(t: np.ndarray, zone: int) -> np.ndarray:
+    suffix, minutes = ZONES[zone]
+    local = (t + minutes * 60_000).astype("datetime64[ms]")
+    return np.strings.add(np.datetime_as_string(local, unit="ms"), suffix)
+
+
+def utc_date(t: np.ndarray) -> np.ndarray:
+    return (t // DAY_MS).astype("datetime64[D]").astype(str)

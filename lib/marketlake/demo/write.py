@@ -1,0 +1,221 @@
+"""Driver side: run the generator tasks, render their rows as lines with Spark, move the part files into
+the shop's layout and write users.csv, items.csv and the truth files (`generate_shop`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import io
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from marketlake.demo.behaviour import build_context
+from marketlake.demo.rows import ROW_DDL, generate_partition
+from marketlake.demo.shop_catalog import (
+    Bundles,
+    Catalog,
+    Population,
+    build_bundles,
+    build_catalog,
+    build_population,
+)
+from marketlake.demo.spec import (
+    DIRTY_KINDS,
+    DRIVER_STREAM,
+    EVENT_FIELDS,
+    EXPERIMENT_DAYS,
+    EXPERIMENT_ID,
+    EXPOSED_SHARE,
+    PERSONAS,
+    TREATMENT_SHARE,
+    TRUE_RELATIVE_LIFT,
+    ShopSpec,
+)
+
+if TYPE_CHECKING:  # imported where used: the Python workers that run the generator need none of the lake
+    from marketlake.lake.files import Files
+
+
+def render(rows: DataFrame) -> DataFrame:
+    """target, date, value: the JSON line of each event (cut or replaced when malformed), the truth record
+    of each dirty line, the counts of each task."""
+    line = F.to_json(F.struct(*[F.col(c) for c in EVENT_FIELDS]))
+    cut = F.expr("substring(_line, 1, greatest(1, cast(length(_line) * cut as int)))")
+    malformed = F.coalesce(F.col("override"), cut)
+    raw: Column = F.when(F.col("dirty_kind") == "malformed_json", malformed).otherwise(F.col("_line"))
+    truth = F.to_json(
+        F.struct(F.col("dirty_kind").alias("kind"), "reason", "event_id", "user_id", "file", raw.alias("raw"))
+    )
+    target = F.col("target")
+    value = F.when(target == "events", raw).when(target == "dirty", truth).otherwise(F.col("override"))
+    return (
+        rows.withColumn("_line", line)
+        .sortWithinPartitions("target", "date", "arrival", "user_idx", "seq")
+        .select("target", "date", value.alias("value"))
+    )
+
+
+def move_parts(files: Files, out_dir: str, source: str, target: str) -> list[str]:
+    """Move Spark's part files from out_dir/source/date=X/ to out_dir/target/date=X/part-NNNNN.json; returns
+    the new paths, relative to out_dir."""
+    moved = []
+    for day in files.list(f"{out_dir}/{source}", recursive=False):
+        if not (day.is_dir and day.relative.startswith("date=")):
+            continue
+        for part in files.list(day.uri, recursive=False):
+            new_name = part_name(part.relative)
+            if new_name is None:
+                continue
+            destination = f"{target}/{day.relative}/{new_name}"
+            files.move(part.uri, f"{out_dir}/{destination}")
+            moved.append(destination)
+    return moved
+
+
+def part_name(spark_name: str) -> str | None:
+    """part-00003-<job uuid>.c000.txt -> part-00003.json (a second file of a task: part-00003-001.json)."""
+    match = re.fullmatch(r"part-(\d+)-.*?(?:\.c(\d+))?\.txt", spark_name)
+    if match is None:
+        return None
+    suffix = "" if not match.group(2) or int(match.group(2)) == 0 else f"-{match.group(2)}"
+    return f"part-{match.group(1)}{suffix}.json"
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue()
+
+
+def dimension_files(
+    spec: ShopSpec, catalog: Catalog, bundles: Bundles, population: Population
+) -> dict[str, str]:
+    """users.csv, items.csv and the truth tables, as file texts by path."""
+    signup = np.datetime64(spec.start_date) + population.signup_day.astype("timedelta64[D]")
+    users = pd.DataFrame({
+        "user_id": population.user_ids, "signup_date": signup.astype(str), "age": population.age,
+        "gender": population.gender, "region": population.region, "email": population.email,
+    })  # fmt: skip
+    items = pd.DataFrame({
+        "item_id": catalog.item_ids, "category": np.array(catalog.categories)[catalog.category],
+        "brand": catalog.brand, "price": catalog.price, "title": catalog.title, "active": catalog.active,
+    })  # fmt: skip
+    personas = pd.DataFrame({
+        "user_id": population.user_ids, "persona": np.array([p.name for p in PERSONAS])[population.persona],
+    })  # fmt: skip
+    group_names = np.array(
+        ["|".join(catalog.categories[c] for c in cats) for cats in population.group_categories]
+    )
+    taste = pd.DataFrame({
+        "user_id": population.user_ids, "taste_group": population.group,
+        "categories": group_names[population.group],
+    })  # fmt: skip
+    bundle_rows = [
+        {
+            "bundle_id": f"b{b:02d}",
+            "anchor_item_id": catalog.item_ids[members[0]],
+            "item_ids": "|".join(catalog.item_ids[m] for m in members if m >= 0),
+            "size": int((members >= 0).sum()),
+            "rate": float(bundles.rate[b]),
+        }
+        for b, members in enumerate(bundles.members)
+    ]
+    columns = ["bundle_id", "anchor_item_id", "item_ids", "size", "rate"]
+    return {
+        "users.csv": _csv(users),
+        "items.csv": _csv(items),
+        "truth/personas.csv": _csv(personas),
+        "truth/taste_groups.csv": _csv(taste),
+        "truth/bundles.csv": _csv(pd.DataFrame(bundle_rows, columns=columns)),
+    }
+
+
+def experiment_truth(spec: ShopSpec, totals: dict[str, float]) -> dict[str, Any]:
+    realised = {}
+    for variant in ("control", "treatment"):
+        users = int(totals.get(f"{variant}_users", 0))
+        conversions = int(totals.get(f"{variant}_conversions", 0))
+        realised[variant] = {"users": users, "conversions": conversions,
+                             "rate": round(conversions / users, 6) if users else None}  # fmt: skip
+    # each exposed user's conversion probability without treatment, summed per variant by the tasks
+    expected = totals.get("control_expected", 0) + totals.get("treatment_expected", 0)
+    exposed = totals.get("control_users", 0) + totals.get("treatment_users", 0)
+    base = expected / exposed if exposed else 0.0
+    start = spec.end_date - dt.timedelta(days=min(EXPERIMENT_DAYS, spec.days) - 1)
+    return {
+        "experiment_id": EXPERIMENT_ID,
+        "variants": ["control", "treatment"],
+        "planned_split": {"control": 1 - TREATMENT_SHARE, "treatment": TREATMENT_SHARE},
+        "start_date": start.isoformat(),
+        "end_date": spec.end_date.isoformat(),
+        "exposed_share": EXPOSED_SHARE,
+        "metric": "session conversion: the session (session_id) of a user's first exposure holds a purchase",
+        "base_conversion_rate": round(base, 6),
+        "treatment_conversion_rate": round(base * (1 + TRUE_RELATIVE_LIFT), 6),
+        "true_relative_lift": TRUE_RELATIVE_LIFT,
+        "true_absolute_lift": round(base * TRUE_RELATIVE_LIFT, 6),
+        "conversion_by_persona": {p.name: p.p_convert for p in PERSONAS},
+        "realised": realised,
+    }
+
+
+OUTPUTS = ("events", "truth", "users.csv", "items.csv", ".users.csv.crc", ".items.csv.crc", "_staging")
+
+
+def generate_shop(
+    spark: SparkSession, spec: ShopSpec, out_dir: str, files: Files | None = None
+) -> dict[str, int]:
+    """Write a synthetic shop for `spec` under the folder `out_dir` (a path or a URI such as s3a://...; its
+    generated parts are replaced) and return the counts: events (lines written), valid_events, dirty,
+    dirty_<kind> per kind, late_events, users, items, sessions, orders, purchases, exposures, bundles.
+    `files`: the lake's file helper (`lake.files`, with its storage options); by default a plain one."""
+    from marketlake.lake.files import Files, absolute
+
+    spec.validate()
+    rng = np.random.default_rng([spec.seed, DRIVER_STREAM])
+    catalog = build_catalog(spec, rng)
+    bundles = build_bundles(catalog, rng)
+    population = build_population(spec, catalog, rng)
+    ctx = build_context(spec, catalog, bundles, population)
+    files = files or Files()
+    out_dir = absolute(out_dir)
+    for name in OUTPUTS:
+        files.delete(f"{out_dir}/{name}")
+
+    broadcast = spark.sparkContext.broadcast(ctx)
+    try:
+        chunks = len(ctx.bounds) - 1
+        rows = spark.range(0, chunks, 1, chunks).mapInArrow(functools.partial(generate_partition, broadcast),
+                                                            ROW_DDL)  # fmt: skip
+        render(rows).write.partitionBy("target", "date").text(f"{out_dir}/_staging")
+    finally:
+        broadcast.destroy()
+
+    move_parts(files, out_dir, "_staging/target=events", "events")
+    move_parts(files, out_dir, "_staging/target=dirty", "truth/dirty")
+    totals: dict[str, float] = {}
+    for stats in files.list(f"{out_dir}/_staging/target=stats"):
+        if not stats.is_dir and stats.relative.rpartition("/")[2].startswith("part-"):
+            for line in files.read_text(stats.uri).splitlines():
+                for key, value in json.loads(line).items():
+                    totals[key] = totals.get(key, 0) + value
+    files.delete(f"{out_dir}/_staging")
+
+    counts = {key: int(totals.get(key, 0)) for key in (
+        "events", "valid_events", "dirty", *(f"dirty_{k}" for k in DIRTY_KINDS), "late_events", "sessions",
+        "orders", "purchases", "exposures")}  # fmt: skip
+    counts.update(users=spec.users, items=spec.items, bundles=len(bundles.members))
+    texts = dimension_files(spec, catalog, bundles, population)
+    texts["truth/experiment.json"] = json.dumps(experiment_truth(spec, totals), indent=2) + "\n"
+    dirty_counts = {"dirty_rate": spec.dirty_rate, "kinds": {k: counts[f"dirty_{k}"] for k in DIRTY_KINDS},
+                    "counts": counts}  # fmt: skip
+    texts["truth/dirty_counts.json"] = json.dumps(dirty_counts, indent=2) + "\n"
+    for relative, text in texts.items():
+        files.write_text(f"{out_dir}/{relative}", text)
+    return counts
