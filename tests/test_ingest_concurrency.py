@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from conftest import ROOT
 
-from marketlake.runner import main
+from marketlake.jobs import main
 
 RUN_DATE = "2024-06-30"
 SUMMARY_COUNTS = ("records_read", "accepted", "rejected", "duplicates")
