@@ -2,7 +2,7 @@
 
 import sys
 
-from marketlake.runner import main
+from marketlake.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("segment"))

@@ -70,7 +70,7 @@ def demo_shop(spark, tmp_path_factory):
     import datetime as dt
 
     from marketlake.demo import ShopSpec, generate_shop
-    from marketlake.runner import main
+    from marketlake.jobs import main
 
     shop = tmp_path_factory.mktemp("demo-shop")
     counts = generate_shop(spark, ShopSpec.demo(end_date=dt.date.fromisoformat(DEMO_END)), str(shop))

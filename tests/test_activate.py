@@ -18,8 +18,8 @@ from pyspark.sql import functions as F
 from marketlake.activate import AUDIENCE_COLUMNS, CONTROL, TREATMENT, group_draw
 from marketlake.config import CampaignConfig
 from marketlake.errors import ConfigError
+from marketlake.jobs import main
 from marketlake.lake import Lake
-from marketlake.runner import main
 
 RUN_DATE = dt.date(2024, 6, 30)
 USERS = 3000

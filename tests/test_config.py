@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from marketlake.config import load_config
-from marketlake.errors import ConfigError
+from marketlake.config import RulesConfig, SegmentConfig, load_config, with_overrides
+from marketlake.errors import ConfigError, UsageError
 
 
 def test_embedded_default_is_conf_local_yaml():
@@ -45,6 +45,16 @@ def test_errors_name_the_key(tmp_path, text, environ, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path, environ)
     assert "\n" not in str(info.value)
+
+
+def test_command_line_overrides_are_checked_like_the_config_and_name_the_option():
+    rules = RulesConfig()
+    assert with_overrides(rules, {"min_support": None, "top_n": None}) is rules  # None: not given
+    assert with_overrides(rules, {"min_support": 0.5, "top_n": None}) == rules.model_copy(update={"min_support": 0.5})
+    with pytest.raises(UsageError, match=r"^--min-support: Input should be greater than 0 \(got 0\.0\)$"):
+        with_overrides(rules, {"min_support": 0.0})
+    with pytest.raises(UsageError, match="^--k: Input should be greater than or equal to 2 "):
+        with_overrides(SegmentConfig(), {"k": 1})
 
 
 def test_missing_config_file():

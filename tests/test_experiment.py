@@ -39,7 +39,7 @@ from marketlake.experiment import (
     pooled_sums,
     prob_beat_control,
 )
-from marketlake.runner import main
+from marketlake.jobs import main
 
 RUN_DATE = dt.date(2024, 6, 30)
 TOL = 1e-6

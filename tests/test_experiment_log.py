@@ -16,7 +16,7 @@ from chispa import assert_df_equality
 from statsmodels.stats.proportion import proportions_ztest
 
 from marketlake.experiment import CONVERSION, RESULT_SCHEMA, REVENUE, collapse_exposure_log
-from marketlake.runner import main
+from marketlake.jobs import main
 
 RUN_DATE = "2024-06-30"
 TOL = 1e-9

@@ -21,9 +21,9 @@ from pyspark.sql import functions as F
 
 from marketlake.activate import as_csv_cells, neutralise_formulas
 from marketlake.config import CampaignConfig
+from marketlake.jobs import main
 from marketlake.jobs.activate import export_campaign
 from marketlake.lake import Lake
-from marketlake.runner import main
 
 RUN_DATE = dt.date(2024, 6, 30)
 TRICKY = [

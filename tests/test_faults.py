@@ -21,8 +21,8 @@ import pytest
 from chispa import assert_df_equality
 
 from marketlake.demo import ShopSpec, generate_shop
+from marketlake.jobs import main
 from marketlake.lake import Lake
-from marketlake.runner import main
 
 ROOT = Path(__file__).resolve().parent.parent
 END = dt.date(2024, 6, 30)

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake.features import COLUMNS, INACTIVE, PROSPECTS, RFM_GRID, quintile_cuts, rfm, user_features
+from marketlake.jobs import main
 from marketlake.lake import Lake
-from marketlake.runner import main
 
 RUN = dt.date(2024, 6, 30)
 

@@ -24,8 +24,8 @@ from conftest import SHARED_DATA
 from pyspark.sql import functions as F
 
 from marketlake.demo import ShopSpec, generate_shop
+from marketlake.jobs import main
 from marketlake.lake import Lake
-from marketlake.runner import main
 
 END = dt.date(2024, 6, 30)
 SPEC = ShopSpec(users=300, items=60, events=30_000, seed=5, dirty_rate=0.03, end_date=END)
@@ -405,7 +405,7 @@ def test_generate_job_writes_a_shop_ending_on_the_run_date(tmp_path):
 
 def test_generate_rejects_a_bad_size_with_exit_2(tmp_path, capsys):
     assert main("generate", ["--lake", str(tmp_path / "lake"), "--users", "5"]) == 2
-    assert "users must be at least 10" in capsys.readouterr().err
+    assert "--users: Input should be greater than or equal to 10 (got 5)" in capsys.readouterr().err
     assert not (tmp_path / "lake").exists()
 
 

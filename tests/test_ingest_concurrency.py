@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from deltalake import DeltaTable
 
-from marketlake.runner import main
+from marketlake.jobs import main
 
 RUN_DATE = "2024-06-30"
 SUMMARY_COUNTS = ("records_read", "accepted", "rejected", "duplicates")

@@ -27,9 +27,10 @@ from pyspark.sql import functions as F
 
 from marketlake.errors import ConfigError
 from marketlake.ingest import Batch, IngestRequest, RejectRateExceeded, check_reject_rate, ingest
+from marketlake.jobs import main
 from marketlake.lake import Lake
 from marketlake.mapping import load_mapping
-from marketlake.runner import JobContext, main
+from marketlake.runner import JobContext
 
 END = dt.date(2024, 6, 30)
 RUN_DATE = ["--run-date", END.isoformat()]

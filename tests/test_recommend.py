@@ -18,6 +18,7 @@ from conftest import DEMO_END
 from pyspark.sql import functions as F
 
 from marketlake.config import RecommendConfig
+from marketlake.jobs import main
 from marketlake.jobs.recommend import EVALUATION_SCHEMA
 from marketlake.lake import Lake
 from marketlake.recommend import (
@@ -40,7 +41,6 @@ from marketlake.recommend import (
     tune,
     window_events,
 )
-from marketlake.runner import main
 
 RUN = dt.date.fromisoformat(DEMO_END)
 

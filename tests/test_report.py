@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from pyspark.sql import functions as F
 
+from marketlake.jobs import main
 from marketlake.lake import Lake
 from marketlake.models import SCHEMA as MODELS_SCHEMA
 from marketlake.report import build, gather, render, report_path
 from marketlake.rules import RULES_SCHEMA
-from marketlake.runner import main
 from marketlake.segment import name_segments, profiles_frame
 
 RUN_DATE = dt.date(2024, 6, 30)

@@ -21,9 +21,9 @@ from chispa import assert_df_equality
 from conftest import DEMO_END, SHARED_DATA
 from pyspark.sql import functions as F
 
+from marketlake.jobs import main
 from marketlake.lake import Lake
 from marketlake.rules import baskets, cross_sell, level_bound, min_count
-from marketlake.runner import main
 
 ONLINE_RETAIL = SHARED_DATA / "online-retail-sample" / "OnlineRetail.csv"
 NON_PRODUCT = {"POST", "DOT", "M", "m", "D", "C2", "CRUK", "S", "B", "PADS", "AMAZONFEE", "BANK CHARGES"}

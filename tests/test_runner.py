@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 
 from marketlake.errors import TableError
-from marketlake.jobs import GENERATE, available_jobs, pipeline
+from marketlake.jobs import GENERATE, available_jobs, get_job, main, pipeline
 from marketlake.lake import Lake
-from marketlake.runner import ERROR_FILE_VARIABLE, Job, build_parser, main, print_error, run_job
+from marketlake.runner import ERROR_FILE_VARIABLE, Job, build_parser, job_arguments, print_error, run_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,8 +99,8 @@ def test_a_failure_during_the_run_exits_1_and_is_recorded(spark, config, lake_ro
 def test_steps_log_counts_and_seconds(spark, config, lake_root, caplog):
     def work(ctx, args):
         with ctx.step("count things") as step:
-            step.rows = spark.range(42).count()
-        return {"things": 42}
+            step.rows = ctx.counts["things"] = spark.range(42).count()
+        ctx.note("counted")
 
     job = Job(name="counter", help="", run=work)
     args = argparse.Namespace(run_date=dt.date(2026, 2, 1), config=None, lake=lake_root)
@@ -108,6 +108,7 @@ def test_steps_log_counts_and_seconds(spark, config, lake_root, caplog):
         assert run_job(job, args, spark, config, Lake(spark, config.lake, lake_root)) == 0
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("counter | count things | rows=42 ") and line.endswith("s") for line in lines)
+    assert "counter | counted" in lines
     assert job_runs(lake_root).row(0, named=True)["counts"] == {"things": 42}
 
 
@@ -138,6 +139,15 @@ def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, c
     args.force = True
     assert run_job(pipeline.JOB, args, spark, config, lake) == 0
     assert calls == ["a", "b", "a", "a", "a"]
+
+
+def test_job_arguments_are_the_parsers_defaults_and_force_goes_where_accepted():
+    day = dt.date(2026, 3, 1)
+    ingest = job_arguments(get_job("ingest"), run_date=day, lake="/lake", force=True)
+    assert (ingest.run_date, ingest.lake, ingest.config, ingest.force, ingest.source) == (day, "/lake", None, True, None)
+    assert job_arguments(get_job("ingest"), run_date=day).force is False
+    features = job_arguments(get_job("features"), run_date=day, config="c.yaml", force=True)
+    assert features.config == "c.yaml" and features.lookback_days is None and not hasattr(features, "force")
 
 
 def spark_submit(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -19,9 +19,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from marketlake.config import SegmentConfig
 from marketlake.features import NUMERIC
+from marketlake.jobs import main
 from marketlake.lake import Lake
 from marketlake.models import model_version
-from marketlake.runner import main
 from marketlake.segment import (
     AT_RISK,
     DORMANT,
@@ -193,6 +193,8 @@ def test_bad_settings_and_missing_features_stop_with_exit_2(spark, lake_root, tm
     bad.write_text("segment: {features: [recency_days, days_since_purchase]}\n")
     assert main("segment", ["--lake", lake_root, "--config", str(bad)]) == 2
     assert "segment.features: days_since_purchase not among" in capsys.readouterr().err
+    assert main("segment", ["--lake", lake_root, "--k", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "marketlake segment: --k: Input should be greater than or equal to 2 (got 1)"
     assert main("segment", ["--lake", lake_root, "--run-date", RUN.isoformat()]) == 2
     assert "gold.user_features does not exist" in capsys.readouterr().err
 

@@ -9,14 +9,16 @@ ConfigError whose message names the key.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from marketlake.errors import ConfigError
+from marketlake.errors import ConfigError, UsageError
 
 Engine = Literal["auto", "delta-spark", "delta-rs"]
 
@@ -212,7 +214,7 @@ class CampaignConfig(Section):
     export_columns: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _targets_and_offers(self):
+    def _targets_and_offers(self) -> CampaignConfig:
         targets = [*self.segments, *self.rfm_labels]
         if not targets:
             raise ValueError(f"campaign {self.id} targets nobody: give segments or rfm_labels")
@@ -236,7 +238,7 @@ class ActivateConfig(Section):
     campaigns: list[CampaignConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_ids(self):
+    def _unique_ids(self) -> ActivateConfig:
         ids = [campaign.id for campaign in self.campaigns]
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         if repeated:
@@ -251,7 +253,7 @@ class ExperimentPlan(Section):
     split: dict[str, float] | None = None  # null: an equal split over the variants seen
 
     @model_validator(mode="after")
-    def _split_is_a_distribution(self):
+    def _split_is_a_distribution(self) -> ExperimentPlan:
         if self.split is not None:
             if len(self.split) < 2 or any(share <= 0 for share in self.split.values()):
                 raise ValueError("split needs two or more variants, each with a share above 0")
@@ -328,27 +330,31 @@ def default_config_text() -> str:
     return resources.files("marketlake").joinpath("local.yaml").read_text()
 
 
-def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Load the configuration once: embedded default, then `path`, then the environment."""
-    environ = os.environ if environ is None else environ
     raw = _parse_yaml(default_config_text(), "embedded default")
     if path is not None:
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file not found: {file}")
         raw = _deep_merge(raw, _parse_yaml(file.read_text(), str(file)))
-    raw = _deep_merge(raw, _environment_overrides(environ))
+    raw = _deep_merge(raw, _environment_overrides(os.environ if environ is None else environ))
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
 
 
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+def load_yaml(text: str, source: str) -> Any:
+    """`text` parsed as YAML, or a one-line ConfigError naming `source` (a file, a mapping)."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    data = load_yaml(text, source)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -356,7 +362,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _environment_overrides(environ: dict[str, str]) -> dict[str, Any]:
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for name, value in sorted(environ.items()):
         if name in ENV_OVERRIDES:
@@ -383,15 +389,49 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+@dataclass(frozen=True)
+class Problem:
+    """The first thing wrong in a ValidationError: the key (dotted; "" for the whole model), whether it is
+    an unknown key, pydantic's message and the value given."""
+
+    key: str
+    unknown: bool
+    message: str
+    given: Any
+
+    @classmethod
+    def first(cls, exc: ValidationError) -> Problem:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        return cls(key, error["type"] == "extra_forbidden", error["msg"], error.get("input"))
+
+    def __str__(self) -> str:
+        return "unknown key" if self.unknown else f"{self.message} (got {self.given!r})"
+
+
 def _describe(exc: ValidationError, path: Any) -> str:
-    first = exc.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        message = f"unknown key '{key}'"
-    else:
-        message = f"bad value for '{key}': {first['msg']} (got {first.get('input')!r})"
+    problem = Problem.first(exc)
+    message = f"unknown key '{problem.key}'" if problem.unknown else f"bad value for '{problem.key}': {problem}"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"config{f' {path}' if path else ''}: {message}{more}"
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def with_overrides(section: SectionT, overrides: Mapping[str, Any]) -> SectionT:
+    """A config section with a job's command-line values over it (key: the option's dest; None: not
+    given), validated as the section is when loaded. A bad value is a UsageError naming the option:
+    `--min-support: Input should be greater than 0 (got 0.0)`."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        problem = Problem.first(exc)
+        option = "--" + problem.key.split(".")[0].replace("_", "-")
+        raise UsageError(f"{option}: {problem}") from None
 
 
 def landing_root(config: Config) -> str:

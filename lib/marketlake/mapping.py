@@ -28,9 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from marketlake.config import Problem, load_yaml
 from marketlake.errors import ConfigError
 
 Entity = Literal["events", "users", "items"]
@@ -148,16 +148,12 @@ def load_mapping(name_or_path: str) -> SourceMapping:
                 f"no mapping named {name_or_path!r}; built-in: {', '.join(built_in_names())} (or give a YAML path)"
             )
         text, source = resource.read_text(), f"built-in mapping {name_or_path}"
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    raw = load_yaml(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a mapping is a YAML mapping of keys")
     try:
         return SourceMapping.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "mapping"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{source}: {key}: {message}") from None
+        problem = Problem.first(exc)
+        message = "unknown key" if problem.unknown else problem.message
+        raise ConfigError(f"{source}: {problem.key or 'mapping'}: {message}") from None

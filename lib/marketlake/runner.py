@@ -1,8 +1,10 @@
 """The job runner: shared arguments, one log line per step, one ops.job_runs row per run, exit codes.
 
 Every job module in `marketlake.jobs` defines `JOB = Job(...)`; the file `jobs/NAME.py` is only
-`sys.exit(main("NAME"))`. Exit codes: 0 success; 2 bad arguments, configuration or input paths (found
-before anything is written); 1 a failure during the run. Failures print one line on stderr.
+`sys.exit(main("NAME"))` with `marketlake.jobs.main`, which finds the job and calls `run_cli`. A job's
+`run` puts its counts in `ctx.counts` (recorded in ops.job_runs, failed runs included) and returns None.
+Exit codes: 0 success; 2 bad arguments, configuration or input paths (found before anything is written);
+1 a failure during the run. Failures print one line on stderr.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, NoReturn
 
 from marketlake import catalog
 from marketlake.config import Config, load_config
 from marketlake.errors import MarketlakeError, UsageError, storage_problem
+
+if TYPE_CHECKING:  # both load Spark: imported when a job runs, not when the runner is
+    from pyspark.sql import SparkSession
+
+    from marketlake.lake import Lake
 
 log = logging.getLogger("marketlake")
 
@@ -33,16 +40,27 @@ JOB_RUNS = catalog.JOB_RUNS.name
 ERROR_FILE_VARIABLE = "MARKETLAKE_ERROR_FILE"
 
 
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A job without options of its own."""
+
+
+def no_checks(args: argparse.Namespace, config: Config) -> None:
+    """A job with nothing to check before Spark starts."""
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
     help: str
-    run: Callable[[JobContext, argparse.Namespace], dict[str, int] | None]
-    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    # Does the work; counts go in ctx.counts.
+    run: Callable[[JobContext, argparse.Namespace], None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = no_arguments
     # Checks arguments and input paths before Spark starts; raises UsageError.
-    validate: Callable[[argparse.Namespace, Config], None] = lambda args, config: None
+    validate: Callable[[argparse.Namespace, Config], None] = no_checks
     # Runs after the ops.job_runs row is written, on success only (for example, a closing summary).
     finish: Callable[[JobContext], None] | None = None
+    # Has a --force option that the pipeline's --force is passed on to (job_arguments).
+    accepts_force: bool = False
 
 
 @dataclass
@@ -55,9 +73,9 @@ class Step:
 @dataclass
 class JobContext:
     job: str
-    spark: Any
+    spark: SparkSession
     config: Config
-    lake: Any
+    lake: Lake
     run_date: dt.date
     run_id: str
     counts: dict[str, int] = field(default_factory=dict)
@@ -73,6 +91,10 @@ class JobContext:
         detail = f" {step.detail}" if step.detail else ""
         log.info("%s | %s |%s%s %.2fs", self.job, name, rows, detail, seconds)
 
+    def note(self, text: str) -> None:
+        """Log one line in the steps' format, for something decided rather than done (no rows, no time)."""
+        log.info("%s | %s", self.job, text)
+
 
 def parse_run_date(text: str) -> dt.date:
     try:
@@ -84,7 +106,7 @@ def parse_run_date(text: str) -> dt.date:
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse's name
+    def error(self, message: str) -> NoReturn:  # noqa: D401 - argparse's name
         raise UsageError(f"{message} (see --help)")
 
 
@@ -100,6 +122,18 @@ def build_parser(job: Job) -> argparse.ArgumentParser:
     return parser
 
 
+def job_arguments(
+    job: Job, *, run_date: dt.date, lake: str | None = None, config: str | None = None, force: bool = False
+) -> argparse.Namespace:
+    """The arguments of `job` run from another job (the pipeline): its parser's defaults, with the run
+    date, lake root and config file given, and `force` for a job that accepts --force."""
+    args = build_parser(job).parse_args([])
+    args.run_date, args.lake, args.config = run_date, lake, config
+    if job.accepts_force:
+        args.force = force
+    return args
+
+
 def configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -109,12 +143,9 @@ def configure_logging() -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
-def main(name: str, argv: list[str] | None = None) -> int:
-    """Entry point of `jobs/NAME.py`: parse, validate, run, record; returns the exit code."""
-    from marketlake.jobs import get_job
-
+def run_cli(job: Job, argv: Sequence[str] | None = None) -> int:
+    """Run `job` from the command line: parse, validate, start Spark, run, record; returns the exit code."""
     configure_logging()
-    job = get_job(name)
     try:
         args = build_parser(job).parse_args(sys.argv[1:] if argv is None else argv)
         config = load_config(args.config)
@@ -125,7 +156,7 @@ def main(name: str, argv: list[str] | None = None) -> int:
 
         ensure_java()
     except UsageError as exc:
-        print_error(f"marketlake {name}: {exc}")
+        print_error(f"marketlake {job.name}: {exc}")
         return exc.exit_code
 
     from marketlake.lake import Lake
@@ -135,12 +166,12 @@ def main(name: str, argv: list[str] | None = None) -> int:
     try:
         lake = Lake(spark, config.lake)
     except UsageError as exc:
-        print_error(f"marketlake {name}: {exc}")
+        print_error(f"marketlake {job.name}: {exc}")
         return exc.exit_code
     return run_job(job, args, spark, config, lake)
 
 
-def run_job(job: Job, args: argparse.Namespace, spark, config: Config, lake) -> int:
+def run_job(job: Job, args: argparse.Namespace, spark: SparkSession, config: Config, lake: Lake) -> int:
     """Run one job in an existing session and record it in ops.job_runs; returns the exit code."""
     ctx = JobContext(job.name, spark, config, lake, args.run_date, uuid.uuid4().hex)
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -148,8 +179,7 @@ def run_job(job: Job, args: argparse.Namespace, spark, config: Config, lake) -> 
     log.info("%s | start | run_date=%s lake=%s engine=%s", job.name, args.run_date, lake.root, lake.engine_name)
     status, message, code = "succeeded", "", 0
     try:
-        counts = job.run(ctx, args) or {}
-        ctx.counts.update(counts)
+        job.run(ctx, args)
     except MarketlakeError as exc:
         status, message, code = "failed", str(exc), exc.exit_code
     except Exception as exc:  # a failure during the run: one line on stderr, the trace in the log
@@ -191,7 +221,9 @@ def print_error(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def record_run(ctx: JobContext, args, status: str, message: str, started_at: dt.datetime, seconds: float) -> None:
+def record_run(
+    ctx: JobContext, args: argparse.Namespace, status: str, message: str, started_at: dt.datetime, seconds: float
+) -> None:
     from pyspark.sql import types as T
 
     schema = T.StructType(

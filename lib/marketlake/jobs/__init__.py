@@ -1,10 +1,13 @@
-"""The jobs, in pipeline order. A job lives in `marketlake.jobs.<name>` and defines `JOB`."""
+"""The jobs, in pipeline order. A job lives in `marketlake.jobs.<name>` and defines `JOB`; `main(name)` is
+the entry point of `jobs/<name>.py`."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 
 from marketlake.errors import UsageError
+from marketlake.runner import Job, print_error, run_cli
 
 # What a production run does, in order: it starts from the files already in the landing folder.
 PIPELINE_ORDER = ["ingest", "features", "segment", "rules", "recommend", "activate", "experiment", "report"]
@@ -24,7 +27,18 @@ def available_jobs() -> list[str]:
     return _present(PIPELINE_ORDER)
 
 
-def get_job(name: str):
+def get_job(name: str) -> Job:
     if name not in ALL_JOBS or importlib.util.find_spec(f"marketlake.jobs.{name}") is None:
         raise UsageError(f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER])])}")
-    return importlib.import_module(f"marketlake.jobs.{name}").JOB
+    job: Job = importlib.import_module(f"marketlake.jobs.{name}").JOB
+    return job
+
+
+def main(name: str, argv: Sequence[str] | None = None) -> int:
+    """Run the job `name` from the command line (`argv`, default sys.argv[1:]); returns the exit code."""
+    try:
+        job = get_job(name)
+    except UsageError as exc:
+        print_error(f"marketlake {name}: {exc}")
+        return exc.exit_code
+    return run_cli(job, argv)

@@ -84,7 +84,7 @@ def validate(args: argparse.Namespace, config: Config) -> None:
         raise UsageError(f"activate.contacts: no such file or folder: {contacts}")
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.activate
     for table in (FEATURES, SEGMENTS):
         lake.require(table)
@@ -97,8 +97,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         mapped = sorted({column for c in campaigns for column in c.export_columns})
         step.detail = f"{len(campaigns)} campaigns; mapped export columns: {', '.join(mapped) or 'none'}"
     if not campaigns:
-        with ctx.step("no campaigns in the config's activate section: empty partition"):
-            pass
+        ctx.note("no campaigns in the config's activate section: empty partition")
 
     spark = ctx.spark
     targeted = (
@@ -143,7 +142,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         written.unpersist()
     treatment = sum(v for (_, group), v in sizes.items() if group == TREATMENT)
     control = sum(v for (_, group), v in sizes.items() if group == CONTROL)
-    return {"campaigns": len(campaigns), "audience": treatment + control, "treatment": treatment, "control": control}
+    ctx.counts.update(campaigns=len(campaigns), audience=treatment + control, treatment=treatment, control=control)
 
 
 def lists(ctx: JobContext, campaigns: list[CampaignConfig]) -> tuple[DataFrame | None, DataFrame | None]:
@@ -169,8 +168,7 @@ def has_date(ctx: JobContext, table: str, job: str) -> bool:
         why = f"has no rows for {ctx.run_date}"
     else:
         return True
-    with ctx.step(f"{table} {why}: its lists stay empty (run {job} first)"):
-        pass
+    ctx.note(f"{table} {why}: its lists stay empty (run {job} first)")
     return False
 
 

@@ -76,9 +76,10 @@ def validate(args: argparse.Namespace, config) -> None:
         raise UsageError(f"--experiment: {csv_experiment_id(args)!r} is not an experiment id (letters, digits, _ . -)")
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     if args.input is not None:
-        return run_csv(ctx, args)
+        run_csv(ctx, args)
+        return
     lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.experiment
     lake.require(catalog.SILVER_EVENTS)
     events = lake.read(catalog.SILVER_EVENTS)
@@ -93,25 +94,23 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
             f"{len(per_experiment)} experiments with an exposure in the {settings.lookback_days} days to {run_date}; "
             f"{crossed} users exposed to several variants of one experiment (left out)"
         )
-    counts = {"experiments": len(per_experiment), "users_in_several_variants": crossed}
+    ctx.counts.update(experiments=len(per_experiment), users_in_several_variants=crossed)
     crossed_in = {row.experiment_id: row.crossed for row in per_experiment}
     try:
         if not per_experiment:
-            with ctx.step(f"no exposures in silver.events for {run_date}: nothing to analyse"):
-                pass
-            counts["result_rows"] = write_results(ctx, [], F.col("source") == FROM_EVENTS)
-            return counts
+            ctx.note(f"no exposures in silver.events for {run_date}: nothing to analyse")
+            ctx.counts["result_rows"] = write_results(ctx, [], F.col("source") == FROM_EVENTS)
+            return
         users = first.filter(F.col("variants") == 1).transform(outcomes(events, run_date, settings))
         analysed = analyse(ctx, users, FROM_EVENTS, {})
         rows = [{**r, "users_in_several_variants": crossed_in[r["experiment_id"]]} for r in analysed]
     finally:
         first.unpersist()
-    counts["result_rows"] = write_results(ctx, rows, F.col("source") == FROM_EVENTS)
-    counts["srm_flags"] = len({r["experiment_id"] for r in rows if r["srm"]})
-    return counts
+    ctx.counts["result_rows"] = write_results(ctx, rows, F.col("source") == FROM_EVENTS)
+    ctx.counts["srm_flags"] = len({r["experiment_id"] for r in rows if r["srm"]})
 
 
-def run_csv(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run_csv(ctx: JobContext, args: argparse.Namespace) -> None:
     experiment_id = csv_experiment_id(args)
     settings = ctx.config.experiment
     plan = plan_for(experiment_id, settings, args.control)
@@ -156,7 +155,7 @@ def run_csv(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
             collapsed.unpersist()
     replaced = (F.col("source") == FROM_CSV) & (F.col("experiment_id") == experiment_id)
     written = write_results(ctx, rows, replaced)
-    return {"experiments": 1, **folded, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))}
+    ctx.counts.update({"experiments": 1, **folded, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))})
 
 
 def read_exposure_log(ctx: JobContext, path: str) -> tuple[DataFrame, int, list[str]]:

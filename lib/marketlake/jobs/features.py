@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from marketlake import catalog
-from marketlake.errors import UsageError
+from marketlake.config import Config, FeaturesConfig, with_overrides
 from marketlake.features import user_features
 from marketlake.runner import Job, JobContext
 
@@ -18,14 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookback-days", type=int, help="days of events up to the run date (default: config features.lookback_days)")
 
 
-def validate(args: argparse.Namespace, config) -> None:
-    if args.lookback_days is not None and args.lookback_days < 1:
-        raise UsageError(f"--lookback-days must be at least 1, not {args.lookback_days}")
+def settings_for(args: argparse.Namespace, config: Config) -> FeaturesConfig:
+    return with_overrides(config.features, {"lookback_days": args.lookback_days})
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def validate(args: argparse.Namespace, config: Config) -> None:
+    settings_for(args, config)
+
+
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     lake = ctx.lake
-    lookback = args.lookback_days or ctx.config.features.lookback_days
+    lookback = settings_for(args, ctx.config).lookback_days
     lake.require(catalog.SILVER_EVENTS)
     users, items = lake.read_if_exists(catalog.SILVER_USERS), lake.read_if_exists(catalog.SILVER_ITEMS)
     with ctx.step(f"{TABLE.name} as of {ctx.run_date} ({lookback} days of events)") as step:
@@ -35,7 +38,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         written = lake.read_as_of(TABLE, ctx.run_date)
         labels = {row["rfm_label"]: row["count"] for row in written.groupBy("rfm_label").count().collect()}  # <= 12 rows
         step.detail = ", ".join(f"{label}={n}" for label, n in sorted(labels.items(), key=lambda kv: -kv[1]))
-    return {"users": sum(labels.values()), **{f"label.{label}": n for label, n in labels.items()}}
+    ctx.counts.update({"users": sum(labels.values()), **{f"label.{label}": n for label, n in labels.items()}})
 
 
 JOB = Job(name="features", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)

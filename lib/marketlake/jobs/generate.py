@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 
-from marketlake.config import Config, shop_root
+from marketlake.config import Config, shop_root, with_overrides
 from marketlake.demo import ShopSpec, generate_shop
 from marketlake.runner import Job, JobContext
+
+# Command-line options that override the config's generate section (option dest = config key).
+OVERRIDES = ("users", "items", "events", "seed", "days", "dirty_rate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,15 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from(args: argparse.Namespace, config: Config) -> ShopSpec:
-    defaults = config.generate
-
-    def pick(name: str):
-        value = getattr(args, name)
-        return getattr(defaults, name) if value is None else value
-
+    shop = with_overrides(config.generate, {key: getattr(args, key) for key in OVERRIDES})
     return ShopSpec(
-        users=pick("users"), items=pick("items"), events=pick("events"), seed=pick("seed"), days=pick("days"),
-        dirty_rate=pick("dirty_rate"), end_date=args.run_date,
+        users=shop.users, items=shop.items, events=shop.events, seed=shop.seed, days=shop.days,
+        dirty_rate=shop.dirty_rate, end_date=args.run_date,
     )  # fmt: skip
 
 
@@ -39,7 +37,7 @@ def validate(args: argparse.Namespace, config: Config) -> None:
     spec_from(args, config).validate()
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     spec = spec_from(args, ctx.config)
     out = args.out or shop_root(ctx.config.with_lake_root(ctx.lake.root))
     with ctx.step(f"write shop to {out}") as step:
@@ -49,7 +47,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
             f"events ({spec.users:,} users, {spec.items:,} items, {spec.days} days to {spec.end_date}, "
             f"seed {spec.seed}, {counts['dirty']:,} dirty)"
         )
-    return counts
+    ctx.counts.update(counts)
 
 
 JOB = Job(name="generate", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)

@@ -54,14 +54,14 @@ def validate(args: argparse.Namespace, config: Config) -> None:
         load_key(config.ingest.pseudonym_key_env)
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     config = ctx.config.with_lake_root(ctx.lake.root)
     try:
         found = ingest(ctx, plan(args, config), config.ingest)
     except RejectRateExceeded as exc:  # the counts that failed the run go into its ops.job_runs row
         ctx.counts.update(prefixed(exc.results))
         raise
-    return prefixed(found)
+    ctx.counts.update(prefixed(found))
 
 
 def prefixed(found: list[IngestResult]) -> dict[str, int]:
@@ -85,5 +85,5 @@ def print_conservation(ctx: JobContext) -> None:
 
 JOB = Job(
     name="ingest", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate,
-    finish=print_conservation,
+    finish=print_conservation, accepts_force=True,
 )  # fmt: skip

@@ -7,9 +7,10 @@ import argparse
 
 from pyspark.sql import functions as F
 
+from marketlake.config import Config
 from marketlake.errors import MarketlakeError
 from marketlake.jobs import GENERATE, available_jobs, get_job
-from marketlake.runner import JOB_RUNS, Job, JobContext, build_parser, run_job
+from marketlake.runner import JOB_RUNS, Job, JobContext, job_arguments, run_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def validate(args, config) -> None:
+def validate(args: argparse.Namespace, config: Config) -> None:
     for name in _selected(args):
         get_job(name)
 
 
-def _selected(args) -> list[str]:
+def _selected(args: argparse.Namespace) -> list[str]:
     """The jobs to run, in order: generate first when asked for, then those of the production order."""
     jobs = available_jobs()
     wanted: list[str] = []
@@ -52,30 +53,24 @@ def done_for(ctx: JobContext) -> set[str]:
     return {row.job for row in rows}
 
 
-def run(ctx: JobContext, args) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     jobs = _selected(args)
     done = set() if args.force else done_for(ctx)
     ran = 0
     for name in jobs:
         if name in done:
             ctx.counts[f"skipped_{name}"] = 1
-            with ctx.step(f"{name} (already done for {ctx.run_date}; --force re-runs it)"):
-                pass
+            ctx.note(f"{name} (already done for {ctx.run_date}; --force re-runs it)")
             continue
         job = get_job(name)
-        forwarded = ["--run-date", ctx.run_date.isoformat(), "--lake", ctx.lake.root]
-        if args.config:
-            forwarded += ["--config", args.config]
-        parser = build_parser(job)
-        if args.force and "--force" in parser._option_string_actions:  # e.g. ingest re-reads its files
-            forwarded.append("--force")
-        sub_args = parser.parse_args(forwarded)
-        job.validate(sub_args, ctx.config)
-        code = run_job(job, sub_args, ctx.spark, ctx.config, ctx.lake)
+        # --force goes on to the jobs that have it (ingest re-reads its files).
+        job_args = job_arguments(job, run_date=ctx.run_date, lake=ctx.lake.root, config=args.config, force=args.force)
+        job.validate(job_args, ctx.config)
+        code = run_job(job, job_args, ctx.spark, ctx.config, ctx.lake)
         if code:
             raise MarketlakeError(f"step {name} failed (exit {code}); later steps were not run")
         ran += 1
-    return {"jobs_run": ran}
+    ctx.counts["jobs_run"] = ran
 
 
 def print_tables(ctx: JobContext) -> None:

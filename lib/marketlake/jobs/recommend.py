@@ -12,13 +12,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pydantic import ValidationError
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake import catalog
-from marketlake.config import Config, RecommendConfig
+from marketlake.config import Config, RecommendConfig, with_overrides
 from marketlake.errors import UsageError
 from marketlake.models import model_version, record_model
 from marketlake.recommend import (
@@ -86,13 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_for(args: argparse.Namespace, config: Config) -> RecommendConfig:
-    given = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
-    try:
-        return RecommendConfig.model_validate({**config.recommend.model_dump(), **given})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        option = "--" + str(first["loc"][0]).replace("_", "-")
-        raise UsageError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+    return with_overrides(config.recommend, {key: getattr(args, key) for key in OVERRIDES})
 
 
 def validate(args: argparse.Namespace, config: Config) -> None:
@@ -142,7 +135,7 @@ def read_inputs(ctx: JobContext, settings: RecommendConfig) -> Inputs:
     return Inputs(pairs, windowed, audience.distinct(), exclude, inactive, segments)
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     settings, lake = settings_for(args, ctx.config), ctx.lake
     if not lake.exists(EVENTS):
         raise UsageError(f"{EVENTS} does not exist in this lake; run ingest first")
@@ -159,13 +152,13 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
 
     with checkpoints(ctx.spark, lake.checkpoint_dir(ctx.run_id), lake.files):  # removed at the end
         try:
-            return fit_and_recommend(ctx, settings, inputs, partitions, blocks, keep)
+            fit_and_recommend(ctx, settings, inputs, partitions, blocks, keep)
         finally:
             for frame in cached:
                 frame.unpersist()
 
 
-def fit_and_recommend(ctx, settings: RecommendConfig, inputs: Inputs, partitions: int, blocks: int, keep) -> dict[str, int]:
+def fit_and_recommend(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, partitions: int, blocks: int, keep) -> None:
     pairs = keep(inputs.pairs)
     with ctx.step("interactions") as step:
         step.rows = interactions_count = pairs.count()
@@ -174,18 +167,16 @@ def fit_and_recommend(ctx, settings: RecommendConfig, inputs: Inputs, partitions
     with ctx.step("id numbering") as step:
         known_users, known_items = users.count(), items.count()
         step.detail = f"{known_users} users, {known_items} items"
-    counts = {"interactions": interactions_count, "users_known": known_users, "items_known": known_items}
+    ctx.counts.update(interactions=interactions_count, users_known=known_users, items_known=known_items)
     evaluation, tuned = evaluate_and_tune(ctx, settings, inputs, pairs, users, items, indexed, blocks, keep)
-    result = recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
-    return {**counts, **result}
+    recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
 
 
-def evaluate_and_tune(ctx, settings, inputs: Inputs, pairs, users, items, indexed, blocks, keep) -> tuple[list[Evaluation] | None, Tuned]:
+def evaluate_and_tune(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, pairs, users, items, indexed, blocks, keep) -> tuple[list[Evaluation] | None, Tuned]:
     """Tune on the training part of the held-out split (or on everything when evaluation is off), then
     evaluate the chosen params and the popularity baseline on the held-out part."""
     if not settings.evaluate:
-        with ctx.step("evaluation: off (recommend.evaluate: false)"):
-            pass
+        ctx.note("evaluation: off (recommend.evaluate: false)")
         return None, tune_logged(ctx, settings, indexed, blocks)
     split: Split = (
         split_time(inputs.windowed, settings, ctx.run_date) if settings.split == "time"
@@ -197,8 +188,7 @@ def evaluate_and_tune(ctx, settings, inputs: Inputs, pairs, users, items, indexe
     tuned = tune_logged(ctx, settings, train, blocks)
     evaluated = test.select(USER_INDEX).distinct().count()
     if evaluated < settings.min_users:
-        with ctx.step(f"evaluation skipped: {evaluated} users with held-out items, fewer than recommend.min_users={settings.min_users}"):
-            pass
+        ctx.note(f"evaluation skipped: {evaluated} users with held-out items, fewer than recommend.min_users={settings.min_users}")
         return None, tuned
     catalogue = train.select(ITEM_INDEX).distinct().count()
     with ctx.step(f"evaluate on the {split.kind} split ({evaluated} users, k={settings.k})") as step:
@@ -212,7 +202,7 @@ def evaluate_and_tune(ctx, settings, inputs: Inputs, pairs, users, items, indexe
     return [als, baseline], tuned
 
 
-def tune_logged(ctx, settings: RecommendConfig, train: DataFrame, blocks: int) -> Tuned:
+def tune_logged(ctx: JobContext, settings: RecommendConfig, train: DataFrame, blocks: int) -> Tuned:
     with ctx.step("tune ALS") as step:
         tuned = tune(train, settings, blocks)
         step.rows = len(tuned.trials)
@@ -222,8 +212,8 @@ def tune_logged(ctx, settings: RecommendConfig, train: DataFrame, blocks: int) -
     return tuned
 
 
-def recommend(ctx, settings: RecommendConfig, inputs: Inputs, pairs, users, items, indexed, tuned: Tuned,
-              evaluation: list[Evaluation] | None, blocks: int) -> dict[str, int]:
+def recommend(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, pairs, users, items, indexed, tuned: Tuned,
+              evaluation: list[Evaluation] | None, blocks: int) -> None:
     lake, run_date = ctx.lake, ctx.run_date
     params = model_params(settings, tuned.chosen, blocks)
     version = model_version(run_date, params)
@@ -240,8 +230,7 @@ def recommend(ctx, settings: RecommendConfig, inputs: Inputs, pairs, users, item
         als_candidates = Recommender(model, users, items).top(settings.top_n, inputs.exclude, inputs.inactive)
     else:
         version = None
-        with ctx.step("no interactions in the window: no model, popular items only"):
-            pass
+        ctx.note("no interactions in the window: no model, popular items only")
     listed = settings.top_n + most_excluded(inputs.exclude, USER)
     active_pairs = pairs if inputs.inactive is None else pairs.join(inputs.inactive, ITEM, "left_anti")
     segment_lists = segment_popular(active_pairs, inputs.segments, listed) if inputs.segments is not None else None
@@ -261,7 +250,9 @@ def recommend(ctx, settings: RecommendConfig, inputs: Inputs, pairs, users, item
             metrics = model_metrics(tuned, evaluation, settings.k, train_seconds)
             record_model(ctx, MODEL_NAME, version, path, {**params, **tuning_params(settings, tuned)}, metrics,
                          sorted(t for t, w in settings.event_weights.items() if w > 0))  # fmt: skip
-    return {"recommendations": sum(by_source.values()), **{f"source.{s}": n for s, n in by_source.items()}, "trials": len(tuned.trials)}
+    ctx.counts.update(
+        {"recommendations": sum(by_source.values()), **{f"source.{s}": n for s, n in by_source.items()}, "trials": len(tuned.trials)}
+    )
 
 
 def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> dict:

@@ -13,7 +13,7 @@ from marketlake.report import build, gather, render
 from marketlake.runner import Job, JobContext
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     with ctx.step("read the gold tables"):
         data = gather(ctx.lake, ctx.run_date, ctx.config.report.top_rules)
     with ctx.step("charts and tables") as step:
@@ -26,7 +26,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     with ctx.step(f"write {path}") as step:
         ctx.lake.files.write_text(path, html)
         step.detail = f"{len(html) / 1024:,.0f} KiB"
-    return {"sections": len(sections), "incomplete_sections": len(missing), "charts": sum(len(s.charts) for s in sections)}
+    ctx.counts.update(sections=len(sections), incomplete_sections=len(missing), charts=sum(len(s.charts) for s in sections))
 
 
 def print_path(ctx: JobContext) -> None:

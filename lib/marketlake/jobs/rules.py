@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import ValidationError
 from pyspark.sql import functions as F
 
 from marketlake import catalog
-from marketlake.config import Config, RulesConfig
-from marketlake.errors import UsageError
+from marketlake.config import Config, RulesConfig, with_overrides
 from marketlake.rules import (
     RULES_SCHEMA,
     TooManyItemsets,
@@ -41,20 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace, config: Config) -> RulesConfig:
     """The config's rules section with the command line's overrides."""
-    given = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
-    try:
-        return RulesConfig.model_validate({**config.rules.model_dump(), **given})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        option = "--" + str(first["loc"][0]).replace("_", "-")
-        raise UsageError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+    return with_overrides(config.rules, {key: getattr(args, key) for key in OVERRIDES})
 
 
 def validate(args: argparse.Namespace, config: Config) -> None:
     settings(args, config)
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     lake, rules_config = ctx.lake, settings(args, ctx.config)
     lake.require(catalog.SILVER_EVENTS)
     kind = "orders" if rules_config.basket == "order" else "sessions"
@@ -93,10 +85,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
         step.rows = n_cross_sell = _overwrite(
             ctx, CROSS_SELL, written.transform(cross_sell(rules_config.top_n)).transform(as_of(ctx.run_date))
         )
-    return {
-        "baskets": n_baskets, "frequent_items": estimate.frequent_items, "itemsets_bound": estimate.bound,
-        "itemsets": n_itemsets, "rules": n_rules, "cross_sell_rows": n_cross_sell,
-    }  # fmt: skip
+    ctx.counts.update(itemsets=n_itemsets, rules=n_rules, cross_sell_rows=n_cross_sell)
 
 
 def _overwrite(ctx: JobContext, table: str, frame) -> int:

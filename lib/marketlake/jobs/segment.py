@@ -12,7 +12,7 @@ import math
 from pyspark.sql import functions as F
 
 from marketlake import catalog
-from marketlake.config import Config, SegmentConfig
+from marketlake.config import Config, SegmentConfig, with_overrides
 from marketlake.errors import UsageError
 from marketlake.features import NUMERIC
 from marketlake.models import model_version, record_model, save_model
@@ -43,14 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_for(args: argparse.Namespace, config: Config) -> SegmentConfig:
-    settings = config.segment
-    return settings if args.k is None else settings.model_copy(update={"k": args.k})
+    return with_overrides(config.segment, {"k": args.k})
 
 
 def validate(args: argparse.Namespace, config: Config) -> None:
     settings = settings_for(args, config)
-    if settings.k is not None and settings.k < 2:
-        raise UsageError(f"segment k must be at least 2, not {settings.k}")
     if settings.k_min > settings.k_max:
         raise UsageError(f"segment.k_min ({settings.k_min}) is above segment.k_max ({settings.k_max})")
     if not settings.features:
@@ -61,7 +58,7 @@ def validate(args: argparse.Namespace, config: Config) -> None:
             raise UsageError(f"segment.{key}: {', '.join(unknown)} not among {', '.join(SEGMENT_FEATURES)}")
 
 
-def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
+def run(ctx: JobContext, args: argparse.Namespace) -> None:
     settings, lake, run_date = settings_for(args, ctx.config), ctx.lake, ctx.run_date
     lake.require(FEATURES)
     features = lake.read_as_of(FEATURES, run_date).select("user_id", *NUMERIC)
@@ -72,7 +69,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> dict[str, int]:
     partitions = max(1, min(int(ctx.spark.conf.get("spark.sql.shuffle.partitions")), math.ceil(users / ROWS_PER_PARTITION)))
     data = features.repartition(partitions, "user_id").sortWithinPartitions("user_id").persist()
     try:
-        return segment(ctx, settings, data, users)
+        segment(ctx, settings, data, users)
     finally:
         data.unpersist()
 
@@ -85,7 +82,7 @@ def log_trials(ctx: JobContext, fitted: Fitted) -> None:
         )  # fmt: skip
 
 
-def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> dict[str, int]:
+def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> None:
     lake, run_date = ctx.lake, ctx.run_date
     params = {"model": "kmeans", **settings.model_dump()}
     version = model_version(run_date, params)
@@ -97,8 +94,7 @@ def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> dict[
     chosen = fitted.chosen
     if fitted.model is None:
         why = "too few distinct users to segment" if not fitted.trials else "no k gave two non-empty segments"
-        with ctx.step(f"{why} ({fitted.distinct} distinct of {users}): one segment"):
-            pass
+        ctx.note(f"{why} ({fitted.distinct} distinct of {users}): one segment")
         predictions, version = data.select("user_id", F.lit(0).alias(CLUSTER)), None
     else:
         with ctx.step(f"chose k={chosen.k} (silhouette {chosen.silhouette:.4f}); save model {version}") as step:
@@ -127,7 +123,7 @@ def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> dict[
     if fitted.model is not None:
         with ctx.step(catalog.MODELS.name):
             record_model(ctx, MODEL_NAME, version, path, params, model_metrics(fitted), settings.features)
-    return {"users": users, "segments": len(named), "k": chosen.k if fitted.model is not None else 1}
+    ctx.counts.update(users=users, segments=len(named), k=chosen.k if fitted.model is not None else 1)
 
 
 def model_metrics(fitted) -> dict[str, float]:
