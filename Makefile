@@ -38,6 +38,8 @@ test-fast: dev java-check
 
 lint: dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The Airflow DAG under Airflow itself, in its own virtualenv (Airflow's pins conflict with the project's):
 # loads it with DagBag, then runs it end to end with `airflow dags test` on a tiny shop (ARGS="-m 'not slow'"

@@ -101,8 +101,13 @@ def shop(spark, events: int, work: str) -> tuple[str, int]:
     spec = ShopSpec(users=max(10, events // 100), items=ITEMS, events=events, seed=SEED, end_date=END_DATE)
     out = os.path.join(work, "shop")
     marker = os.path.join(work, "shop.json")
-    wanted = {"users": spec.users, "items": spec.items, "events": spec.events, "seed": spec.seed,
-              "end_date": spec.end_date.isoformat()}  # fmt: skip
+    wanted = {
+        "users": spec.users,
+        "items": spec.items,
+        "events": spec.events,
+        "seed": spec.seed,
+        "end_date": spec.end_date.isoformat(),
+    }
     if os.path.exists(marker):
         with open(marker) as f:
             saved = json.load(f)
@@ -159,7 +164,9 @@ def run_bare(spark, events_dir: str, out: str, first_day: dt.date) -> float:
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    spark.read.text(events_dir).select("value", "_metadata.file_path").write.parquet(os.path.join(out, "bronze"))
+    spark.read.text(events_dir).select("value", "_metadata.file_path").write.parquet(
+        os.path.join(out, "bronze")
+    )
     parsed = spark.read.schema(BARE_SCHEMA).json(events_dir).withColumn("event_date", F.to_date("ts"))
     parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -182,9 +189,18 @@ def run_ingest(spark, config, events_dir: str, lake_root: str) -> tuple[float, d
 
     shutil.rmtree(lake_root, ignore_errors=True)
     job = get_job("ingest")
-    args = build_parser(job).parse_args([
-        "--source", events_dir, "--entity", "events", "--run-date", END_DATE.isoformat(), "--lake", lake_root,
-    ])  # fmt: skip
+    args = build_parser(job).parse_args(
+        [
+            "--source",
+            events_dir,
+            "--entity",
+            "events",
+            "--run-date",
+            END_DATE.isoformat(),
+            "--lake",
+            lake_root,
+        ]
+    )
     lake = Lake(spark, config.lake, lake_root)
     printed = io.StringIO()
     started = time.perf_counter()
@@ -311,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
 
     b, i = statistics.median(baseline), statistics.median(ingest)
     ratio = (lines / i) / (lines / b)
-    print(f"marketlake ingest benchmark: {lines:,} event lines in {files} JSON files ({size / 1e6:.1f} MB), "
-          f"{cores} cores (os.cpu_count), master {master}, Spark default parallelism {parallelism}")
-    print(f"pyspark {pyspark.__version__}, Python {sys.version.split()[0]}; {args.repeat} repeats, medians; "
-          f"baseline wrote {baseline_rows:,} rows")
+    print(
+        f"marketlake ingest benchmark: {lines:,} event lines in {files} JSON files ({size / 1e6:.1f} MB), "
+        f"{cores} cores (os.cpu_count), master {master}, Spark default parallelism {parallelism}"
+    )
+    print(
+        f"pyspark {pyspark.__version__}, Python {sys.version.split()[0]}; {args.repeat} repeats, medians; "
+        f"baseline wrote {baseline_rows:,} rows"
+    )
     print(summary_text.strip())
     print("  counts: " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     print()
@@ -330,21 +350,37 @@ def main(argv: list[str] | None = None) -> int:
     best = min(baseline) / min(ingest)
     print(f"ratio from the fastest run of each side: {best:.2f}")
     f = statistics.median(floor)
-    print(f"floor ratio = {b / f:.2f}: parse + validate + one partitioned Parquet write of the valid events, with no")
-    print("  bronze copy, deduplication, quarantine or Delta commit, reaches this much of the baseline's events/s;")
+    print(
+        f"floor ratio = {b / f:.2f}: parse + validate + one partitioned Parquet write of the valid events, with no"
+    )
+    print(
+        "  bronze copy, deduplication, quarantine or Delta commit, reaches this much of the baseline's events/s;"
+    )
     print(f"  ingest reaches {f / i:.2f} of the floor's events/s")
     n = statistics.median(bare)
-    print(f"bare ratio = {b / n:.2f}: the bronze copy, one parse with the known schema, a count per key and the")
-    print("  typed rows partitioned by date, with no validation, quarantine, counts, Delta commit or run record;")
-    print(f"  at the goal, everything else must fit in {max(0.0, b / GOAL - n):.2f} s (ingest spends {i - n:.2f} s more than bare)")
+    print(
+        f"bare ratio = {b / n:.2f}: the bronze copy, one parse with the known schema, a count per key and the"
+    )
+    print(
+        "  typed rows partitioned by date, with no validation, quarantine, counts, Delta commit or run record;"
+    )
+    print(
+        f"  at the goal, everything else must fit in {max(0.0, b / GOAL - n):.2f} s (ingest spends {i - n:.2f} s more than bare)"
+    )
     print()
     print("where ingest time goes (seconds per step, from the job's step log):")
     for line in step_table(steps, ingest):
         print(line)
     summary = {
-        "events": lines, "baseline_s": round(b, 3), "floor_s": round(f, 3), "ingest_s": round(i, 3),
-        "bare_s": round(n, 3), "ratio": round(ratio, 4), "floor_ratio": round(b / f, 4), "bare_ratio": round(b / n, 4),
-    }  # fmt: skip
+        "events": lines,
+        "baseline_s": round(b, 3),
+        "floor_s": round(f, 3),
+        "ingest_s": round(i, 3),
+        "bare_s": round(n, 3),
+        "ratio": round(ratio, 4),
+        "floor_ratio": round(b / f, 4),
+        "bare_ratio": round(b / n, 4),
+    }
     print(json.dumps(summary))
     return 0
 

@@ -68,9 +68,14 @@ def events_frame(spark, rows: int):
         pick(CHANNELS, 7).alias("channel"),
     )
     return frame.select(
-        "event_id", "user_id", "item_id", "event_type", "event_ts",
+        "event_id",
+        "user_id",
+        "item_id",
+        "event_type",
+        "event_ts",
         F.to_date("event_ts").alias("event_date"),
-        "quantity", "price",
+        "quantity",
+        "price",
         F.when(F.col("event_type") == "purchase", F.round(F.col("price") * F.col("quantity"), 2))
         .otherwise(F.lit(0.0))
         .alias("revenue"),
@@ -83,8 +88,12 @@ def scan(frame) -> tuple:
     from pyspark.sql import functions as F
 
     row = frame.agg(
-        F.count("*"), F.sum("revenue"), F.sum("quantity"), F.max("event_ts"),
-        F.min("event_date"), F.max("event_date"),
+        F.count("*"),
+        F.sum("revenue"),
+        F.sum("quantity"),
+        F.max("event_ts"),
+        F.min("event_date"),
+        F.max("event_date"),
     ).collect()[0]
     return tuple(row)
 
@@ -195,9 +204,13 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def report(layouts: list[Layout], rows: int, repeats: int, cores: int | None, parallelism: int, versions: str) -> None:
-    print(f"marketlake lake benchmark: {rows:,} rows, {repeats} repeats (median), "
-          f"{cores} cores (os.cpu_count), Spark default parallelism {parallelism}")
+def report(
+    layouts: list[Layout], rows: int, repeats: int, cores: int | None, parallelism: int, versions: str
+) -> None:
+    print(
+        f"marketlake lake benchmark: {rows:,} rows, {repeats} repeats (median), "
+        f"{cores} cores (os.cpu_count), Spark default parallelism {parallelism}"
+    )
     print(versions)
     print("ratio = plain s / delta-rs s (>1: delta-rs faster; goal >= 0.90); medians over the repeats,")
     print("ratio(min) = the same from the fastest run of each side (less sensitive to a busy machine)")
@@ -214,18 +227,24 @@ def report(layouts: list[Layout], rows: int, repeats: int, cores: int | None, pa
             label = f"{operation}, {layout.name}"
             goal = "" if p / q >= 0.9 else "  < goal"
             best = min(plain) / min(lake)
-            print(f"{label:<31} {p:9.3f} {q:11.3f} {rows / p:14,.0f} {rows / q:16,.0f} {p / q:7.2f} {best:11.2f}{goal}")
+            print(
+                f"{label:<31} {p:9.3f} {q:11.3f} {rows / p:14,.0f} {rows / q:16,.0f} {p / q:7.2f} {best:11.2f}{goal}"
+            )
     print()
     print("absolute figures (seconds, in run order):")
     for layout in layouts:
         for label, values in (
-            ("write plain", layout.write_plain), ("write delta-rs", layout.write_lake),
-            ("read plain", layout.read_plain), ("read delta-rs", layout.read_lake),
+            ("write plain", layout.write_plain),
+            ("write delta-rs", layout.write_lake),
+            ("read plain", layout.read_plain),
+            ("read delta-rs", layout.read_lake),
         ):
             runs = " ".join(f"{v:7.3f}" for v in values)
             print(f"  {layout.name:<14} {label:<15} {runs}   min {min(values):7.3f}  max {max(values):7.3f}")
-        print(f"  {layout.name:<14} files: plain {layout.plain_files} ({layout.plain_bytes / 1e6:.1f} MB), "
-              f"delta-rs {layout.lake_files} per write")
+        print(
+            f"  {layout.name:<14} files: plain {layout.plain_files} ({layout.plain_bytes / 1e6:.1f} MB), "
+            f"delta-rs {layout.lake_files} per write"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the DataFrame (default 1000000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per operation (default 3)")
     parser.add_argument(
-        "--partitioned", action=argparse.BooleanOptionalAction, default=True,
+        "--partitioned",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="partition by event_date (default); also measures the unpartitioned layout",
     )
     parser.add_argument("--out", help="working directory (default: a temporary one, removed at the end)")
@@ -257,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(None)
         log(f"starting Spark (master {config.spark.master})")
         spark = build_session(config)
-        lake = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), root=os.path.join(out, "lake"))
+        lake = Lake(
+            spark, config.lake.model_copy(update={"engine": "delta-rs"}), root=os.path.join(out, "lake")
+        )
 
         df = events_frame(spark, args.rows).cache()
         seconds, count = timed(df.count)
@@ -265,12 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         expected = scan(df)
 
         layouts = []
-        for partitioned in ([True, False] if args.partitioned else [False]):
+        for partitioned in [True, False] if args.partitioned else [False]:
             layouts.append(run_layout(spark, lake, df, expected, out, partitioned, args.repeats))
 
-        versions = (f"pyspark {pyspark.__version__}, deltalake {deltalake.__version__}, "
-                    f"Python {sys.version.split()[0]}, master {spark.sparkContext.master}")
-        report(layouts, args.rows, args.repeats, os.cpu_count(), spark.sparkContext.defaultParallelism, versions)
+        versions = (
+            f"pyspark {pyspark.__version__}, deltalake {deltalake.__version__}, "
+            f"Python {sys.version.split()[0]}, master {spark.sparkContext.master}"
+        )
+        report(
+            layouts, args.rows, args.repeats, os.cpu_count(), spark.sparkContext.defaultParallelism, versions
+        )
         head = layouts[0]
         summary = {
             "rows": args.rows,

@@ -83,7 +83,9 @@ class Watch:
         self.stage = "startup"
         self.peaks: dict[str, int] = {}
         self.log_path = log_path
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.sampler = threading.Thread(target=self._sample, daemon=True)
         self.reader.start()
@@ -117,7 +119,9 @@ def job_seconds(lake: Path) -> dict[str, float]:
     runs = runs.sort_values("started_at")
     failed = runs[runs["status"] != "succeeded"]
     if len(failed):
-        raise SystemExit(f"bench: {len(failed)} job(s) failed: {failed[['job', 'message']].to_dict('records')}")
+        raise SystemExit(
+            f"bench: {len(failed)} job(s) failed: {failed[['job', 'message']].to_dict('records')}"
+        )
     return {row.job: float(row.seconds) for row in runs.itertuples() if row.job != "pipeline"}
 
 
@@ -145,9 +149,20 @@ def run_size(events: int, work: Path, driver_memory: str) -> dict:
     log(f"{events:,} events, {users:,} users: pipeline (log: {work / 'pipeline.log'})")
     started = time.perf_counter()
     watch = Watch(
-        [sys.executable, "jobs/pipeline.py", "--generate", "--config", str(config), "--lake", str(lake), "--run-date", RUN_DATE],
-        work / "pipeline.log", env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "jobs/pipeline.py",
+            "--generate",
+            "--config",
+            str(config),
+            "--lake",
+            str(lake),
+            "--run-date",
+            RUN_DATE,
+        ],
+        work / "pipeline.log",
+        env,
+    )
     code = watch.wait()
     wall = time.perf_counter() - started
     if code:
@@ -157,24 +172,41 @@ def run_size(events: int, work: Path, driver_memory: str) -> dict:
 
     log(f"{events:,} events: baseline read.json + write.parquet")
     baseline = subprocess.run(
-        [sys.executable, "-c", BASELINE, str(lake / "landing" / "shop" / "events"), str(work / "baseline"), driver_memory],
-        cwd=ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            BASELINE,
+            str(lake / "landing" / "shop" / "events"),
+            str(work / "baseline"),
+            driver_memory,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     found = re.search(r"BASELINE_SECONDS (\S+)", baseline.stdout)
     if not found:
         raise SystemExit(f"bench: the baseline failed: {baseline.stderr[-2000:]}")
     without_generate = sum(seconds for job, seconds in stages.items() if job != "generate")
     return {
-        "events": events, "users": users, "stages": stages, "wall_s": round(wall, 1),
-        "pipeline_s": round(without_generate, 1), "events_per_s": round(events / without_generate),
-        "baseline_s": round(float(found.group(1)), 1), "peak_mb": {k: round(v / 2**20) for k, v in watch.peaks.items()},
-    }  # fmt: skip
+        "events": events,
+        "users": users,
+        "stages": stages,
+        "wall_s": round(wall, 1),
+        "pipeline_s": round(without_generate, 1),
+        "events_per_s": round(events / without_generate),
+        "baseline_s": round(float(found.group(1)), 1),
+        "peak_mb": {k: round(v / 2**20) for k, v in watch.peaks.items()},
+    }
 
 
 def report(results: list[dict]) -> None:
     stages = list(dict.fromkeys(job for r in results for job in r["stages"]))
     width = 14
-    print(f"marketlake pipeline benchmark: {os.cpu_count()} cores, run date {RUN_DATE}, seconds per stage (peak driver MB)")
+    print(
+        f"marketlake pipeline benchmark: {os.cpu_count()} cores, run date {RUN_DATE}, seconds per stage (peak driver MB)"
+    )
     print("stage".ljust(12) + "".join(f"{r['events']:>{width},}" for r in results))
     for stage in stages:
         cells = []
@@ -198,13 +230,19 @@ def report(results: list[dict]) -> None:
         verdict = ""
         if before["events"] == 10**6 and after["events"] == 10**7:
             verdict = f" (goal: at most {GROWTH_GOAL:.0f}x: {'met' if growth <= GROWTH_GOAL else 'NOT met'})"
-        print(f"time growth {before['events']:,} -> {after['events']:,} events ({size:.0f}x): {growth:.1f}x{verdict}")
+        print(
+            f"time growth {before['events']:,} -> {after['events']:,} events ({size:.0f}x): {growth:.1f}x{verdict}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", default="100000,1000000,10000000", help="comma-separated sizes in event lines")
-    parser.add_argument("--driver-memory", default="8g", help="spark.driver.memory of the pipeline and the baseline")
+    parser.add_argument(
+        "--events", default="100000,1000000,10000000", help="comma-separated sizes in event lines"
+    )
+    parser.add_argument(
+        "--driver-memory", default="8g", help="spark.driver.memory of the pipeline and the baseline"
+    )
     parser.add_argument("--keep", help="work in this folder and leave the lakes there")
     args = parser.parse_args(argv)
     sizes = [int(float(size)) for size in args.events.split(",")]
@@ -222,11 +260,18 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     report(results)
     headline = {
-        str(r["events"]): {"pipeline_s": r["pipeline_s"], "events_per_s": r["events_per_s"], "baseline_s": r["baseline_s"],
-                           "peak_mb": max(r["peak_mb"].values())}
+        str(r["events"]): {
+            "pipeline_s": r["pipeline_s"],
+            "events_per_s": r["events_per_s"],
+            "baseline_s": r["baseline_s"],
+            "peak_mb": max(r["peak_mb"].values()),
+        }
         for r in results
-    }  # fmt: skip
-    growth = {f"{a['events']}->{b['events']}": round(b["pipeline_s"] / a["pipeline_s"], 2) for a, b in zip(results, results[1:], strict=False)}
+    }
+    growth = {
+        f"{a['events']}->{b['events']}": round(b["pipeline_s"] / a["pipeline_s"], 2)
+        for a, b in zip(results, results[1:], strict=False)
+    }
     print(json.dumps({"sizes": headline, "growth": growth}))
     return 0
 

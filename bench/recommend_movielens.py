@@ -60,9 +60,13 @@ def ratings_as_events(spark, path: str):
     raw = spark.read.csv(path, sep="\t", schema="user long, item long, rating double, unix_ts long")
     ts = F.timestamp_seconds("unix_ts")
     return raw.select(
-        F.col("user").cast("string").alias("user_id"), F.col("item").cast("string").alias("item_id"),
-        F.lit("rating").alias("event_type"), ts.alias("event_ts"), F.to_date(ts).alias("event_date"), "rating",
-    )  # fmt: skip
+        F.col("user").cast("string").alias("user_id"),
+        F.col("item").cast("string").alias("item_id"),
+        F.lit("rating").alias("event_type"),
+        ts.alias("event_ts"),
+        F.to_date(ts).alias("event_date"),
+        "rating",
+    )
 
 
 def timed(action):
@@ -73,8 +77,14 @@ def timed(action):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="MovieLens u.data (default: ../shared/data/movielens-100k/u.data)")
-    parser.add_argument("--config", help="YAML merged over the default config (its recommend section is used)")
+    parser.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="MovieLens u.data (default: ../shared/data/movielens-100k/u.data)",
+    )
+    parser.add_argument(
+        "--config", help="YAML merged over the default config (its recommend section is used)"
+    )
     parser.add_argument("--half-life", type=float, help="time decay in days (default: none, see above)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the 75/25 split (default 42)")
     args = parser.parse_args(argv)
@@ -95,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
     blocks = settings.blocks or spark.sparkContext.defaultParallelism
 
-    with tempfile.TemporaryDirectory(prefix="recommend-bench-") as scratch, checkpoints(spark, f"{scratch}/checkpoints"):
+    with (
+        tempfile.TemporaryDirectory(prefix="recommend-bench-") as scratch,
+        checkpoints(spark, f"{scratch}/checkpoints"),
+    ):
         return run(spark, args, settings, partitions, blocks)
 
 
@@ -119,7 +132,7 @@ def run(spark, args, settings, partitions: int, blocks: int) -> int:
         to_indexes,
         tune,
         window_events,
-    )  # fmt: skip
+    )
 
     events = ratings_as_events(spark, args.data)
     run_date = events.agg(F.max("event_date")).first()[0]
@@ -132,19 +145,35 @@ def run(spark, args, settings, partitions: int, blocks: int) -> int:
     train = to_indexes(split.train, users, items).persist()
     test = to_indexes(split.test, users, items).select(USER_INDEX, ITEM_INDEX).persist()
     catalogue = train.select(ITEM_INDEX).distinct().count()
-    log(f"MovieLens: {pairs.count():,} ratings, {users.count():,} users, {items.count():,} items; "
-        f"train {train.count():,}, test {test.count():,}; run date {run_date}")  # fmt: skip
+    log(
+        f"MovieLens: {pairs.count():,} ratings, {users.count():,} users, {items.count():,} items; "
+        f"train {train.count():,}, test {test.count():,}; run date {run_date}"
+    )
     rows = {}
 
-    explicit = ALS(userCol=USER_INDEX, itemCol=ITEM_INDEX, ratingCol="rating", rank=10, regParam=0.05, maxIter=15,
-                   seed=settings.seed, coldStartStrategy="drop", numUserBlocks=blocks, numItemBlocks=blocks)  # fmt: skip
+    explicit = ALS(
+        userCol=USER_INDEX,
+        itemCol=ITEM_INDEX,
+        ratingCol="rating",
+        rank=10,
+        regParam=0.05,
+        maxIter=15,
+        seed=settings.seed,
+        coldStartStrategy="drop",
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
+    )
     model, train_s = timed(lambda: explicit.fit(train))
     top, recommend_s = timed(lambda: _materialise(als_top(model, K, exclude=train)))
     rows["Spark ALS explicit"] = (evaluate("als-explicit", top, test, K, catalogue), train_s, recommend_s)
     top.unpersist()
 
     def popularity():
-        return _materialise(popular_top(item_popularity(train, ITEM_INDEX, USER_INDEX), train.select(USER_INDEX), K, exclude=train))
+        return _materialise(
+            popular_top(
+                item_popularity(train, ITEM_INDEX, USER_INDEX), train.select(USER_INDEX), K, exclude=train
+            )
+        )
 
     top, recommend_s = timed(popularity)
     rows["popularity"] = (evaluate("popularity", top, test, K, catalogue), 0.0, recommend_s)
@@ -159,10 +188,18 @@ def run(spark, args, settings, partitions: int, blocks: int) -> int:
 
     report(rows, tuned, tune_s, settings, blocks, blas(spark))
     m = ours.metrics
-    print(json.dumps({
-        "ndcg@10": round(m["ndcg"], 4), "precision@10": round(m["precision"], 4), "recall@10": round(m["recall"], 4),
-        "map@10": round(m["map"], 4), "train_s": round(train_s, 1), "recommend_s": round(recommend_s, 1),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "ndcg@10": round(m["ndcg"], 4),
+                "precision@10": round(m["precision"], 4),
+                "recall@10": round(m["recall"], 4),
+                "map@10": round(m["map"], 4),
+                "train_s": round(train_s, 1),
+                "recommend_s": round(recommend_s, 1),
+            }
+        )
+    )
     return 0
 
 
@@ -183,7 +220,9 @@ def blas(spark) -> str:
 
 def report(rows: dict, tuned, tune_s: float, settings, blocks: int, blas_name: str) -> None:
     popularity_ndcg = rows["popularity"][0].metrics["ndcg"]
-    print(f"MovieLens 100k, per-user random 75/25 split, top {K}, training items excluded; ALS blocks {blocks}, BLAS {blas_name}")
+    print(
+        f"MovieLens 100k, per-user random 75/25 split, top {K}, training items excluded; ALS blocks {blocks}, BLAS {blas_name}"
+    )
     header = f"{'model':<34} {'nDCG@10':>8} {'P@10':>7} {'R@10':>7} {'MAP@10':>7} {'cover':>6} {'users':>6} {'train_s':>8} {'recommend_s':>12} {'nDCG/pop':>9}"
     print(header)
     print("-" * len(header))
@@ -194,13 +233,21 @@ def report(rows: dict, tuned, tune_s: float, settings, blocks: int, blas_name: s
             f"{result.users:>6} {train_s:>8.1f} {recommend_s:>12.1f} {m['ndcg'] / popularity_ndcg:>9.2f}"
         )
     for name, (ndcg, precision, recall, map_) in PUBLISHED.items():
-        print(f"{name:<34} {ndcg:>8.4f} {precision:>7.4f} {recall:>7.4f} {map_:>7.4f}  (MAP: older definition)")
+        print(
+            f"{name:<34} {ndcg:>8.4f} {precision:>7.4f} {recall:>7.4f} {map_:>7.4f}  (MAP: older definition)"
+        )
     print()
-    print(f"tuning: {len(tuned.trials)} trials in {tune_s:.1f} s on a validation split of the training part "
-          f"({tuned.users} users){'; ' + tuned.reason if tuned.reason else ''}")  # fmt: skip
+    print(
+        f"tuning: {len(tuned.trials)} trials in {tune_s:.1f} s on a validation split of the training part "
+        f"({tuned.users} users){'; ' + tuned.reason if tuned.reason else ''}"
+    )
     for number, trial in enumerate(tuned.trials, 1):
-        print(f"  {number:>2}. {trial.params.describe():<40} validation nDCG@{settings.k} {trial.ndcg:.4f}  {trial.seconds:.1f} s")
-    print(f"chosen: {tuned.chosen.describe()} (strength {settings.strength}, half-life {settings.half_life_days})")
+        print(
+            f"  {number:>2}. {trial.params.describe():<40} validation nDCG@{settings.k} {trial.ndcg:.4f}  {trial.seconds:.1f} s"
+        )
+    print(
+        f"chosen: {tuned.chosen.describe()} (strength {settings.strength}, half-life {settings.half_life_days})"
+    )
 
 
 if __name__ == "__main__":

@@ -113,21 +113,34 @@ def mlxtend_rules(onehot, min_support: float, min_confidence: float, min_lift: f
     from mlxtend.frequent_patterns import association_rules, fpgrowth
 
     itemsets = fpgrowth(onehot, min_support=min_support, use_colnames=True)
-    rules = association_rules(itemsets, num_itemsets=len(onehot), metric="confidence", min_threshold=min_confidence)
+    rules = association_rules(
+        itemsets, num_itemsets=len(onehot), metric="confidence", min_threshold=min_confidence
+    )
     rules = rules[(rules.lift >= min_lift) & (rules.consequents.map(len) == 1)]
     return itemsets, rules
 
 
 def compare(rules, theirs) -> float:
     """Max abs difference of support, confidence and lift over the same rules; raises on other rules."""
-    ours = {(tuple(r.antecedent), r.consequent[0]): (r.support, r.confidence, r.lift) for r in rules.collect()}
+    ours = {
+        (tuple(r.antecedent), r.consequent[0]): (r.support, r.confidence, r.lift) for r in rules.collect()
+    }
     other = {
         (tuple(sorted(a)), next(iter(c))): (s, conf, lift)
-        for a, c, s, conf, lift in zip(theirs.antecedents, theirs.consequents, theirs.support, theirs.confidence, theirs.lift, strict=True)
+        for a, c, s, conf, lift in zip(
+            theirs.antecedents,
+            theirs.consequents,
+            theirs.support,
+            theirs.confidence,
+            theirs.lift,
+            strict=True,
+        )
     }
     if ours.keys() != other.keys():
-        raise SystemExit(f"ERROR: rule sets differ: {len(ours.keys() - other.keys())} only in Spark, "
-                         f"{len(other.keys() - ours.keys())} only in mlxtend")
+        raise SystemExit(
+            f"ERROR: rule sets differ: {len(ours.keys() - other.keys())} only in Spark, "
+            f"{len(other.keys() - ours.keys())} only in mlxtend"
+        )
     worst = max((abs(a - b) for key in ours for a, b in zip(ours[key], other[key], strict=True)), default=0.0)
     if worst > 1e-9:
         raise SystemExit(f"ERROR: values differ by {worst:.3g}")
@@ -139,7 +152,9 @@ def run_size(spark, n: int, args) -> dict[str, Any]:
 
     names = item_names(args.items)
     seconds, (indptr, cols) = timed(lambda: synthetic_baskets(n, args.items, args.seed))
-    log(f"{n:,} baskets, {len(cols):,} basket items ({len(cols) / n:.2f} per basket), made in {seconds:.1f} s")
+    log(
+        f"{n:,} baskets, {len(cols):,} basket items ({len(cols) / n:.2f} per basket), made in {seconds:.1f} s"
+    )
     frame = spark_frame(spark, indptr, cols, names).cache()
     frame.count()
     onehot = onehot_frame(indptr, cols, names)
@@ -150,21 +165,33 @@ def run_size(spark, n: int, args) -> dict[str, Any]:
         seconds, n_rules = timed(lambda: spark_rules(frame, thresholds))
         spark_s.append(seconds)
         log(f"  spark   run {repeat + 1}: {seconds:8.2f} s  {n_rules:,} rules")
-        seconds, (itemsets, theirs) = timed(lambda: mlxtend_rules(onehot, args.min_support, args.min_confidence, args.min_lift))
+        seconds, (itemsets, theirs) = timed(
+            lambda: mlxtend_rules(onehot, args.min_support, args.min_confidence, args.min_lift)
+        )
         mlxtend_s.append(seconds)
-        log(f"  mlxtend run {repeat + 1}: {seconds:8.2f} s  {len(theirs):,} rules, {len(itemsets):,} itemsets")
+        log(
+            f"  mlxtend run {repeat + 1}: {seconds:8.2f} s  {len(theirs):,} rules, {len(itemsets):,} itemsets"
+        )
     guard_s, estimate = timed(lambda: estimate_itemsets(frame, n, args.min_support, 10**6))
     with mine_rules(frame, *thresholds) as mined:
         if mined.itemsets != len(itemsets):
-            raise SystemExit(f"ERROR: {mined.itemsets:,} frequent itemsets in Spark, {len(itemsets):,} in mlxtend")
+            raise SystemExit(
+                f"ERROR: {mined.itemsets:,} frequent itemsets in Spark, {len(itemsets):,} in mlxtend"
+            )
         worst = compare(mined.rules, theirs)
     frame.unpersist()
     spark_median, mlxtend_median = statistics.median(spark_s), statistics.median(mlxtend_s)
     return {
-        "baskets": n, "itemsets": len(itemsets), "rules": len(theirs), "spark_s": round(spark_median, 3),
-        "mlxtend_s": round(mlxtend_median, 3), "ratio": round(mlxtend_median / spark_median, 3),
-        "guard_s": round(guard_s, 3), "itemsets_bound": estimate.bound, "max_abs_diff": worst,
-    }  # fmt: skip
+        "baskets": n,
+        "itemsets": len(itemsets),
+        "rules": len(theirs),
+        "spark_s": round(spark_median, 3),
+        "mlxtend_s": round(mlxtend_median, 3),
+        "ratio": round(mlxtend_median / spark_median, 3),
+        "guard_s": round(guard_s, 3),
+        "itemsets_bound": estimate.bound,
+        "max_abs_diff": worst,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,25 +218,35 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(config)
     try:
         log("warm-up (untimed): 10,000 baskets")
-        warm = spark_frame(spark, *synthetic_baskets(10_000, args.items, args.seed + 1), item_names(args.items))
+        warm = spark_frame(
+            spark, *synthetic_baskets(10_000, args.items, args.seed + 1), item_names(args.items)
+        )
         spark_rules(warm, (args.min_support, args.min_confidence, args.min_lift))
         results = [run_size(spark, n, args) for n in sizes]
         master = spark.sparkContext.master
     finally:
         spark.stop()
 
-    print(f"marketlake rules benchmark: {args.items} items, min support {args.min_support:g}, min confidence "
-          f"{args.min_confidence:g}, min lift {args.min_lift:g}, {args.repeats} run(s) per side (median)")
-    print(f"pyspark {pyspark.__version__} (master {master}), mlxtend {mlxtend.__version__}, Python "
-          f"{sys.version.split()[0]}, {os.cpu_count()} cores")
-    print("ratio = mlxtend s / Spark s (> 1: Spark faster); guard = the job's itemset estimate, not in the ratio")
+    print(
+        f"marketlake rules benchmark: {args.items} items, min support {args.min_support:g}, min confidence "
+        f"{args.min_confidence:g}, min lift {args.min_lift:g}, {args.repeats} run(s) per side (median)"
+    )
+    print(
+        f"pyspark {pyspark.__version__} (master {master}), mlxtend {mlxtend.__version__}, Python "
+        f"{sys.version.split()[0]}, {os.cpu_count()} cores"
+    )
+    print(
+        "ratio = mlxtend s / Spark s (> 1: Spark faster); guard = the job's itemset estimate, not in the ratio"
+    )
     print()
     header = f"{'baskets':>10} {'itemsets':>9} {'rules':>7} {'spark s':>9} {'mlxtend s':>10} {'ratio':>7} {'guard s':>8}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['baskets']:>10,} {r['itemsets']:>9,} {r['rules']:>7,} {r['spark_s']:>9.2f} {r['mlxtend_s']:>10.2f} "
-              f"{r['ratio']:>7.2f} {r['guard_s']:>8.2f}")
+        print(
+            f"{r['baskets']:>10,} {r['itemsets']:>9,} {r['rules']:>7,} {r['spark_s']:>9.2f} {r['mlxtend_s']:>10.2f} "
+            f"{r['ratio']:>7.2f} {r['guard_s']:>8.2f}"
+        )
     print()
     print(json.dumps({"items": args.items, "min_support": args.min_support, "results": results}))
     return 0

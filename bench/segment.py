@@ -43,7 +43,17 @@ import time
 import numpy as np
 import pandas as pd
 
-FEATURES = ["recency_days", "frequency", "monetary", "views", "clicks", "carts", "purchases", "ctr", "purchase_rate"]
+FEATURES = [
+    "recency_days",
+    "frequency",
+    "monetary",
+    "views",
+    "clicks",
+    "carts",
+    "purchases",
+    "ctr",
+    "purchase_rate",
+]
 # name: (share, mean recency days, mean orders, mean views, click prob, cart prob per click, spend per order)
 GROUPS = {
     "champions": (0.15, 0.4, 17.0, 75.0, 0.68, 0.80, 150.0),
@@ -117,11 +127,16 @@ def sklearn_fit(raw: pd.DataFrame, features, log_features, ks, seeds, max_iter) 
     from sklearn.preprocessing import StandardScaler
 
     distinct = len(np.unique(raw[features].to_numpy(), axis=0))
-    x = np.column_stack([np.log1p(raw[c].to_numpy(float)) if c in log_features else raw[c].to_numpy(float) for c in features])
+    x = np.column_stack(
+        [np.log1p(raw[c].to_numpy(float)) if c in log_features else raw[c].to_numpy(float) for c in features]
+    )
     x = StandardScaler().fit_transform(x)
     trials = {}
     for k in ks:
-        runs = [KMeans(k, init="k-means++", n_init=1, max_iter=max_iter, random_state=seed).fit(x) for seed in seeds]
+        runs = [
+            KMeans(k, init="k-means++", n_init=1, max_iter=max_iter, random_state=seed).fit(x)
+            for seed in seeds
+        ]
         best = min(runs, key=lambda m: m.inertia_)
         trials[k] = (best.inertia_, silhouette_sqeuclidean(x, best.labels_), best.labels_)
     chosen = max(ks, key=lambda k: (round(trials[k][1], 9), -k))
@@ -134,7 +149,9 @@ def check_closed_form(x: np.ndarray, labels: np.ndarray, sample: int = 3000) -> 
 
     rows = np.random.default_rng(0).choice(len(x), size=min(sample, len(x)), replace=False)
     _, sub_labels = np.unique(labels[rows], return_inverse=True)
-    return silhouette_sqeuclidean(x[rows], sub_labels), float(silhouette_score(x[rows], sub_labels, metric="sqeuclidean"))
+    return silhouette_sqeuclidean(x[rows], sub_labels), float(
+        silhouette_score(x[rows], sub_labels, metric="sqeuclidean")
+    )
 
 
 # ---- one size -----------------------------------------------------------------------------------------
@@ -165,14 +182,21 @@ def measure(spark, settings, users: int, workdir: str) -> dict:
     log(f"{users:,} users: Spark")
     started = time.perf_counter()
     partitions = max(1, min(int(spark.conf.get("spark.sql.shuffle.partitions")), math.ceil(users / 50_000)))
-    data = spark.read.parquet(path).repartition(partitions, "user_id").sortWithinPartitions("user_id").persist()
+    data = (
+        spark.read.parquet(path).repartition(partitions, "user_id").sortWithinPartitions("user_id").persist()
+    )
     data.count()
     spark_load = time.perf_counter() - started
     workers = min(8, spark.sparkContext.defaultParallelism)
     started = time.perf_counter()
     fitted = fit(data, settings, workers)
     spark_fit = time.perf_counter() - started
-    spark_labels = fitted.model.transform(data).select("user_id", F.col(CLUSTER)).toPandas().set_index("user_id")[CLUSTER]
+    spark_labels = (
+        fitted.model.transform(data)
+        .select("user_id", F.col(CLUSTER))
+        .toPandas()
+        .set_index("user_id")[CLUSTER]
+    )
     data.unpersist()
 
     chosen_labels = sk["trials"][sk["chosen"]][2]
@@ -196,7 +220,10 @@ def measure(spark, settings, users: int, workdir: str) -> dict:
             "spark": round(adjusted_rand_score(truth.loc[spark_labels.index], spark_labels), 4),
             "sklearn": round(adjusted_rand_score(truth.to_numpy(), chosen_labels), 4),
         },
-        "closed_form_check": {"closed_form": round(closed, 6), "sklearn_silhouette_score": round(reference, 6)},
+        "closed_form_check": {
+            "closed_form": round(closed, 6),
+            "sklearn_silhouette_score": round(reference, 6),
+        },
     }
 
 
@@ -223,12 +250,16 @@ def report(results: list[dict], settings) -> None:
         for side in ("spark", "sklearn"):
             print(f"  {side:<8} " + "  ".join(f"k={k}: {v:.4f}" for k, v in r["silhouette"][side].items()))
         check = r["closed_form_check"]
-        print(f"  closed form {check['closed_form']:.6f} = sklearn silhouette_score {check['sklearn_silhouette_score']:.6f} (3,000-row sample)")
+        print(
+            f"  closed form {check['closed_form']:.6f} = sklearn silhouette_score {check['sklearn_silhouette_score']:.6f} (3,000-row sample)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes (default 10^5 10^6)")
+    parser.add_argument(
+        "--users", type=int, nargs="+", default=[100_000, 1_000_000], help="sizes (default 10^5 10^6)"
+    )
     parser.add_argument("--runs", type=int, help="seeds per k (default: config segment.runs)")
     parser.add_argument("--k-min", type=int, help="default: config segment.k_min")
     parser.add_argument("--k-max", type=int, help="default: config segment.k_max")
@@ -240,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     from marketlake.spark import build_session
 
     config = load_config()
-    updates = {key: value for key, value in (("runs", args.runs), ("k_min", args.k_min), ("k_max", args.k_max)) if value}
+    updates = {
+        key: value
+        for key, value in (("runs", args.runs), ("k_min", args.k_min), ("k_max", args.k_max))
+        if value
+    }
     settings = config.segment.model_copy(update=updates)
     ensure_java()
     spark = build_session(config)
@@ -255,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "benchmark": "segment",
         "spark": spark.version,
-        "settings": {"k_min": settings.k_min, "k_max": settings.k_max, "runs": settings.runs, "seed": settings.seed, "max_iter": settings.max_iter},
+        "settings": {
+            "k_min": settings.k_min,
+            "k_max": settings.k_max,
+            "runs": settings.runs,
+            "seed": settings.seed,
+            "max_iter": settings.max_iter,
+        },
         "results": results,
     }
     print(json.dumps(summary))

@@ -43,10 +43,13 @@ DAG_ID = "marketlake_daily"
 # A job is there when both its entry point (what spark-submit.sh runs) and its library module are.
 JOB_FOLDERS = ("jobs", "lib/marketlake/jobs")
 
+
 def marketlake_home() -> Path:
     home = Path(os.environ.get("MARKETLAKE_HOME") or Path(__file__).resolve().parent.parent)
     if not (home / "spark-submit.sh").is_file():
-        raise RuntimeError(f"{DAG_ID}: no spark-submit.sh in {home}: set MARKETLAKE_HOME to the marketlake checkout")
+        raise RuntimeError(
+            f"{DAG_ID}: no spark-submit.sh in {home}: set MARKETLAKE_HOME to the marketlake checkout"
+        )
     return home
 
 
@@ -79,7 +82,8 @@ def pipeline_order(home: Path) -> list[str]:
         next(
             ast.literal_eval(node.value)
             for node in module.body
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PIPELINE_ORDER" for t in node.targets)
+            if isinstance(node, ast.Assign)
+            and any(getattr(t, "id", None) == "PIPELINE_ORDER" for t in node.targets)
         )
     )
 
@@ -89,7 +93,8 @@ def pipeline_jobs(home: Path) -> list[str]:
     order = pipeline_order(home)
     skipped = {name.strip() for name in os.environ.get("MARKETLAKE_SKIP_JOBS", "").split(",") if name.strip()}
     return [
-        name for name in order
+        name
+        for name in order
         if name not in skipped and all((home / folder / f"{name}.py").is_file() for folder in JOB_FOLDERS)
     ]
 

@@ -67,7 +67,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.kill(signal.SIGKILL)
             self.process.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):  # what the daemon launched shares its group: none outlives it
+        with contextlib.suppress(
+            ProcessLookupError
+        ):  # what the daemon launched shares its group: none outlives it
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
@@ -101,8 +103,12 @@ class StandaloneCluster:
         log = self.folder / f"{name}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [str(SPARK_CLASS), *args], stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                cwd=self.folder, start_new_session=True,
+                [str(SPARK_CLASS), *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.folder,
+                start_new_session=True,
             )
         return Daemon(name, process, log, webui_port)
 
@@ -110,20 +116,42 @@ class StandaloneCluster:
         self.folder.mkdir(parents=True, exist_ok=True)
         port, webui = free_port(), free_port()
         self.url = f"spark://127.0.0.1:{port}"
-        self.master = self._spawn("master", [MASTER, "--host", "127.0.0.1", "--port", str(port),
-                                             "--webui-port", str(webui)], webui)  # fmt: skip
+        self.master = self._spawn(
+            "master", [MASTER, "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui)], webui
+        )
         wait_for("Spark master", lambda: self.state().get("status") == "ALIVE", 90, self.master.log)
         for number in range(self.workers):
             work_dir = self.folder / f"worker-{number}"
             work_dir.mkdir(exist_ok=True)
             webui = free_port()
-            self.worker_daemons.append(self._spawn(f"worker-{number}", [
-                WORKER, "--host", "127.0.0.1", "--port", str(free_port()), "--webui-port", str(webui),
-                "--cores", str(self.worker_cores), "--memory", self.worker_memory, "--work-dir", str(work_dir),
-                self.url,
-            ], webui))  # fmt: skip
-        wait_for(f"{self.workers} alive workers", lambda: len(self.alive_workers()) == self.workers, 90,
-                 self.worker_daemons[-1].log)  # fmt: skip
+            self.worker_daemons.append(
+                self._spawn(
+                    f"worker-{number}",
+                    [
+                        WORKER,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(free_port()),
+                        "--webui-port",
+                        str(webui),
+                        "--cores",
+                        str(self.worker_cores),
+                        "--memory",
+                        self.worker_memory,
+                        "--work-dir",
+                        str(work_dir),
+                        self.url,
+                    ],
+                    webui,
+                )
+            )
+        wait_for(
+            f"{self.workers} alive workers",
+            lambda: len(self.alive_workers()) == self.workers,
+            90,
+            self.worker_daemons[-1].log,
+        )
 
     def state(self) -> dict:
         """The master's JSON status: workers, active and completed applications."""

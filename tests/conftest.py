@@ -76,6 +76,9 @@ def demo_shop(spark, tmp_path_factory):
     counts = generate_shop(spark, ShopSpec.demo(end_date=dt.date.fromisoformat(DEMO_END)), str(shop))
     root = tmp_path_factory.mktemp("demo-lake")
     for entity, source in (("items", "items.csv"), ("users", "users.csv"), ("events", "events")):
-        code = main("ingest", ["--lake", str(root), "--run-date", DEMO_END, "--entity", entity, "--source", str(shop / source)])
+        code = main(
+            "ingest",
+            ["--lake", str(root), "--run-date", DEMO_END, "--entity", entity, "--source", str(shop / source)],
+        )
         assert code == 0, f"ingest {entity} failed"
     return shop, counts, str(root)

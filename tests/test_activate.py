@@ -28,16 +28,33 @@ RFM = ["Champions", "Loyal", "Hibernating", "Prospects"]
 SALT = "test-salt"
 CAMPAIGNS = [
     {
-        "id": "everyone-a", "segments": SEGMENT_NAMES, "control_share": 0.3, "items": 3, "cross_sell": 2,
-        "offers": {"loyal": "L-offer", "at risk": "R-offer"}, "default_offer": "D-offer",
+        "id": "everyone-a",
+        "segments": SEGMENT_NAMES,
+        "control_share": 0.3,
+        "items": 3,
+        "cross_sell": 2,
+        "offers": {"loyal": "L-offer", "at risk": "R-offer"},
+        "default_offer": "D-offer",
         "export_columns": {"email": "email", "home_region": "region"},
     },
-    {"id": "everyone-b", "rfm_labels": RFM, "control_share": 0.5, "items": 0, "cross_sell": 0, "default_offer": "B"},
     {
-        "id": "capped", "segments": ["at risk"], "rfm_labels": ["Champions"], "max_audience": 200,
-        "control_share": 0.2, "offers": {"at risk": "risk", "Champions": "champ"}, "channel": "ads",
+        "id": "everyone-b",
+        "rfm_labels": RFM,
+        "control_share": 0.5,
+        "items": 0,
+        "cross_sell": 0,
+        "default_offer": "B",
     },
-]  # fmt: skip
+    {
+        "id": "capped",
+        "segments": ["at risk"],
+        "rfm_labels": ["Champions"],
+        "max_audience": 200,
+        "control_share": 0.2,
+        "offers": {"at risk": "risk", "Champions": "champ"},
+        "channel": "ads",
+    },
+]
 
 
 def user(n: int) -> str:
@@ -49,34 +66,61 @@ def write_inputs(spark, lake: Lake, tmp_path) -> str:
     file with emails; returns the contacts path."""
     users = spark.range(USERS).select(
         F.format_string("u%05d", "id").alias("user_id"),
-        F.element_at(F.array(*[F.lit(x) for x in SEGMENT_NAMES]), (F.col("id") % 3 + 1).cast("int")).alias("segment_name"),
+        F.element_at(F.array(*[F.lit(x) for x in SEGMENT_NAMES]), (F.col("id") % 3 + 1).cast("int")).alias(
+            "segment_name"
+        ),
         F.element_at(F.array(*[F.lit(x) for x in RFM]), (F.col("id") % 4 + 1).cast("int")).alias("rfm_label"),
         # Ties in recency on purpose: monetary, then user_id must break them.
         (F.col("id") % 97).cast("double").alias("recency_days"),
         ((F.col("id") * 7919) % 1000).cast("double").alias("monetary"),
-    )  # fmt: skip
+    )
     partitions = {"partition_by": ["as_of_date"]}
     dated = users.withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.user_features", dated.drop("segment_name"), "append", **partitions)
     lake.write(
         "gold.user_segments",
-        dated.select("user_id", F.lit(0).alias("segment_id"), "segment_name", F.lit("v1").alias("model_version"), "as_of_date"),
-        "append", **partitions,
-    )  # fmt: skip
+        dated.select(
+            "user_id",
+            F.lit(0).alias("segment_id"),
+            "segment_name",
+            F.lit("v1").alias("model_version"),
+            "as_of_date",
+        ),
+        "append",
+        **partitions,
+    )
     ranks = spark.range(1, 7).select(F.col("id").cast("int").alias("rank"))
-    recommendations = users.select("user_id").crossJoin(ranks).select(
-        "user_id", "rank", F.format_string("i%02d", (F.substring("user_id", 2, 5).cast("int") + F.col("rank")) % 50).alias("item_id"),
-        (1.0 / F.col("rank")).alias("score"), F.lit("als").alias("source"), F.lit("r1").alias("model_version"),
-        F.lit(RUN_DATE).alias("as_of_date"),
-    )  # fmt: skip
+    recommendations = (
+        users.select("user_id")
+        .crossJoin(ranks)
+        .select(
+            "user_id",
+            "rank",
+            F.format_string("i%02d", (F.substring("user_id", 2, 5).cast("int") + F.col("rank")) % 50).alias(
+                "item_id"
+            ),
+            (1.0 / F.col("rank")).alias("score"),
+            F.lit("als").alias("source"),
+            F.lit("r1").alias("model_version"),
+            F.lit(RUN_DATE).alias("as_of_date"),
+        )
+    )
     lake.write("gold.user_recommendations", recommendations, "append", **partitions)
-    cross_sell = spark.createDataFrame(
-        [
-            ("i01", 1, "i02", 0.9, 9.0), ("i01", 2, "i03", 0.8, 8.0), ("i01", 3, "i04", 0.7, 7.0),
-            ("i02", 1, "i05", 0.9, 8.5), ("i02", 2, "i01", 0.9, 8.4), ("i09", 1, "i10", 0.9, 20.0),
-        ],
-        "item_id string, rank int, recommended_item_id string, confidence double, lift double",
-    ).withColumn("support", F.lit(0.01)).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+    cross_sell = (
+        spark.createDataFrame(
+            [
+                ("i01", 1, "i02", 0.9, 9.0),
+                ("i01", 2, "i03", 0.8, 8.0),
+                ("i01", 3, "i04", 0.7, 7.0),
+                ("i02", 1, "i05", 0.9, 8.5),
+                ("i02", 2, "i01", 0.9, 8.4),
+                ("i09", 1, "i10", 0.9, 20.0),
+            ],
+            "item_id string, rank int, recommended_item_id string, confidence double, lift double",
+        )
+        .withColumn("support", F.lit(0.01))
+        .withColumn("as_of_date", F.lit(RUN_DATE))
+    )
     lake.write("gold.item_cross_sell", cross_sell, "append", **partitions)
     ts = dt.datetime(2024, 6, 1, 12, tzinfo=dt.timezone.utc)
     events = spark.createDataFrame(
@@ -93,15 +137,32 @@ def write_inputs(spark, lake: Lake, tmp_path) -> str:
         "event_id string, user_id string, item_id string, event_type string, event_ts timestamp, order_id string",
     ).withColumn("event_date", F.to_date("event_ts"))
     lake.write("silver.events", events, "append")
-    lake.write("silver.users", users.select("user_id", F.element_at(F.array(F.lit("north"), F.lit("south")), (F.substring("user_id", 2, 5).cast("int") % 2 + 1).cast("int")).alias("region")), "append")  # fmt: skip
+    lake.write(
+        "silver.users",
+        users.select(
+            "user_id",
+            F.element_at(
+                F.array(F.lit("north"), F.lit("south")),
+                (F.substring("user_id", 2, 5).cast("int") % 2 + 1).cast("int"),
+            ).alias("region"),
+        ),
+        "append",
+    )
     contacts = tmp_path / "contacts.csv"
-    pd.DataFrame({"user_id": [user(n) for n in range(USERS)], "email": [f"{user(n)}@example.com" for n in range(USERS)]}).to_csv(contacts, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "user_id": [user(n) for n in range(USERS)],
+            "email": [f"{user(n)}@example.com" for n in range(USERS)],
+        }
+    ).to_csv(contacts, index=False)
     return str(contacts)
 
 
 def write_config(tmp_path, contacts: str, campaigns=CAMPAIGNS) -> str:
     path = tmp_path / f"activate-{len(os.listdir(tmp_path))}.yaml"
-    path.write_text(yaml.safe_dump({"activate": {"salt": SALT, "contacts": contacts, "campaigns": campaigns}}))
+    path.write_text(
+        yaml.safe_dump({"activate": {"salt": SALT, "contacts": contacts, "campaigns": campaigns}})
+    )
     return str(path)
 
 
@@ -136,7 +197,11 @@ def test_control_share_is_close_to_the_configured_share(activated):
         n, share = len(rows), campaign["control_share"]
         controls = (rows.group == CONTROL).sum()
         assert set(rows.group) == {CONTROL, TREATMENT}
-        assert abs(controls - n * share) <= 4 * math.sqrt(n * share * (1 - share)), (campaign["id"], controls, n)
+        assert abs(controls - n * share) <= 4 * math.sqrt(n * share * (1 - share)), (
+            campaign["id"],
+            controls,
+            n,
+        )
         assert set(rows.control_share) == {share}
 
 
@@ -144,7 +209,9 @@ def test_groups_are_the_documented_hash_of_salt_campaign_and_user_only(activated
     """Nothing else (run date, segment, rank) enters the draw, so a user keeps their group on every run."""
     _, _, frame, _ = activated
     expected = [
-        CONTROL if int(hashlib.sha256(f"{SALT}|{c}|{u}".encode()).hexdigest()[:13], 16) / 16**13 < s else TREATMENT
+        CONTROL
+        if int(hashlib.sha256(f"{SALT}|{c}|{u}".encode()).hexdigest()[:13], 16) / 16**13 < s
+        else TREATMENT
         for c, u, s in zip(frame.campaign_id, frame.user_id, frame.control_share, strict=True)
     ]
     assert frame.group.tolist() == expected
@@ -168,20 +235,27 @@ def test_the_cap_keeps_the_most_recently_active_then_highest_spending(spark, act
     segments = lake.read("gold.user_segments").filter(F.col("as_of_date") == RUN_DATE).toPandas()
     joined = features.merge(segments[["user_id", "segment_name"]], on="user_id")
     eligible = joined[(joined.segment_name == "at risk") | (joined.rfm_label == "Champions")]
-    expected = eligible.assign(neg_monetary=-eligible.monetary).sort_values(["recency_days", "neg_monetary", "user_id"])
+    expected = eligible.assign(neg_monetary=-eligible.monetary).sort_values(
+        ["recency_days", "neg_monetary", "user_id"]
+    )
     assert rows.user_id.tolist() == expected.user_id.head(200).tolist()
 
 
 def test_offers_targets_and_channel(activated):
     _, _, frame, _ = activated
     a = by_campaign(frame, "everyone-a")
-    assert (a.offer == a.segment_name.map({"loyal": "L-offer", "at risk": "R-offer", "window shoppers": "D-offer"})).all()
+    assert (
+        a.offer
+        == a.segment_name.map({"loyal": "L-offer", "at risk": "R-offer", "window shoppers": "D-offer"})
+    ).all()
     capped = by_campaign(frame, "capped")
     assert ((capped.segment_name == "at risk") | (capped.rfm_label == "Champions")).all()
     # The segment's offer wins over the RFM label's; a Champion outside "at risk" gets the label's offer.
     assert (capped.offer == capped.segment_name.map({"at risk": "risk"}).fillna("champ")).all()
     assert set(capped.channel) == {"ads"} and set(a.channel) == {"email"}
-    assert len(by_campaign(frame, "everyone-b")) == USERS and set(by_campaign(frame, "everyone-b").offer) == {"B"}
+    assert len(by_campaign(frame, "everyone-b")) == USERS and set(by_campaign(frame, "everyone-b").offer) == {
+        "B"
+    }
 
 
 def test_item_and_cross_sell_lists(activated):
@@ -201,7 +275,9 @@ def test_item_and_cross_sell_lists(activated):
 def test_no_pii_in_gold_and_the_exports_hold_the_treatment_only(activated):
     lake, root, frame, _ = activated
     assert lake.read("gold.campaign_audience").columns == AUDIENCE_COLUMNS
-    text_columns = [c for c in AUDIENCE_COLUMNS if frame[c].dtype == object and c not in ("items", "cross_sell")]
+    text_columns = [
+        c for c in AUDIENCE_COLUMNS if frame[c].dtype == object and c not in ("items", "cross_sell")
+    ]
     assert not frame[text_columns].apply(lambda column: column.astype(str).str.contains("@")).any().any()
     for campaign in CAMPAIGNS:
         folder = os.path.join(root, "exports", campaign["id"], RUN_DATE.isoformat())
@@ -212,14 +288,32 @@ def test_no_pii_in_gold_and_the_exports_hold_the_treatment_only(activated):
         treatment = treatment[treatment.group == TREATMENT].sort_values("audience_rank")
         assert exported.user_id.tolist() == parquet.user_id.tolist() == treatment.user_id.tolist()
         settings = CampaignConfig(**campaign)
-        flat = [f"item_{i}" for i in range(1, settings.items + 1)] + [f"cross_sell_{i}" for i in range(1, settings.cross_sell + 1)]
+        flat = [f"item_{i}" for i in range(1, settings.items + 1)] + [
+            f"cross_sell_{i}" for i in range(1, settings.cross_sell + 1)
+        ]
         mapped = list(settings.export_columns)
-        assert list(exported.columns) == list(parquet.columns) == [
-            "campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "audience_rank", *flat, *mapped,
-        ]  # fmt: skip
-    exported = pd.read_parquet(os.path.join(root, "exports", "everyone-a", RUN_DATE.isoformat(), "audience.parquet"))
+        assert (
+            list(exported.columns)
+            == list(parquet.columns)
+            == [
+                "campaign_id",
+                "user_id",
+                "segment_name",
+                "rfm_label",
+                "offer",
+                "channel",
+                "audience_rank",
+                *flat,
+                *mapped,
+            ]
+        )
+    exported = pd.read_parquet(
+        os.path.join(root, "exports", "everyone-a", RUN_DATE.isoformat(), "audience.parquet")
+    )
     assert (exported.email == exported.user_id + "@example.com").all()
-    assert (exported.home_region == exported.user_id.str[1:].astype(int).mod(2).map({0: "north", 1: "south"})).all()
+    assert (
+        exported.home_region == exported.user_id.str[1:].astype(int).mod(2).map({0: "north", 1: "south"})
+    ).all()
     row = by_campaign(frame, "everyone-a").set_index("user_id").loc[exported.user_id.iloc[0]]
     assert exported.item_1.iloc[0] == row["items"][0]
 
@@ -252,14 +346,18 @@ def test_group_draw_is_uniform_enough(spark):
     [
         ({"id": "x", "segments": ["loyall"], "default_offer": "o"}, "'loyall' is not a segment name"),
         ({"id": "x", "rfm_labels": ["Champion"], "default_offer": "o"}, "'Champion' is not an RFM label"),
-        ({"id": "x", "segments": ["loyal"], "default_offer": "o", "export_columns": {"phone": "phone"}},
-         "phone is neither in silver.users nor in the contacts file"),
-        ({"id": "x", "segments": ["loyal"], "default_offer": "o", "export_columns": {"offer": "email"}},
-         "offer is already an export column"),
+        (
+            {"id": "x", "segments": ["loyal"], "default_offer": "o", "export_columns": {"phone": "phone"}},
+            "phone is neither in silver.users nor in the contacts file",
+        ),
+        (
+            {"id": "x", "segments": ["loyal"], "default_offer": "o", "export_columns": {"offer": "email"}},
+            "offer is already an export column",
+        ),
         ({"id": "x", "segments": ["loyal"]}, "no offer for loyal and no default_offer"),
         ({"id": "Bad Id", "segments": ["loyal"], "default_offer": "o"}, "activate.campaigns.0.id"),
     ],
-)  # fmt: skip
+)
 def test_bad_campaigns_exit_2_before_writing(activated, tmp_path, capsys, campaign, message):
     lake, root, _, _ = activated
     before = lake.version("gold.campaign_audience")
@@ -276,4 +374,9 @@ def test_campaign_config_rejects_offers_for_untargeted_and_repeated_ids():
     from marketlake.config import load_config
 
     with pytest.raises(ConfigError, match="campaign ids must be unique: x repeated"):
-        load_config(None, {"MARKETLAKE__ACTIVATE__CAMPAIGNS": "[{id: x, segments: [loyal], default_offer: o}, {id: x, segments: [loyal], default_offer: o}]"})
+        load_config(
+            None,
+            {
+                "MARKETLAKE__ACTIVATE__CAMPAIGNS": "[{id: x, segments: [loyal], default_offer: o}, {id: x, segments: [loyal], default_offer: o}]"
+            },
+        )

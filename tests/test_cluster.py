@@ -68,7 +68,9 @@ def canonical(lake: Path, table: str) -> pl.DataFrame:
     if "source_file" in frame.columns:
         frame = frame.with_columns(pl.col("source_file").str.replace(str(lake), "<lake>", literal=True))
     lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)]
-    frame = frame.with_columns(pl.col(name).list.sort().cast(pl.List(pl.String)).list.join(",") for name in lists)
+    frame = frame.with_columns(
+        pl.col(name).list.sort().cast(pl.List(pl.String)).list.join(",") for name in lists
+    )
     return frame.sort(DETERMINISTIC[table])
 
 
@@ -88,17 +90,43 @@ class Submission:
         config = self.folder / "shop.yaml"
         config.write_text(CONFIG)
         command = [
-            str(ROOT / "spark-submit.sh"), "pipeline", "--master", self.cluster.url, "--executor-memory", "1g",
-            "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=true",
-            "--conf", f"spark.ui.port={self.ui_port}", "--conf", "spark.eventLog.enabled=true",
-            "--conf", f"spark.eventLog.dir=file://{self.events}", "--conf", "spark.eventLog.compress=false",
-            "--config", str(config), "--lake", str(self.lake),
-            "--run-date", RUN_DATE, "--generate",
-        ]  # fmt: skip
+            str(ROOT / "spark-submit.sh"),
+            "pipeline",
+            "--master",
+            self.cluster.url,
+            "--executor-memory",
+            "1g",
+            "--conf",
+            "spark.driver.host=127.0.0.1",
+            "--conf",
+            "spark.ui.enabled=true",
+            "--conf",
+            f"spark.ui.port={self.ui_port}",
+            "--conf",
+            "spark.eventLog.enabled=true",
+            "--conf",
+            f"spark.eventLog.dir=file://{self.events}",
+            "--conf",
+            "spark.eventLog.compress=false",
+            "--config",
+            str(config),
+            "--lake",
+            str(self.lake),
+            "--run-date",
+            RUN_DATE,
+            "--generate",
+        ]
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
         started = time.monotonic()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         watchdog = threading.Timer(TIMEOUT_S, os.killpg, (process.pid, signal.SIGKILL))
         watchdog.start()
         try:
@@ -123,11 +151,15 @@ class Submission:
                 if '"SparkListenerTaskEnd"' in line:
                     event = json.loads(line)
                     info = event["Task Info"]
-                    ends.append({
-                        "stage": event["Stage ID"], "partition": info.get("Partition ID", info["Index"]),
-                        "executor": info["Executor ID"], "reason": event["Task End Reason"]["Reason"],
-                        "finished": info["Finish Time"],
-                    })  # fmt: skip
+                    ends.append(
+                        {
+                            "stage": event["Stage ID"],
+                            "partition": info.get("Partition ID", info["Index"]),
+                            "executor": info["Executor ID"],
+                            "reason": event["Task End Reason"]["Reason"],
+                            "finished": info["Finish Time"],
+                        }
+                    )
         return sorted(ends, key=lambda end: end["finished"])
 
     def executors(self) -> list[dict]:
@@ -164,8 +196,12 @@ class WorkerKiller:
             if busy:
                 worker = submission.cluster.worker_of(busy[0])
                 worker.kill()
-                self.killed = {"worker": worker.name, "executor": busy[0]["id"], "job": self.job,
-                               "active_tasks": busy[0]["activeTasks"]}  # fmt: skip
+                self.killed = {
+                    "worker": worker.name,
+                    "executor": busy[0]["id"],
+                    "job": self.job,
+                    "active_tasks": busy[0]["activeTasks"],
+                }
             time.sleep(0.2)
 
 
@@ -235,7 +271,9 @@ def test_a_worker_killed_mid_job_does_not_fail_the_run(cluster, disturbed):
     assert lost and {end["executor"] for end in lost} == {killed["executor"]}
     for end in lost:
         assert any(
-            later["reason"] == "Success" and later["executor"] != killed["executor"] and later["finished"] >= end["finished"]
+            later["reason"] == "Success"
+            and later["executor"] != killed["executor"]
+            and later["finished"] >= end["finished"]
             and (later["stage"], later["partition"]) == (end["stage"], end["partition"])
             for later in ends
         ), end
@@ -258,5 +296,9 @@ def test_model_outputs_cover_the_same_users(undisturbed, disturbed):
         if (lake / table.replace(".", "/")).exists():
             users = read(lake, table)["user_id"].unique().sort()
             assert_frame_equal(read(other, table)["user_id"].unique().sort().to_frame(), users.to_frame())
-    tables = {path.relative_to(lake).as_posix() for path in lake.glob("*/*") if (path / "_delta_log").is_dir()}
-    assert tables == {p.relative_to(other).as_posix() for p in other.glob("*/*") if (p / "_delta_log").is_dir()}
+    tables = {
+        path.relative_to(lake).as_posix() for path in lake.glob("*/*") if (path / "_delta_log").is_dir()
+    }
+    assert tables == {
+        p.relative_to(other).as_posix() for p in other.glob("*/*") if (p / "_delta_log").is_dir()
+    }

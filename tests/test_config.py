@@ -21,7 +21,9 @@ def test_file_merges_over_default(tmp_path):
 
 
 def test_environment_overrides_paths_and_any_key(tmp_path):
-    config = load_config(None, {"MARKETLAKE_LAKE": "/data/lake", "MARKETLAKE__SPARK__SHUFFLE_PARTITIONS": "12"})
+    config = load_config(
+        None, {"MARKETLAKE_LAKE": "/data/lake", "MARKETLAKE__SPARK__SHUFFLE_PARTITIONS": "12"}
+    )
     assert config.lake.root == "/data/lake" and config.spark.shuffle_partitions == 12
 
 
@@ -50,7 +52,9 @@ def test_errors_name_the_key(tmp_path, text, environ, message):
 def test_command_line_overrides_are_checked_like_the_config_and_name_the_option():
     rules = RulesConfig()
     assert with_overrides(rules, {"min_support": None, "top_n": None}) is rules  # None: not given
-    assert with_overrides(rules, {"min_support": 0.5, "top_n": None}) == rules.model_copy(update={"min_support": 0.5})
+    assert with_overrides(rules, {"min_support": 0.5, "top_n": None}) == rules.model_copy(
+        update={"min_support": 0.5}
+    )
     with pytest.raises(UsageError, match=r"^--min-support: Input should be greater than 0 \(got 0\.0\)$"):
         with_overrides(rules, {"min_support": 0.0})
     with pytest.raises(UsageError, match="^--k: Input should be greater than or equal to 2 "):

@@ -62,11 +62,13 @@ class StubTimetable:
 def load_dag(monkeypatch):
     """load_dag(**settings) -> the DAG module, loaded against stand-ins for Airflow, with these settings."""
     names = {
-        "airflow": {}, "airflow.providers": {}, "airflow.providers.standard": {},
+        "airflow": {},
+        "airflow.providers": {},
+        "airflow.providers.standard": {},
         "airflow.providers.standard.operators": {},
         "airflow.providers.standard.operators.bash": {"BashOperator": StubBashOperator},
         "airflow.sdk": {"DAG": StubDAG, "CronDataIntervalTimetable": StubTimetable},
-    }  # fmt: skip
+    }
     for name, attributes in names.items():
         module = types.ModuleType(name)
         module.__dict__.update(attributes)
@@ -93,10 +95,17 @@ def test_one_task_per_job_through_spark_submit_with_the_run_date_templated(load_
     dag = load_dag().dag
     assert list(dag.tasks) == available_jobs()
     for job, task in dag.tasks.items():
-        assert rendered(task.bash_command, "2024-06-30") == [str(ROOT / "spark-submit.sh"), job, "--run-date", "2024-06-30"]
+        assert rendered(task.bash_command, "2024-06-30") == [
+            str(ROOT / "spark-submit.sh"),
+            job,
+            "--run-date",
+            "2024-06-30",
+        ]
         assert task.cwd == str(ROOT)
     assert dag.kwargs["dag_id"] == "marketlake_daily" and dag.kwargs["max_active_runs"] == 1
-    assert dag.kwargs["default_args"]["retries"] == 2 and dag.kwargs["default_args"]["retry_exponential_backoff"]
+    assert (
+        dag.kwargs["default_args"]["retries"] == 2 and dag.kwargs["default_args"]["retry_exponential_backoff"]
+    )
     timetable = dag.kwargs["schedule"]
     assert (timetable.cron, timetable.timezone) == ("30 2 * * *", "UTC")
 
@@ -113,10 +122,15 @@ def test_the_graph_follows_the_tables_each_job_reads(load_dag):
     module = load_dag()
     edges = module.dependencies(PIPELINE_ORDER)
     assert edges == {
-        "ingest": [], "features": ["ingest"], "segment": ["features"],
-        "rules": ["ingest"], "recommend": ["segment"], "activate": ["rules", "recommend"],
-        "experiment": ["ingest"], "report": ["activate", "experiment"],
-    }  # fmt: skip
+        "ingest": [],
+        "features": ["ingest"],
+        "segment": ["features"],
+        "rules": ["ingest"],
+        "recommend": ["segment"],
+        "activate": ["rules", "recommend"],
+        "experiment": ["ingest"],
+        "report": ["activate", "experiment"],
+    }
     # This version's DAG: the same graph, less the jobs it does not have.
     tasks = module.dag.tasks
     assert {job: task.upstream for job, task in tasks.items()} == {
@@ -128,12 +142,18 @@ def test_missing_jobs_are_bridged_by_what_they_read(load_dag):
     module = load_dag()
     jobs = [job for job in PIPELINE_ORDER if job not in ("recommend", "experiment")]
     assert module.dependencies(jobs) == {
-        "ingest": [], "features": ["ingest"], "segment": ["features"], "rules": ["ingest"],
-        "activate": ["segment", "rules"], "report": ["activate"],
-    }  # fmt: skip
+        "ingest": [],
+        "features": ["ingest"],
+        "segment": ["features"],
+        "rules": ["ingest"],
+        "activate": ["segment", "rules"],
+        "report": ["activate"],
+    }
     # A job the DAG has no reads for waits for every job before it.
     assert module.dependencies(["ingest", "churn", "features"]) == {
-        "ingest": [], "churn": ["ingest"], "features": ["ingest"],
+        "ingest": [],
+        "churn": ["ingest"],
+        "features": ["ingest"],
     }
 
 
@@ -155,9 +175,17 @@ def test_settings_from_the_environment(load_dag, tmp_path):
     assert list(dag.tasks) == [job for job in available_jobs() if job not in ("experiment", "rules")]
     assert dag.tasks["ingest"].upstream == set()
     assert rendered(dag.tasks["ingest"].bash_command, "2026-01-31") == [
-        str(ROOT / "spark-submit.sh"), "ingest", "--master", "yarn", "--conf",
-        "spark.driver.extraJavaOptions=-Da=1 -Db=2", "--config", "conf/cluster.yaml", "--run-date", "2026-01-31",
-    ]  # fmt: skip
+        str(ROOT / "spark-submit.sh"),
+        "ingest",
+        "--master",
+        "yarn",
+        "--conf",
+        "spark.driver.extraJavaOptions=-Da=1 -Db=2",
+        "--config",
+        "conf/cluster.yaml",
+        "--run-date",
+        "2026-01-31",
+    ]
 
     with pytest.raises(RuntimeError, match="set MARKETLAKE_HOME to the marketlake checkout"):
         load_dag(MARKETLAKE_HOME=str(tmp_path))
@@ -173,7 +201,9 @@ def test_the_dag_file_needs_neither_marketlake_nor_spark():
 
 @pytest.fixture(scope="module")
 def airflow_dag():
-    pytest.importorskip("airflow.sdk", reason="Airflow is not installed here: `make dag-check` runs these cases")
+    pytest.importorskip(
+        "airflow.sdk", reason="Airflow is not installed here: `make dag-check` runs these cases"
+    )
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAG_FILE))
@@ -186,7 +216,12 @@ def test_airflow_loads_the_dag(airflow_dag):
     for task in airflow_dag.tasks:
         assert task.retries == 2
         command = task.render_template(task.bash_command, {"ds": "2024-06-30"})
-        assert shlex.split(command) == [str(ROOT / "spark-submit.sh"), task.task_id, "--run-date", "2024-06-30"]
+        assert shlex.split(command) == [
+            str(ROOT / "spark-submit.sh"),
+            task.task_id,
+            "--run-date",
+            "2024-06-30",
+        ]
     stubbed = {job: set(upstream) for job, upstream in _stub_edges().items()}
     assert {task.task_id: set(task.upstream_task_ids) for task in airflow_dag.tasks} == stubbed
 
@@ -203,7 +238,9 @@ def test_airflow_schedules_the_finished_day(airflow_dag):
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import DataInterval, TimeRestriction
 
-    previous = DataInterval(pendulum.datetime(2024, 6, 29, 2, 30, tz="UTC"), pendulum.datetime(2024, 6, 30, 2, 30, tz="UTC"))
+    previous = DataInterval(
+        pendulum.datetime(2024, 6, 29, 2, 30, tz="UTC"), pendulum.datetime(2024, 6, 30, 2, 30, tz="UTC")
+    )
     restriction = TimeRestriction(earliest=pendulum.datetime(2024, 1, 1, tz="UTC"), latest=None, catchup=True)
     run = coerce_to_core_timetable(airflow_dag.timetable).next_dagrun_info(
         last_automated_data_interval=previous, restriction=restriction
@@ -217,24 +254,49 @@ def test_airflow_schedules_the_finished_day(airflow_dag):
 def test_airflow_runs_the_dag_on_a_tiny_shop(airflow_dag, tmp_path):
     """`airflow dags test` runs every task, in dependency order, each through spark-submit.sh."""
     config = tmp_path / "tiny.yaml"
-    config.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\nspark: {master: 'local[1]'}\n")
+    config.write_text(
+        "generate: {users: 40, items: 20, events: 1000, days: 5}\nspark: {master: 'local[1]'}\n"
+    )
     # conftest points PySpark at this interpreter, which has Airflow but no marketlake: the tasks must use
     # the project's (spark-submit.sh picks .venv's).
     env = {name: value for name, value in os.environ.items() if not name.startswith("PYSPARK_")}
-    env.update({
-        "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "MARKETLAKE_CONFIG": str(config),
-        "MARKETLAKE_LAKE": str(tmp_path / "lake"), "MARKETLAKE_RETRIES": "0",
-    })  # fmt: skip
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+            "MARKETLAKE_CONFIG": str(config),
+            "MARKETLAKE_LAKE": str(tmp_path / "lake"),
+            "MARKETLAKE_RETRIES": "0",
+        }
+    )
     # The shop lands before the run, as real tracking files would: the DAG has no generate task. Generated
     # with the project's environment (this one has Airflow, not marketlake), into the lake's landing folder.
     project = {name: value for name, value in env.items() if not name.startswith("AIRFLOW")}
-    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "jobs" / "generate.py"), "--config", str(config),
-                    "--run-date", "2024-06-30"], env=project, cwd=ROOT, check=True, capture_output=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            str(ROOT / "jobs" / "generate.py"),
+            "--config",
+            str(config),
+            "--run-date",
+            "2024-06-30",
+        ],
+        env=project,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    out = subprocess.run([*airflow, "dags", "test", "marketlake_daily", "2024-06-30"], env=env, capture_output=True,
-                         text=True, timeout=1800)  # fmt: skip
+    out = subprocess.run(
+        [*airflow, "dags", "test", "marketlake_daily", "2024-06-30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     (tmp_path / "airflow-dags-test.log").write_text(out.stdout + out.stderr)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     # ops.job_runs, read with the project's environment (this one has Airflow, not deltalake).
@@ -242,8 +304,12 @@ def test_airflow_runs_the_dag_on_a_tiny_shop(airflow_dag, tmp_path):
         "import json, sys, deltalake; frame = deltalake.DeltaTable(sys.argv[1]).to_pandas();"
         "print(json.dumps(frame[['job', 'status', 'run_date']].astype(str).to_dict('records')))"
     )
-    table = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", read, str(tmp_path / "lake" / "ops" / "job_runs")],
-                           check=True, capture_output=True, text=True)  # fmt: skip
+    table = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", read, str(tmp_path / "lake" / "ops" / "job_runs")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     runs = json.loads(table.stdout)
     assert sorted(run["job"] for run in runs) == sorted(["generate", *available_jobs()])
     assert {(run["status"], run["run_date"]) for run in runs} == {("succeeded", "2024-06-30")}

@@ -51,7 +51,9 @@ def close(actual, expected, tol=TOL):
 
 
 def results(root: str, run_date=RUN_DATE) -> pd.DataFrame:
-    frame = pl.read_delta(f"{root}/gold/experiment_results").filter(pl.col("as_of_date") == run_date).to_pandas()
+    frame = (
+        pl.read_delta(f"{root}/gold/experiment_results").filter(pl.col("as_of_date") == run_date).to_pandas()
+    )
     return frame.sort_values(["experiment_id", "source", "cuped", "metric", "variant"]).reset_index(drop=True)
 
 
@@ -76,13 +78,24 @@ def three_variants(spark):
         converted = (rng.random(n) < rate * (0.6 + 0.4 * pre_conversions)).astype(float)
         value = converted * rng.lognormal(3.5, 0.8, n)
         pre_value = pre_conversions * rng.lognormal(3.4, 0.7, n)
-        frames.append(pd.DataFrame({
-            "experiment_id": "exp-3", "user_id": [f"{variant}-{i}" for i in range(n)], "variant": variant,
-            "converted": converted, "value": value, "pre_conversions": pre_conversions, "pre_value": pre_value,
-        }))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                {
+                    "experiment_id": "exp-3",
+                    "user_id": [f"{variant}-{i}" for i in range(n)],
+                    "variant": variant,
+                    "converted": converted,
+                    "value": value,
+                    "pre_conversions": pre_conversions,
+                    "pre_value": pre_value,
+                }
+            )
+        )
     users = pd.concat(frames, ignore_index=True)[USER_COLUMNS]
     frame = spark.createDataFrame(users)
-    by_variant = {r.variant: moments(r.asDict()) for r in moment_sums(frame, ["experiment_id", "variant"]).collect()}
+    by_variant = {
+        r.variant: moments(r.asDict()) for r in moment_sums(frame, ["experiment_id", "variant"]).collect()
+    }
     pooled = moments(moment_sums(frame, ["experiment_id"]).first().asDict())
     settings = ExperimentConfig(min_users=100)
     plan = Plan("control", {"control": 1 / 3, "b": 1 / 3, "c": 1 / 3})
@@ -94,15 +107,23 @@ def three_variants(spark):
 def test_experiment_wide_sums_added_up_from_the_variants_equal_a_second_aggregation(spark):
     rng = np.random.default_rng(3)
     n = 300
-    users = pd.DataFrame({
-        "experiment_id": rng.choice(["exp-a", "exp-b"], n), "user_id": [f"u{i}" for i in range(n)],
-        "variant": rng.choice(["control", "b", "c"], n), "converted": (rng.random(n) < 0.2).astype(float),
-        "value": rng.lognormal(3, 1, n).round(2), "pre_conversions": rng.integers(0, 4, n).astype(float),
-        "pre_value": rng.lognormal(2, 1, n).round(2),
-    })[USER_COLUMNS]  # fmt: skip
+    users = pd.DataFrame(
+        {
+            "experiment_id": rng.choice(["exp-a", "exp-b"], n),
+            "user_id": [f"u{i}" for i in range(n)],
+            "variant": rng.choice(["control", "b", "c"], n),
+            "converted": (rng.random(n) < 0.2).astype(float),
+            "value": rng.lognormal(3, 1, n).round(2),
+            "pre_conversions": rng.integers(0, 4, n).astype(float),
+            "pre_value": rng.lognormal(2, 1, n).round(2),
+        }
+    )[USER_COLUMNS]
     frame = spark.createDataFrame(users)
     by_variant = [r.asDict() for r in moment_sums(frame, ["experiment_id", "variant"]).collect()]
-    direct = {r.experiment_id: {k: v for k, v in r.asDict().items() if k != "experiment_id"} for r in moment_sums(frame, ["experiment_id"]).collect()}
+    direct = {
+        r.experiment_id: {k: v for k, v in r.asDict().items() if k != "experiment_id"}
+        for r in moment_sums(frame, ["experiment_id"]).collect()
+    }
     assert pooled_sums(by_variant) == direct
 
 
@@ -123,9 +144,13 @@ def test_conversion_statistics_equal_statsmodels_and_scipy(three_variants):
         assert close(r["lift"], c[variant] / n[variant] - c["control"] / n["control"])
         p_values[variant] = proportions_ztest([c[variant], c["control"]], [n[variant], n["control"]])[1]
         assert close(r["p_value"], p_values[variant])
-        low, high = confint_proportions_2indep(c[variant], n[variant], c["control"], n["control"], method="newcomb", compare="diff")
+        low, high = confint_proportions_2indep(
+            c[variant], n[variant], c["control"], n["control"], method="newcomb", compare="diff"
+        )
         assert close(r["ci_low"], low) and close(r["ci_high"], high)
-        low, high = confint_proportions_2indep(c[variant], n[variant], c["control"], n["control"], method="log", compare="ratio")
+        low, high = confint_proportions_2indep(
+            c[variant], n[variant], c["control"], n["control"], method="log", compare="ratio"
+        )
         assert close(r["rel_ci_low"], low - 1) and close(r["rel_ci_high"], high - 1)
         assert close(r["lift_relative"], (c[variant] / n[variant]) / (c["control"] / n["control"]) - 1)
         assert close(r["prob_beat_control"], beta_beats(c["control"], n["control"], c[variant], n[variant]))
@@ -191,12 +216,24 @@ def beta_beats(c_control: int, n_control: int, c_variant: int, n_variant: int) -
     a_a, b_a = 1 + c_control, 1 + n_control - c_control
     a_b, b_b = 1 + c_variant, 1 + n_variant - c_variant
     i = np.arange(a_b)
-    terms = special.betaln(a_a + i, b_a + b_b) - np.log(b_b + i) - special.betaln(1 + i, b_b) - special.betaln(a_a, b_a)
+    terms = (
+        special.betaln(a_a + i, b_a + b_b)
+        - np.log(b_b + i)
+        - special.betaln(1 + i, b_b)
+        - special.betaln(a_a, b_a)
+    )
     return float(np.exp(terms).sum())
 
 
 @pytest.mark.parametrize(
-    "counts", [(178, 569, 224, 540), (500, 5000, 510, 5000), (5, 20, 9, 21), (0, 10, 0, 10), (3000, 30000, 2900, 30000)]
+    "counts",
+    [
+        (178, 569, 224, 540),
+        (500, 5000, 510, 5000),
+        (5, 20, 9, 21),
+        (0, 10, 0, 10),
+        (3000, 30000, 2900, 30000),
+    ],
 )
 def test_prob_beat_control_equals_the_closed_form(counts):
     assert close(prob_beat_control(*counts), beta_beats(*counts))
@@ -261,26 +298,35 @@ def test_first_exposure_assigns_and_the_window_decides_conversion(spark):
     first = first_exposures(events.transform(exposures(RUN_DATE, 90)))
     assigned = first.select("user_id", "variant", "exposed_at", "variants").orderBy("user_id")
     expected = spark.createDataFrame(
-        [("u1", "control", ts("2024-06-28T09:00:00"), 1), ("u2", "treatment", ts("2024-06-28T12:00:00"), 1),
-         ("u3", "treatment", ts("2024-06-27T12:00:00"), 2), ("u4", "treatment", ts("2024-06-28T08:00:00"), 1)],
+        [
+            ("u1", "control", ts("2024-06-28T09:00:00"), 1),
+            ("u2", "treatment", ts("2024-06-28T12:00:00"), 1),
+            ("u3", "treatment", ts("2024-06-27T12:00:00"), 2),
+            ("u4", "treatment", ts("2024-06-28T08:00:00"), 1),
+        ],
         "user_id string, variant string, exposed_at timestamp, variants long",
-    )  # fmt: skip
+    )
     assert_df_equality(assigned, expected, ignore_nullable=True)
 
     single = first.filter("variants = 1")
     settings = ExperimentConfig()
     users = single.transform(outcomes(events, RUN_DATE, settings)).orderBy("user_id")
     expected = spark.createDataFrame(
-        [("x", "u1", "control", 1.0, 55.0, 1.0, 30.0), ("x", "u2", "treatment", 0.0, 0.0, 0.0, 0.0),
-         ("x", "u4", "treatment", 0.0, 0.0, 0.0, 0.0)],
+        [
+            ("x", "u1", "control", 1.0, 55.0, 1.0, 30.0),
+            ("x", "u2", "treatment", 0.0, 0.0, 0.0, 0.0),
+            ("x", "u4", "treatment", 0.0, 0.0, 0.0, 0.0),
+        ],
         "experiment_id string, user_id string, variant string, converted double, value double, "
         "pre_conversions double, pre_value double",
-    )  # fmt: skip
+    )
     assert_df_equality(users, expected, ignore_nullable=True)
 
     # Without the session rule u2's purchase 3 hours later counts; a 48-hour window also takes u4's.
     loose = ExperimentConfig(same_session=False, window_hours=48, cuped=False)
-    converted = {r.user_id: r.converted for r in single.transform(outcomes(events, RUN_DATE, loose)).collect()}
+    converted = {
+        r.user_id: r.converted for r in single.transform(outcomes(events, RUN_DATE, loose)).collect()
+    }
     assert converted == {"u1": 1.0, "u2": 1.0, "u4": 1.0}
 
 
@@ -304,7 +350,10 @@ def test_the_planted_lift_is_inside_the_interval(demo_experiment):
     treatment, control = row(frame, CONVERSION, "treatment"), row(frame, CONVERSION, "control")
     # Session conversion counts exactly what the generator planted.
     for r, variant in ((treatment, "treatment"), (control, "control")):
-        assert (r.users, r.conversions) == (truth["realised"][variant]["users"], truth["realised"][variant]["conversions"])
+        assert (r.users, r.conversions) == (
+            truth["realised"][variant]["users"],
+            truth["realised"][variant]["conversions"],
+        )
     assert treatment.ci_low <= truth["true_absolute_lift"] <= treatment.ci_high
     assert treatment.rel_ci_low <= truth["true_relative_lift"] <= treatment.rel_ci_high
     assert treatment.ci_low > 0 and treatment.p_value_adjusted < 0.05 and treatment.decision == SHIP
@@ -337,7 +386,9 @@ def write_csv(path, arms: dict[str, tuple[int, int]], value: bool = False):
     for variant, (n, c) in arms.items():
         converted = np.zeros(n, dtype=int)
         converted[rng.choice(n, c, replace=False)] = 1
-        frame = pd.DataFrame({"user_id": [f"{variant}{i}" for i in range(n)], "variant": variant, "converted": converted})
+        frame = pd.DataFrame(
+            {"user_id": [f"{variant}{i}" for i in range(n)], "variant": variant, "converted": converted}
+        )
         if value:
             frame["value"] = np.round(converted * rng.lognormal(3.0, 0.7, n), 2)
         frames.append(frame)
@@ -347,7 +398,13 @@ def write_csv(path, arms: dict[str, tuple[int, int]], value: bool = False):
 
 def test_an_unbalanced_split_is_flagged_and_invalid(tmp_path, lake_root):
     path = write_csv(tmp_path / "unbalanced.csv", {"control": (5000, 500), "treatment": (4500, 560)})
-    assert main("experiment", ["--lake", lake_root, "--run-date", "2024-06-30", "--input", str(path), "--control", "control"]) == 0
+    assert (
+        main(
+            "experiment",
+            ["--lake", lake_root, "--run-date", "2024-06-30", "--input", str(path), "--control", "control"],
+        )
+        == 0
+    )
     frame = results(lake_root)
     expected = stats.chisquare([5000, 4500]).pvalue
     assert expected < 0.001
@@ -359,7 +416,13 @@ def test_an_unbalanced_split_is_flagged_and_invalid(tmp_path, lake_root):
 
 def test_a_null_experiment_is_not_significant(tmp_path, lake_root):
     path = write_csv(tmp_path / "null.csv", {"control": (5000, 500), "treatment": (5000, 505)}, value=True)
-    assert main("experiment", ["--lake", lake_root, "--run-date", "2024-06-30", "--input", str(path), "--control", "control"]) == 0
+    assert (
+        main(
+            "experiment",
+            ["--lake", lake_root, "--run-date", "2024-06-30", "--input", str(path), "--control", "control"],
+        )
+        == 0
+    )
     frame = results(lake_root)
     for metric in (CONVERSION, REVENUE):
         treatment = row(frame, metric, "treatment")
@@ -372,12 +435,21 @@ def test_a_null_experiment_is_not_significant(tmp_path, lake_root):
     "content, message",
     [
         ("user_id,variant\nu1,control\n", "no column converted"),
-        ("user_id,variant,converted\nu1,control,1\nu2,treatment,maybe\n", "1 rows with converted not 0/1/true/false (e.g. converted='maybe')"),
-        ("user_id,variant,converted,value\nu1,control,1,ten\nu2,treatment,0,\n", "1 rows with value not a number"),
-        ("user_id,variant,converted\nu1,a,1\nu2,b,0\n", "no rows of the control variant 'control' (variants: a, b)"),
+        (
+            "user_id,variant,converted\nu1,control,1\nu2,treatment,maybe\n",
+            "1 rows with converted not 0/1/true/false (e.g. converted='maybe')",
+        ),
+        (
+            "user_id,variant,converted,value\nu1,control,1,ten\nu2,treatment,0,\n",
+            "1 rows with value not a number",
+        ),
+        (
+            "user_id,variant,converted\nu1,a,1\nu2,b,0\n",
+            "no rows of the control variant 'control' (variants: a, b)",
+        ),
         ("user_id,variant,converted\n", "no rows under the header"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_csv_is_one_line_and_exit_2(tmp_path, lake_root, capsys, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)

@@ -73,14 +73,16 @@ def test_collapse_keeps_one_row_per_user_and_counts_what_it_folded(spark):
     frame = spark.createDataFrame([(*r[:5], ts(r[5]), r[6]) for r in log], schema)
     collapsed = frame.transform(collapse_exposure_log).orderBy("user_id")
     expected = spark.createDataFrame(
-        [("u1", "control", 1, 1.0, 5.0, 2.0, None, 1, 0),
-         ("u2", "treatment", 1, 1.0, 9.75, 9.0, ts("2024-06-01T10:00:00"), 0, 2),
-         ("u3", "control", 2, 1.0, None, 0.0, None, 0, 1),
-         ("u4", "control", 1, 0.0, None, 1.0, None, 0, 1),
-         ("u5", "control", 1, 0.0, None, 8.0, ts("2024-06-05T00:00:00"), 1, 1)],
+        [
+            ("u1", "control", 1, 1.0, 5.0, 2.0, None, 1, 0),
+            ("u2", "treatment", 1, 1.0, 9.75, 9.0, ts("2024-06-01T10:00:00"), 0, 2),
+            ("u3", "control", 2, 1.0, None, 0.0, None, 0, 1),
+            ("u4", "control", 1, 0.0, None, 1.0, None, 0, 1),
+            ("u5", "control", 1, 0.0, None, 8.0, ts("2024-06-05T00:00:00"), 1, 1),
+        ],
         "user_id string, variant string, variants long, converted double, value double, covariate double, "
         "exposed_at timestamp, duplicate_rows long, repeat_rows long",
-    )  # fmt: skip
+    )
     assert_df_equality(collapsed, expected, ignore_nullable=True)
 
 
@@ -95,10 +97,15 @@ def write_log(path) -> pd.DataFrame:
     n = 472
     variant = rng.choice(["control", "treatment"], n)
     converted = (rng.random(n) < np.where(variant == "treatment", 0.16, 0.10)).astype(int)
-    log = pd.DataFrame({
-        "user_id": [f"user{i:04d}" for i in range(n)], "variant": variant, "converted": converted,
-        "value": np.round(converted * rng.lognormal(3.0, 0.6, n), 2), "covariate": rng.poisson(1.2, n),
-    })  # fmt: skip
+    log = pd.DataFrame(
+        {
+            "user_id": [f"user{i:04d}" for i in range(n)],
+            "variant": variant,
+            "converted": converted,
+            "value": np.round(converted * rng.lognormal(3.0, 0.6, n), 2),
+            "covariate": rng.poisson(1.2, n),
+        }
+    )
     repeated = log.iloc[20].copy()
     repeated.loc[["converted", "value", "covariate"]] = [1 - repeated.converted, 12.5, repeated.covariate + 5]
     crossed = log.iloc[30].copy()
@@ -117,13 +124,16 @@ def collapsed_in_pandas(log: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]
     variants = distinct.groupby("user_id").variant.nunique()
     kept = distinct[distinct.user_id.map(variants) == 1]
     users = kept.groupby("user_id", sort=False).agg(
-        variant=("variant", "first"), converted=("converted", "max"), value=("value", "sum"),
+        variant=("variant", "first"),
+        converted=("converted", "max"),
+        value=("value", "sum"),
         covariate=("covariate", "first"),
     )
     counts = {
-        "duplicate_rows": len(log) - len(distinct), "repeat_rows_merged": len(kept) - len(users),
+        "duplicate_rows": len(log) - len(distinct),
+        "repeat_rows_merged": len(kept) - len(users),
         "users_in_several_variants": int((variants > 1).sum()),
-    }  # fmt: skip
+    }
     return users, counts
 
 
@@ -166,7 +176,10 @@ def test_the_counts_are_in_the_log_the_job_runs_and_the_results(spark, config, l
     read = [line for line in lines if "| read " in line]
     n = users.groupby("variant").size()
     assert len(read) == 1, lines
-    assert f"476 rows, users control {n['control']}, treatment {n['treatment']}; 2 duplicate rows dropped, " in read[0]
+    assert (
+        f"476 rows, users control {n['control']}, treatment {n['treatment']}; 2 duplicate rows dropped, "
+        in read[0]
+    )
     assert "1 repeat rows merged into their user's, 1 users in several variants left out" in read[0]
     run = Lake(spark, config.lake, root).read("ops.job_runs").filter("job = 'experiment'").collect()
     assert len(run) == 1 and run[0].status == "succeeded"
@@ -216,12 +229,21 @@ def test_an_older_results_table_gains_the_count_columns(spark, config, tmp_path)
     root = str(tmp_path / "lake")
     old_schema = type(RESULT_SCHEMA)([f for f in RESULT_SCHEMA.fields if f.name not in COUNT_COLUMNS])
     old = [
-        {"experiment_id": "older", "source": "csv", "metric": CONVERSION, "variant": "control", "is_control": True,
-         "users": 10, "as_of_date": dt.date.fromisoformat(date)}
+        {
+            "experiment_id": "older",
+            "source": "csv",
+            "metric": CONVERSION,
+            "variant": "control",
+            "is_control": True,
+            "users": 10,
+            "as_of_date": dt.date.fromisoformat(date),
+        }
         for date in (RUN_DATE, "2024-06-29")
-    ]  # fmt: skip
+    ]
     frame = spark.createDataFrame([tuple(r.get(f.name) for f in old_schema.fields) for r in old], old_schema)
-    Lake(spark, config.lake, root).write("gold.experiment_results", frame, "append", partition_by=["as_of_date"])
+    Lake(spark, config.lake, root).write(
+        "gold.experiment_results", frame, "append", partition_by=["as_of_date"]
+    )
     path = str(tmp_path / "checkout-button.csv")
     assert main("experiment", ["--lake", root, "--run-date", RUN_DATE, "--input", path]) == 0
     table = pl.read_delta(f"{root}/gold/experiment_results").to_pandas()

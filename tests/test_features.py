@@ -44,7 +44,16 @@ EVENTS = [
     ("b1", "b", "i2", "view", "2024-06-25 00:00:00", "t1", None, 0.0),
     ("b2", "b", "i2", "view", "2024-06-25 06:00:00", "t1", None, 0.0),
     ("d0", "d", "i1", "view", "2024-03-01 08:00:00", None, None, 0.0),  # before the window: tenure only
-    ("d1", "d", "i9", "purchase", "2024-06-30 12:00:00", None, None, 9.99),  # no session, no order, unknown item
+    (
+        "d1",
+        "d",
+        "i9",
+        "purchase",
+        "2024-06-30 12:00:00",
+        None,
+        None,
+        9.99,
+    ),  # no session, no order, unknown item
 ]
 USERS = [
     ("a", dt.date(2024, 1, 1)),
@@ -69,27 +78,155 @@ def test_exact_features_with_zeros_not_nulls(spark, shop):
     features = user_features(*shop, RUN, lookback_days=30)
     assert features.columns == COLUMNS
     types = dict(features.dtypes)
-    assert {types[c] for c in ("frequency", "views", "clicks", "carts", "purchases", "sessions", "active_days")} == {"bigint"}
-    assert {types[c] for c in ("recency_days", "monetary", "avg_order_value", "ctr", "cart_rate", "purchase_rate")} == {"double"}
+    assert {
+        types[c] for c in ("frequency", "views", "clicks", "carts", "purchases", "sessions", "active_days")
+    } == {"bigint"}
+    assert {
+        types[c] for c in ("recency_days", "monetary", "avg_order_value", "ctr", "cart_rate", "purchase_rate")
+    } == {"double"}
     third = 1 / 3
     expected = spark.createDataFrame(
         [
             # user, recency, since purchase, F, M, AOV, views, clicks, carts, purchases, sessions, ctr, cart rate,
             # purchase rate, active days, tenure, favourite, r, f, m, rfm, label, as of
-            ("a", 1.25, 1.25, 2, 40.0, 20.0, 3, 1, 1, 3, 2, third, third, 1.0, 2, 181, "books", 1, 5, 5, "155", "Cannot Lose Them", RUN),
-            ("b", 5.75, None, 0, 0.0, 0.0, 2, 0, 0, 0, 1, 0.0, 0.0, 0.0, 1, 10, "toys", None, None, None, None, PROSPECTS, RUN),
-            ("c", 30.0, None, 0, 0.0, 0.0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 366, None, None, None, None, None, INACTIVE, RUN),
-            ("d", 0.5, 0.5, 1, 9.99, 9.99, 0, 0, 0, 1, 0, 0.0, 0.0, 0.0, 1, 121, None, 5, 1, 1, "511", "New", RUN),
-            ("n", 30.0, None, 0, 0.0, 0.0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0, None, None, None, None, None, None, INACTIVE, RUN),
+            (
+                "a",
+                1.25,
+                1.25,
+                2,
+                40.0,
+                20.0,
+                3,
+                1,
+                1,
+                3,
+                2,
+                third,
+                third,
+                1.0,
+                2,
+                181,
+                "books",
+                1,
+                5,
+                5,
+                "155",
+                "Cannot Lose Them",
+                RUN,
+            ),
+            (
+                "b",
+                5.75,
+                None,
+                0,
+                0.0,
+                0.0,
+                2,
+                0,
+                0,
+                0,
+                1,
+                0.0,
+                0.0,
+                0.0,
+                1,
+                10,
+                "toys",
+                None,
+                None,
+                None,
+                None,
+                PROSPECTS,
+                RUN,
+            ),
+            (
+                "c",
+                30.0,
+                None,
+                0,
+                0.0,
+                0.0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0.0,
+                0.0,
+                0.0,
+                0,
+                366,
+                None,
+                None,
+                None,
+                None,
+                None,
+                INACTIVE,
+                RUN,
+            ),
+            (
+                "d",
+                0.5,
+                0.5,
+                1,
+                9.99,
+                9.99,
+                0,
+                0,
+                0,
+                1,
+                0,
+                0.0,
+                0.0,
+                0.0,
+                1,
+                121,
+                None,
+                5,
+                1,
+                1,
+                "511",
+                "New",
+                RUN,
+            ),
+            (
+                "n",
+                30.0,
+                None,
+                0,
+                0.0,
+                0.0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0.0,
+                0.0,
+                0.0,
+                0,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                INACTIVE,
+                RUN,
+            ),
         ],
         features.schema,
-    )  # fmt: skip
+    )
     assert_df_equality(features, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_the_look_back_window_is_configurable(shop):
     wide = {r.user_id: r for r in user_features(*shop, RUN, lookback_days=180).collect()}
-    assert (wide["a"].views, wide["a"].active_days, wide["a"].sessions) == (4, 3, 3)  # the May view counts now
+    assert (wide["a"].views, wide["a"].active_days, wide["a"].sessions) == (
+        4,
+        3,
+        3,
+    )  # the May view counts now
     assert (wide["d"].views, wide["c"].recency_days) == (1, 180.0)
     narrow = {r.user_id: r for r in user_features(*shop, RUN, lookback_days=1).collect()}
     assert (narrow["a"].frequency, narrow["a"].recency_days, narrow["a"].rfm_label) == (0, 1.0, INACTIVE)
@@ -113,20 +250,36 @@ def test_rfm_quintiles_split_ten_buyers_two_per_score(spark):
         row = scored[f"u{i:02d}"]
         assert (row.r_score, row.f_score, row.m_score) == ((i + 1) // 2,) * 3
     assert [scored[f"u{i:02d}"].rfm_label for i in (1, 3, 5, 7, 9)] == [
-        "Hibernating", "Hibernating", "Need Attention", "Loyal", "Champions",
-    ]  # fmt: skip
-    assert (scored["none"].r_score, scored["none"].rfm_score, scored["none"].rfm_label) == (None, None, PROSPECTS)
+        "Hibernating",
+        "Hibernating",
+        "Need Attention",
+        "Loyal",
+        "Champions",
+    ]
+    assert (scored["none"].r_score, scored["none"].rfm_score, scored["none"].rfm_label) == (
+        None,
+        None,
+        PROSPECTS,
+    )
 
 
 def test_rfm_ties_share_a_score_and_take_the_lower_one_at_a_boundary(spark):
     # Six of ten buyers ordered once: they all score f=1; recent big spenders score 5.
-    rows = [(f"u{i}", 1.0 + i, 1, 10.0) for i in range(6)] + [("v1", 0.1, 2, 50.0), ("v2", 0.2, 3, 60.0),
-                                                                ("v3", 0.3, 8, 500.0), ("v4", 0.4, 9, 900.0)]
+    rows = [(f"u{i}", 1.0 + i, 1, 10.0) for i in range(6)] + [
+        ("v1", 0.1, 2, 50.0),
+        ("v2", 0.2, 3, 60.0),
+        ("v3", 0.3, 8, 500.0),
+        ("v4", 0.4, 9, 900.0),
+    ]
     scored = score_rows(spark, rows)
-    assert {scored[f"u{i}"].f_score for i in range(6)} == {1} and {scored[f"u{i}"].m_score for i in range(6)} == {1}
+    assert {scored[f"u{i}"].f_score for i in range(6)} == {1} and {
+        scored[f"u{i}"].m_score for i in range(6)
+    } == {1}
     assert (scored["v4"].f_score, scored["v4"].m_score, scored["v1"].r_score) == (5, 5, 5)
     assert (scored["v1"].rfm_label, scored["u0"].rfm_label, scored["u5"].rfm_label) == (
-        "Champions", "About to Sleep", "Hibernating",
+        "Champions",
+        "About to Sleep",
+        "Hibernating",
     )
 
 

@@ -207,13 +207,15 @@ def user_features(valid: pd.DataFrame) -> pd.DataFrame:
     by_user = valid.groupby("user_id")
     kinds = valid.pivot_table(index="user_id", columns="event_type", values="event_id", aggfunc="count")
     purchases = valid[valid.event_type == "purchase"]
-    return pd.DataFrame({
-        "recency_days": (end - by_user.utc.max()).dt.total_seconds() / 86_400,
-        "orders": purchases.groupby("user_id").order_id.nunique(),
-        "spend": (purchases.quantity * purchases.price).groupby(purchases.user_id).sum(),
-        "views": kinds["view"],
-        "purchases": kinds["purchase"],
-    }).fillna(0)  # fmt: skip
+    return pd.DataFrame(
+        {
+            "recency_days": (end - by_user.utc.max()).dt.total_seconds() / 86_400,
+            "orders": purchases.groupby("user_id").order_id.nunique(),
+            "spend": (purchases.quantity * purchases.price).groupby(purchases.user_id).sum(),
+            "views": kinds["view"],
+            "purchases": kinds["purchase"],
+        }
+    ).fillna(0)
 
 
 def test_personas_behave_distinctly(shop, valid):
@@ -317,16 +319,19 @@ def test_part_files_moved_into_date_folders(tmp_path):
     (day / "_SUCCESS").write_text("")
     (tmp_path / "_staging" / "target=events" / "_temporary").mkdir()
     out = f"file:{tmp_path}"  # a folder URI, as Spark spells one
-    assert move_parts(Files(), out, "_staging/target=events", "events") == ["events/date=2024-06-01/part-00001.json"]
+    assert move_parts(Files(), out, "_staging/target=events", "events") == [
+        "events/date=2024-06-01/part-00001.json"
+    ]
     assert (tmp_path / "events" / "date=2024-06-01" / "part-00001.json").read_text() == "x\n"
     assert sorted(p.name for p in day.iterdir()) == ["_SUCCESS"]
-
 
 
 # ---- the demo stays out of production code ------------------------------------------------------------
 
 DEMO = "marketlake.demo"
-DEMO_ENTRY_POINT = "marketlake.jobs.generate"  # the generate job: the only module of marketlake that imports it
+DEMO_ENTRY_POINT = (
+    "marketlake.jobs.generate"  # the generate job: the only module of marketlake that imports it
+)
 
 
 def production_modules() -> list[str]:
@@ -351,9 +356,12 @@ def test_production_code_does_not_import_the_demo():
     import marketlake
 
     modules = production_modules()
-    assert {"marketlake.runner", "marketlake.jobs.pipeline", "marketlake.ingest", "marketlake.lake.files"} <= set(
-        modules
-    )
+    assert {
+        "marketlake.runner",
+        "marketlake.jobs.pipeline",
+        "marketlake.ingest",
+        "marketlake.lake.files",
+    } <= set(modules)
     script = (
         "import importlib, json, sys\n"
         "for name in sys.argv[1:]:\n"
@@ -364,8 +372,9 @@ def test_production_code_does_not_import_the_demo():
     )
     lib = str(Path(marketlake.__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([lib, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", script, *modules], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script, *modules], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["loaded"] == [], f"production modules import the demo: {result['loaded']}"

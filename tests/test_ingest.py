@@ -47,17 +47,29 @@ def ingested(spark, config, shop, tmp_path_factory):
     out, _ = shop
     root = str(tmp_path_factory.mktemp("ingest-lake"))
     for entity, source in (("items", "items.csv"), ("users", "users.csv"), ("events", "events")):
-        assert main("ingest", ["--lake", root, *RUN_DATE, "--entity", entity, "--source", str(out / source)]) == 0
+        assert (
+            main("ingest", ["--lake", root, *RUN_DATE, "--entity", entity, "--source", str(out / source)])
+            == 0
+        )
     return Lake(spark, config.lake, root)
 
 
 def run_counts(lake: Lake, last: int = 1) -> dict[str, int]:
-    rows = lake.read("ops.job_runs").filter(F.col("job") == "ingest").orderBy(F.col("started_at").desc()).limit(last)
+    rows = (
+        lake.read("ops.job_runs")
+        .filter(F.col("job") == "ingest")
+        .orderBy(F.col("started_at").desc())
+        .limit(last)
+    )
     return dict(rows.collect()[-1]["counts"])
 
 
 def truth_dirty(out: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(out.glob("truth/dirty/date=*/*.json")) for line in path.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for path in sorted(out.glob("truth/dirty/date=*/*.json"))
+        for line in path.read_text().splitlines()
+    ]
 
 
 def table_state(lake: Lake, table: str):
@@ -82,14 +94,23 @@ def test_conservation_matches_the_planted_dirt(ingested, shop):
 def test_every_dirty_line_is_quarantined_with_its_reason(ingested, shop):
     out, _ = shop
     expected = Counter((d["raw"], d["reason"]) for d in truth_dirty(out) if d["kind"] != "exact_resend")
-    quarantined = Counter((r.raw, r.reason) for r in ingested.read("quarantine.events").select("raw", "reason").collect())
+    quarantined = Counter(
+        (r.raw, r.reason) for r in ingested.read("quarantine.events").select("raw", "reason").collect()
+    )
     assert quarantined == expected
     kinds = {reason.split(":")[0] for _, reason in expected}
     assert kinds == {
-        "malformed_json", "missing", "unknown_event_type", "negative_price", "unparseable_ts", "future_ts",
+        "malformed_json",
+        "missing",
+        "unknown_event_type",
+        "negative_price",
+        "unparseable_ts",
+        "future_ts",
         "conflicting_duplicate",
-    }  # fmt: skip
-    files = {r.source_file for r in ingested.read("quarantine.events").select("source_file").distinct().collect()}
+    }
+    files = {
+        r.source_file for r in ingested.read("quarantine.events").select("source_file").distinct().collect()
+    }
     assert files and all(re.search(r"/events/date=\d{4}-\d\d-\d\d/part-\d+\.json$", f) for f in files)
 
 
@@ -99,7 +120,11 @@ def test_silver_events_are_unique_typed_and_in_their_own_date(ingested, shop):
     assert silver.count() == truth["valid_events"] == silver.select("event_id").distinct().count()
     types = dict(silver.dtypes)
     assert (types["event_ts"], types["event_date"], types["quantity"], types["price"], types["revenue"]) == (
-        "timestamp", "date", "int", "double", "double",
+        "timestamp",
+        "date",
+        "int",
+        "double",
+        "double",
     )
     assert silver.filter(F.col("event_date") != F.to_date("event_ts")).count() == 0
     purchases = silver.filter(F.col("event_type") == "purchase")
@@ -115,12 +140,18 @@ def test_silver_events_are_unique_typed_and_in_their_own_date(ingested, shop):
 def test_a_conflicting_duplicate_keeps_the_first_arrival(ingested, shop):
     out, _ = shop
     conflicts = [d for d in truth_dirty(out) if d["kind"] == "conflicting_duplicate"][:20]
-    silver = {r.event_id: r for r in ingested.read("silver.events").filter(F.col("event_id").isin([d["event_id"] for d in conflicts])).collect()}
+    silver = {
+        r.event_id: r
+        for r in ingested.read("silver.events")
+        .filter(F.col("event_id").isin([d["event_id"] for d in conflicts]))
+        .collect()
+    }
     for dirty in conflicts:
         late = json.loads(dirty["raw"])
         kept = silver[dirty["event_id"]]
         differs = (
-            kept.event_ts != dt.datetime.fromisoformat(late["ts"]).astimezone(dt.timezone.utc).replace(tzinfo=None)
+            kept.event_ts
+            != dt.datetime.fromisoformat(late["ts"]).astimezone(dt.timezone.utc).replace(tzinfo=None)
             or kept.price != late.get("price")
             or kept.channel != late.get("channel")
         )
@@ -141,12 +172,29 @@ def test_a_second_ingest_is_a_no_op_and_a_forced_one_keeps_the_contents(spark, i
     assert again["events.files_new"] == 0 and again["events.records_read"] == 0
 
     for entity, source in (("users", "users.csv"), ("events", "events")):
-        assert main("ingest", ["--lake", ingested.root, *RUN_DATE, "--entity", entity, "--source", str(out / source), "--force"]) == 0
+        assert (
+            main(
+                "ingest",
+                [
+                    "--lake",
+                    ingested.root,
+                    *RUN_DATE,
+                    "--entity",
+                    entity,
+                    "--source",
+                    str(out / source),
+                    "--force",
+                ],
+            )
+            == 0
+        )
     forced = run_counts(ingested)
     assert forced["events.accepted"] == 0 and forced["events.quarantined_new"] == 0
     assert forced["events.records_read"] == forced["events.duplicates"] + forced["events.rejected"]
     for t in tables:
-        assert_df_equality(table_state(ingested, t), before[t], ignore_row_order=True, ignore_column_order=True)
+        assert_df_equality(
+            table_state(ingested, t), before[t], ignore_row_order=True, ignore_column_order=True
+        )
         before[t].unpersist()
 
 
@@ -158,12 +206,19 @@ def test_no_pii_reaches_silver(ingested, shop):
         frame = ingested.read(table)
         assert "email" not in frame.columns
         strings = [name for name, kind in frame.dtypes if kind == "string"]
-        assert frame.filter(F.greatest(*[F.coalesce(F.col(c).contains("@"), F.lit(False)) for c in strings])).count() == 0
+        assert (
+            frame.filter(
+                F.greatest(*[F.coalesce(F.col(c).contains("@"), F.lit(False)) for c in strings])
+            ).count()
+            == 0
+        )
 
 
 def test_pii_columns_stay_out_of_quarantined_rows(spark, config, tmp_path):
     source = tmp_path / "users.csv"
-    source.write_text("user_id,email,Phone,region\nu1,a@example.com,555-0101,north\n,b@example.com,555-0102,south\n")
+    source.write_text(
+        "user_id,email,Phone,region\nu1,a@example.com,555-0101,north\n,b@example.com,555-0102,south\n"
+    )
     root = str(tmp_path / "lake")
     assert main("ingest", ["--lake", root, "--entity", "users", "--source", str(source)]) == 0
     lake = Lake(spark, config.lake, root)
@@ -187,7 +242,10 @@ def test_users_and_items_are_typed(ingested, shop):
 def test_user_updates_replace_and_unchanged_users_are_skipped(spark, config, shop, tmp_path):
     out, _ = shop
     root = str(tmp_path / "lake")
-    assert main("ingest", ["--lake", root, *RUN_DATE, "--entity", "users", "--source", str(out / "users.csv")]) == 0
+    assert (
+        main("ingest", ["--lake", root, *RUN_DATE, "--entity", "users", "--source", str(out / "users.csv")])
+        == 0
+    )
     users = pd.read_csv(out / "users.csv", dtype=str)
     users.loc[0, "region"] = "atlantis"
     changed = tmp_path / "users-changed.csv"
@@ -209,7 +267,10 @@ def test_user_ids_can_be_pseudonymised_with_a_secret_key(spark, shop, tmp_path, 
     root = str(tmp_path / "lake")
     caplog.set_level("DEBUG")
     for entity, source in (("users", "users.csv"), ("events", "events/date=2024-06-30")):
-        assert main("ingest", ["--lake", root, *RUN_DATE, "--entity", entity, "--source", str(out / source)]) == 0
+        assert (
+            main("ingest", ["--lake", root, *RUN_DATE, "--entity", entity, "--source", str(out / source)])
+            == 0
+        )
     from marketlake.config import load_config
 
     lake = Lake(spark, load_config().lake, root)
@@ -241,12 +302,27 @@ def test_a_half_good_file_gives_its_good_rows(spark, config, tmp_path, monkeypat
     monkeypatch.setenv("MARKETLAKE__INGEST__MAX_REJECT_RATE", "1")  # 6 of its 10 records are rejected
     source = tmp_path / "in"
     source.mkdir()
-    good = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": "2024-06-30T10:00:00Z"}
+    good = {
+        "event_id": "e1",
+        "user_id": "u1",
+        "item_id": "i1",
+        "event_type": "view",
+        "ts": "2024-06-30T10:00:00Z",
+    }
     lines = [
         json.dumps(good),
         "",
         "\x00\x01 binary garbage",
-        json.dumps({**good, "event_id": "e2", "event_type": "purchase", "price": 9.5, "quantity": 2, "order_id": "o1"}),
+        json.dumps(
+            {
+                **good,
+                "event_id": "e2",
+                "event_type": "purchase",
+                "price": 9.5,
+                "quantity": 2,
+                "order_id": "o1",
+            }
+        ),
         json.dumps({**good, "event_id": "e3", "event_type": "purchase", "quantity": 1}),
         json.dumps({**good, "event_id": "e4", "event_type": "add_to_cart", "quantity": 0, "price": 1}),
         json.dumps({**good, "event_id": "e5", "quantity": "two"}),
@@ -260,9 +336,16 @@ def test_a_half_good_file_gives_its_good_rows(spark, config, tmp_path, monkeypat
     assert main("ingest", ["--lake", root, *RUN_DATE, "--source", str(source)]) == 0
     lake = Lake(spark, config.lake, root)
     reasons = {r.raw: r.reason for r in lake.read("quarantine.events").collect()}
-    assert sorted(reasons.values()) == sorted([
-        "malformed_json", "missing:price", "invalid:quantity", "invalid:quantity", "malformed_json", "future_ts",
-    ])  # fmt: skip
+    assert sorted(reasons.values()) == sorted(
+        [
+            "malformed_json",
+            "missing:price",
+            "invalid:quantity",
+            "invalid:quantity",
+            "malformed_json",
+            "future_ts",
+        ]
+    )
     accepted = lake.read("silver.events").orderBy("event_id")
     assert [r.event_id for r in accepted.collect()] == ["e1", "e2", "e7", "e8"]
     assert accepted.filter(F.col("event_id") == "e2").first().revenue == 19.0
@@ -276,8 +359,14 @@ def test_a_half_good_file_gives_its_good_rows(spark, config, tmp_path, monkeypat
     [
         (lambda p: None, "source not found"),
         (lambda p: p.mkdir(), "no input files under"),
-        (lambda p: (p.mkdir(), (p / "_SUCCESS").write_text(""), (p / ".hidden").write_text("{}")), "no input files under"),
-        (lambda p: (p.mkdir(), (p / "a.json").write_text(""), (p / "b.json").write_text("")), "input is empty"),
+        (
+            lambda p: (p.mkdir(), (p / "_SUCCESS").write_text(""), (p / ".hidden").write_text("{}")),
+            "no input files under",
+        ),
+        (
+            lambda p: (p.mkdir(), (p / "a.json").write_text(""), (p / "b.json").write_text("")),
+            "input is empty",
+        ),
     ],
 )
 def test_bad_sources_exit_2_before_writing(tmp_path, capsys, setup, message):
@@ -332,7 +421,16 @@ def online_retail_expectation() -> Counter:
 
 def test_online_retail_ingests_through_its_mapping_as_pandas_counts(spark, config, tmp_path):
     root = str(tmp_path / "lake")
-    args = ["--lake", root, "--run-date", "2026-11-23", "--source", str(ONLINE_RETAIL), "--mapping", "conf/sources/online_retail.yaml"]
+    args = [
+        "--lake",
+        root,
+        "--run-date",
+        "2026-11-23",
+        "--source",
+        str(ONLINE_RETAIL),
+        "--mapping",
+        "conf/sources/online_retail.yaml",
+    ]
     assert main("ingest", args) == 0
     lake = Lake(spark, config.lake, root)
     counts = {k.removeprefix("events."): v for k, v in run_counts(lake).items()}
@@ -344,7 +442,11 @@ def test_online_retail_ingests_through_its_mapping_as_pandas_counts(spark, confi
     # 2011-10-06 16:20 in London (summer time) is 15:20 UTC; the float-typed CustomerID loses its ".0".
     row = silver.filter((F.col("order_id") == "569901") & (F.col("item_id") == "23256")).first()
     assert (row.user_id, row.event_ts, row.quantity, row.price, row.revenue) == (
-        "12923", dt.datetime(2011, 10, 6, 15, 20), 2, 4.15, 8.3,
+        "12923",
+        dt.datetime(2011, 10, 6, 15, 20),
+        2,
+        4.15,
+        8.3,
     )
 
 
@@ -353,15 +455,26 @@ def test_online_retail_timestamp_formats_of_its_copies_parse(spark):
     from marketlake.mapping import load_mapping
 
     mapping = load_mapping("online_retail")
-    texts = ["2010-12-01 08:26:00", "12/1/2010 8:26", "01-12-2010 08:26", "2010-12-01T08:26:00", "2011-06-01 08:26:00"]
-    frame = spark.createDataFrame([(t,) for t in texts], "ts string").select(parse_timestamp(F.col("ts"), mapping).alias("utc"))
+    texts = [
+        "2010-12-01 08:26:00",
+        "12/1/2010 8:26",
+        "01-12-2010 08:26",
+        "2010-12-01T08:26:00",
+        "2011-06-01 08:26:00",
+    ]
+    frame = spark.createDataFrame([(t,) for t in texts], "ts string").select(
+        parse_timestamp(F.col("ts"), mapping).alias("utc")
+    )
     winter = dt.datetime(2010, 12, 1, 8, 26)  # London is on UTC in December
     assert [r.utc for r in frame.collect()] == [winter] * 4 + [dt.datetime(2011, 6, 1, 7, 26)]
 
 
 def test_online_retail_customers_ingest_as_users(spark, config, tmp_path):
     root = str(tmp_path / "lake")
-    assert main("ingest", ["--lake", root, "--source", str(ONLINE_RETAIL), "--mapping", "online_retail_users"]) == 0
+    assert (
+        main("ingest", ["--lake", root, "--source", str(ONLINE_RETAIL), "--mapping", "online_retail_users"])
+        == 0
+    )
     raw = pd.read_csv(ONLINE_RETAIL, dtype=str, keep_default_na=False)
     with_customer = raw[raw.CustomerID != ""]
     lake = Lake(spark, config.lake, root)
@@ -393,8 +506,24 @@ def test_movielens_ratings_become_interactions(spark, config, tmp_path):
 
 def test_generate_job_writes_a_shop_ending_on_the_run_date(tmp_path):
     out = tmp_path / "shop"
-    args = ["--lake", str(tmp_path / "lake"), "--run-date", "2025-03-31", "--out", str(out),
-            "--users", "20", "--items", "10", "--events", "400", "--seed", "3", "--days", "7"]  # fmt: skip
+    args = [
+        "--lake",
+        str(tmp_path / "lake"),
+        "--run-date",
+        "2025-03-31",
+        "--out",
+        str(out),
+        "--users",
+        "20",
+        "--items",
+        "10",
+        "--events",
+        "400",
+        "--seed",
+        "3",
+        "--days",
+        "7",
+    ]
     assert main("generate", args) == 0
     days = sorted(p.name for p in (out / "events").iterdir())
     assert days[-1] == "date=2025-03-31" and days[0] >= "date=2025-03-25"
@@ -417,5 +546,7 @@ def test_the_shop_layout_is_the_default_source(spark, config, tmp_path, shop):
     lake = Lake(spark, config.lake, str(root))
     counts = run_counts(lake)
     assert (counts["items.accepted"], counts["users.accepted"], counts["events.accepted"]) == (
-        SPEC.items, SPEC.users, truth["valid_events"],
+        SPEC.items,
+        SPEC.users,
+        truth["valid_events"],
     )

@@ -31,8 +31,11 @@ def start(job: str, *argv: str) -> subprocess.Popen:
     }
     return subprocess.Popen(
         [sys.executable, str(ROOT / "jobs" / f"{job}.py"), "--run-date", RUN_DATE, *argv],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(processes: list[subprocess.Popen]) -> list[str]:
@@ -46,7 +49,9 @@ def finish(processes: list[subprocess.Popen]) -> list[str]:
 
 def silver(root: str, table: str = "events") -> pl.DataFrame:
     frame = pl.read_delta(os.path.join(root, "silver", table))
-    return frame.drop("source_file", "batch_id", "ingested_at").sort("event_id" if table == "events" else frame.columns)
+    return frame.drop("source_file", "batch_id", "ingested_at").sort(
+        "event_id" if table == "events" else frame.columns
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +68,11 @@ def overlapping_sources(spark, tmp_path_factory):
     thirds = [files[i::3] for i in range(3)]
     base = tmp_path_factory.mktemp("sources")
     folders = []
-    for name, parts in (("a", thirds[0] + thirds[1]), ("b", thirds[1] + thirds[2]), ("c", thirds[2] + thirds[0])):
+    for name, parts in (
+        ("a", thirds[0] + thirds[1]),
+        ("b", thirds[1] + thirds[2]),
+        ("c", thirds[2] + thirds[0]),
+    ):
         folder = base / name
         for path in parts:
             target = folder / path.relative_to(shop / "events")
@@ -77,7 +86,9 @@ def overlapping_sources(spark, tmp_path_factory):
 def test_three_ingests_at_once_store_each_event_once(overlapping_sources, tmp_path):
     shop, folders = overlapping_sources
     reference = str(tmp_path / "reference")
-    assert main("ingest", ["--lake", reference, "--run-date", RUN_DATE, "--source", str(shop / "events")]) == 0
+    assert (
+        main("ingest", ["--lake", reference, "--run-date", RUN_DATE, "--source", str(shop / "events")]) == 0
+    )
 
     lake = str(tmp_path / "lake")
     outputs = finish([start("ingest", "--lake", lake, "--source", folder) for folder in folders])
@@ -88,8 +99,11 @@ def test_three_ingests_at_once_store_each_event_once(overlapping_sources, tmp_pa
     # The same content, but where one event id came in two versions (the shop plants such conflicts): the
     # first committed version wins, which a single run decides by file order and concurrent runs by who
     # committed first. Either way the other version is quarantined as a conflicting duplicate.
-    conflicting = pl.read_delta(os.path.join(lake, "quarantine", "events")).filter(
-        pl.col("reason") == "conflicting_duplicate")["raw"].str.extract(r'"event_id":\s*"([^"]+)"')
+    conflicting = (
+        pl.read_delta(os.path.join(lake, "quarantine", "events"))
+        .filter(pl.col("reason") == "conflicting_duplicate")["raw"]
+        .str.extract(r'"event_id":\s*"([^"]+)"')
+    )
     assert conflicting.null_count() == 0
     unconflicted = ~pl.col("event_id").is_in(conflicting.implode())
     assert together.filter(unconflicted).equals(alone.filter(unconflicted))
@@ -116,15 +130,23 @@ def test_two_pipelines_of_different_jobs_at_once(demo_shop, tmp_path):
     together, apart = str(tmp_path / "together"), str(tmp_path / "apart")
     shutil.copytree(demo_root, together)
     shutil.copytree(demo_root, apart)
-    for only in ("features,segment", "rules"):  # the same settings as the concurrent runs: KMeans follows partitioning
+    for only in (
+        "features,segment",
+        "rules",
+    ):  # the same settings as the concurrent runs: KMeans follows partitioning
         finish([start("pipeline", "--lake", apart, "--only", only)])
     finish([start("pipeline", "--lake", together, "--only", only) for only in ("features,segment", "rules")])
 
-    for table in ("gold/user_features", "gold/user_segments", "gold/segment_profiles", "gold/association_rules",
-                  "gold/item_cross_sell"):  # fmt: skip
+    for table in (
+        "gold/user_features",
+        "gold/user_segments",
+        "gold/segment_profiles",
+        "gold/association_rules",
+        "gold/item_cross_sell",
+    ):
         left, right = (pl.read_delta(os.path.join(root, table)) for root in (together, apart))
         assert left.sort(left.columns).equals(right.sort(right.columns)), table
     runs = pl.read_delta(os.path.join(together, "ops", "job_runs"))
-    assert sorted(runs.filter(pl.col("run_date") == dt.date.fromisoformat(RUN_DATE))["job"].to_list()) == sorted(
-        ["ingest"] * 3 + ["features", "segment", "rules", "pipeline", "pipeline"]
-    )
+    assert sorted(
+        runs.filter(pl.col("run_date") == dt.date.fromisoformat(RUN_DATE))["job"].to_list()
+    ) == sorted(["ingest"] * 3 + ["features", "segment", "rules", "pipeline", "pipeline"])

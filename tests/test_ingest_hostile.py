@@ -94,7 +94,12 @@ def hostile(spark, config, tmp_path_factory):
     """Valid events, invalid UTF-8, a long field, a duplicate and 200 KB of random bytes, ingested once
     with the reject rate allowed to reach 1: (source folder, lake, printed summary)."""
     source = tmp_path_factory.mktemp("hostile-source")
-    good = [event_line("e1"), event_line("e2", channel="app"), event_line("e1"), event_line("e5", channel=LONG_CHANNEL)]
+    good = [
+        event_line("e1"),
+        event_line("e2", channel="app"),
+        event_line("e1"),
+        event_line("e5", channel=LONG_CHANNEL),
+    ]
     (source / "events.json").write_bytes(b"\n".join([*good[:2], *INVALID_LINES, *good[2:], b""]))
     (source / "random.json").write_bytes(random.Random(13).randbytes(200_000))
     root = str(tmp_path_factory.mktemp("hostile-lake"))
@@ -149,16 +154,24 @@ def test_lineage_joins_and_the_manifest_counts_each_files_records(hostile):
         rows = lake.read(table)
         assert rows.count() > 0
         assert rows.join(manifest.select(*lineage), lineage, "left_anti").count() == 0, table
-    bronze_per_file = {r.source_file: r["count"] for r in lake.read("bronze.events").groupBy("source_file").count().collect()}
+    bronze_per_file = {
+        r.source_file: r["count"] for r in lake.read("bronze.events").groupBy("source_file").count().collect()
+    }
     recorded = {r.source_file: r.records for r in manifest.collect()}
     assert recorded == bronze_per_file
     assert recorded == {
-        (source / name).resolve().as_uri().replace("file:///", "file:/"): len(lines_as_spark_splits_them((source / name).read_bytes()))
+        (source / name).resolve().as_uri().replace("file:///", "file:/"): len(
+            lines_as_spark_splits_them((source / name).read_bytes())
+        )
         for name in ("events.json", "random.json")
     }
     # Conservation, in the counts and in the printed summary.
     counts = {k.removeprefix("events."): v for k, v in run_counts(lake).items()}
-    assert counts["records_read"] == sum(recorded.values()) == counts["accepted"] + counts["rejected"] + counts["duplicates"]
+    assert (
+        counts["records_read"]
+        == sum(recorded.values())
+        == counts["accepted"] + counts["rejected"] + counts["duplicates"]
+    )
     assert (counts["accepted"], counts["duplicates"]) == (2, 1)
     assert (
         f"{counts['records_read']:,} records read = 2 accepted + {counts['rejected']:,} rejected + 1 duplicates"
@@ -198,8 +211,14 @@ def test_the_reject_rate_limit_comes_from_the_mapping_or_else_the_config(config,
         {"_source_file": "file:/in/b.json", "_outcome": "rejected", "_reason": "invalid_utf8", "count": 1},
         {"_source_file": "file:/in/b.json", "_outcome": "blank", "_reason": None, "count": 4},
     ]
-    counts = {"records_read": 8, "accepted": 2, "rejected": 6, "duplicates": 0,
-              "rejected.malformed_json": 5, "rejected.invalid_utf8": 1}  # fmt: skip
+    counts = {
+        "records_read": 8,
+        "accepted": 2,
+        "rejected": 6,
+        "duplicates": 0,
+        "rejected.malformed_json": 5,
+        "rejected.invalid_utf8": 1,
+    }
 
     def batch(mapping):
         return Batch(IngestRequest("events", "/in", mapping, "json"), [], counts, tally)
@@ -207,7 +226,10 @@ def test_the_reject_rate_limit_comes_from_the_mapping_or_else_the_config(config,
     check_reject_rate(batch(lenient), config.ingest, [])  # 6/8 = 0.75, within the mapping's 0.9
     with pytest.raises(RejectRateExceeded) as failed:
         check_reject_rate(batch(default), config.ingest, [])  # above the config's 0.5
-    assert "Most rejected: file:/in/b.json (6/6 rejected); top reasons: malformed_json 5, invalid_utf8 1" in str(failed.value)
+    assert (
+        "Most rejected: file:/in/b.json (6/6 rejected); top reasons: malformed_json 5, invalid_utf8 1"
+        in str(failed.value)
+    )
     strict = config.ingest.model_copy(update={"max_reject_rate": 0.8})
     check_reject_rate(batch(default), strict, [])
 
@@ -227,9 +249,20 @@ def test_no_request_of_a_run_writes_until_every_request_is_read_and_checked(spar
     items_request = IngestRequest("items", str(items), load_mapping("shop_items"), "csv")
 
     with pytest.raises(RejectRateExceeded):
-        ingest(ctx, [items_request, IngestRequest("events", str(garbage), load_mapping("shop_events"), "json")], config.ingest)
+        ingest(
+            ctx,
+            [items_request, IngestRequest("events", str(garbage), load_mapping("shop_events"), "json")],
+            config.ingest,
+        )
     with pytest.raises(ConfigError, match="'NoSuchColumn' is not in the source"):
-        ingest(ctx, [items_request, IngestRequest("events", str(csv_events), load_mapping(str(missing_column)), "csv")], config.ingest)
+        ingest(
+            ctx,
+            [
+                items_request,
+                IngestRequest("events", str(csv_events), load_mapping(str(missing_column)), "csv"),
+            ],
+            config.ingest,
+        )
     assert tables_of(tmp_path / "lake") == []
 
 
@@ -269,11 +302,17 @@ def test_a_header_only_csv_is_nothing_to_ingest(spark, config, tmp_path, capsys)
 
 def test_csv_and_parquet_with_invalid_bytes_are_quarantined_as_invalid_utf8(spark, config, tmp_path):
     users = tmp_path / "users.csv"
-    users.write_bytes(b"user_id,email,region\nu1,a@example.com,north\nu2,b@example.com,s\xffd\nu3,c@example.com,\xc3\xa9ast\n")
+    users.write_bytes(
+        b"user_id,email,region\nu1,a@example.com,north\nu2,b@example.com,s\xffd\nu3,c@example.com,\xc3\xa9ast\n"
+    )
     items = tmp_path / "items.parquet"
-    category = pa.array([b"toys", b"b\xffks", b"games"], pa.binary()).view(pa.string())  # not checked by pyarrow
+    category = pa.array([b"toys", b"b\xffks", b"games"], pa.binary()).view(
+        pa.string()
+    )  # not checked by pyarrow
     thumbnail = pa.array([b"\x89PNG\r\n\x1a\n\x00", None, b"\xff\xd8\xff"], pa.binary())  # bytes, not text
-    pq.write_table(pa.table({"item_id": ["i1", "i2", "i3"], "category": category, "thumbnail": thumbnail}), items)
+    pq.write_table(
+        pa.table({"item_id": ["i1", "i2", "i3"], "category": category, "thumbnail": thumbnail}), items
+    )
     root = str(tmp_path / "lake")
     for entity, source, fmt in (("users", users, "csv"), ("items", items, "parquet")):
         argv = ["--lake", root, *RUN_DATE, "--entity", entity, "--source", str(source), "--format", fmt]
@@ -282,8 +321,10 @@ def test_csv_and_parquet_with_invalid_bytes_are_quarantined_as_invalid_utf8(spar
 
     (user,) = lake.read("quarantine.users").collect()
     assert (user.reason, user.raw, bytes(user.raw_bytes)) == (
-        "invalid_utf8", '{"user_id":"u2","region":"s\ufffdd"}', b'{"user_id":"u2","region":"s\xffd"}',
-    )  # fmt: skip
+        "invalid_utf8",
+        '{"user_id":"u2","region":"s\ufffdd"}',
+        b'{"user_id":"u2","region":"s\xffd"}',
+    )
     regions = {r.user_id: r.region for r in lake.read("silver.users").collect()}
     assert regions == {"u1": "north", "u3": "\u00e9ast"}
 
@@ -301,7 +342,9 @@ def test_csv_and_parquet_with_invalid_bytes_are_quarantined_as_invalid_utf8(spar
 def test_odd_file_names_are_read_and_spelled_alike_everywhere(spark, config, tmp_path):
     source = tmp_path / "in dir [1]"
     source.mkdir()
-    (source / "day #1 {a}*.json").write_bytes(b"\n".join([event_line("e1"), event_line("e2", event_type="nope")]))
+    (source / "day #1 {a}*.json").write_bytes(
+        b"\n".join([event_line("e1"), event_line("e2", event_type="nope")])
+    )
     root = str(tmp_path / "lake")
     assert main("ingest", ["--lake", root, *RUN_DATE, "--source", str(source)]) == 0
     lake = Lake(spark, config.lake, root)

@@ -21,12 +21,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_concurrent_appends_from_two_processes_all_land(tmp_path):
     root = str(tmp_path / "lake")
     env = {
-        **os.environ, "MARKETLAKE_MASTER": "local[1]", "MARKETLAKE__SPARK__DRIVER_MEMORY": "1g",
+        **os.environ,
+        "MARKETLAKE_MASTER": "local[1]",
+        "MARKETLAKE__SPARK__DRIVER_MEMORY": "1g",
         "PYSPARK_PYTHON": sys.executable,
     }
     writers = [
-        subprocess.Popen([sys.executable, os.path.join(HERE, "concurrent_appender.py"), root, str(w), "4"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "concurrent_appender.py"), root, str(w), "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for w in (1, 2)
     ]
     for writer in writers:
@@ -34,7 +41,9 @@ def test_concurrent_appends_from_two_processes_all_land(tmp_path):
         assert writer.returncode == 0, err[-3000:]
     table = pl.read_delta(os.path.join(root, "bronze", "shared"))
     assert table.height == 2 * 4 * 100
-    assert sorted(table.group_by("writer", "batch").len().rows()) == [(w, b, 100) for w in (1, 2) for b in range(4)]
+    assert sorted(table.group_by("writer", "batch").len().rows()) == [
+        (w, b, 100) for w in (1, 2) for b in range(4)
+    ]
     assert DeltaTable(os.path.join(root, "bronze", "shared")).version() == 7  # 8 commits, none lost
 
 
@@ -49,12 +58,15 @@ def test_reads_tables_whose_paths_do_not_spell_partitions(spark, config, tmp_pat
         pq.write_table(pa.table({"id": pa.array([i * 10, i * 10 + 1], pa.int64())}), path)
         stats = '{"numRecords": 2}'
         adds.append(AddAction(f"data/f{i}.parquet", path.stat().st_size, {"region": region}, 0, True, stats))
-    schema = Schema.from_json('{"type":"struct","fields":[{"name":"id","type":"long","nullable":true,"metadata":{}},'
-                              '{"name":"region","type":"string","nullable":true,"metadata":{}}]}')
+    schema = Schema.from_json(
+        '{"type":"struct","fields":[{"name":"id","type":"long","nullable":true,"metadata":{}},'
+        '{"name":"region","type":"string","nullable":true,"metadata":{}}]}'
+    )
     create_table_with_add_actions(str(table_dir), schema, adds, mode="error", partition_by=["region"])
     lake = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), str(root))
     expected = spark.createDataFrame(
-        [(0, "north"), (1, "north"), (10, "south"), (11, "south"), (20, None), (21, None)], "id long, region string"
+        [(0, "north"), (1, "north"), (10, "south"), (11, "south"), (20, None), (21, None)],
+        "id long, region string",
     )
     assert_df_equality(lake.read("silver.foreign"), expected, ignore_row_order=True, ignore_nullable=True)
 

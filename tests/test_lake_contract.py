@@ -27,7 +27,9 @@ def events(spark, n=600, days=3, offset=0):
     """A small events-like frame: string, long, double, timestamp (with microseconds), date, nulls."""
     return spark.range(offset, offset + n).select(
         F.concat(F.lit("e"), F.col("id").cast("string")).alias("event_id"),
-        F.when(F.col("id") % 7 == 0, F.lit(None)).otherwise(F.concat(F.lit("u"), (F.col("id") % 50).cast("string"))).alias("user_id"),
+        F.when(F.col("id") % 7 == 0, F.lit(None))
+        .otherwise(F.concat(F.lit("u"), (F.col("id") % 50).cast("string")))
+        .alias("user_id"),
         (F.col("id") * 1.25).alias("price"),
         F.expr("timestamp_micros(1704067200000000 + id * 86400000000 div 200 + 123)").alias("event_ts"),
         F.expr(f"date_add(date'2024-01-01', cast(id % {days} as int))").alias("event_date"),
@@ -49,7 +51,9 @@ def test_roundtrip_through_independent_readers(lake, spark):
     assert_df_equality(lake.read("silver.events"), df, ignore_row_order=True, ignore_nullable=True)
 
     expected = df.toPandas().sort_values("event_id").reset_index(drop=True)
-    via_deltalake = DeltaTable(lake.path("silver.events")).to_pandas().sort_values("event_id").reset_index(drop=True)
+    via_deltalake = (
+        DeltaTable(lake.path("silver.events")).to_pandas().sort_values("event_id").reset_index(drop=True)
+    )
     via_polars = pl.read_delta(lake.path("silver.events")).sort("event_id")
     via_deltalake["event_ts"] = via_deltalake["event_ts"].dt.tz_convert("UTC").dt.tz_localize(None)
     pd.testing.assert_frame_equal(via_deltalake[expected.columns], expected, check_dtype=False)
@@ -106,7 +110,12 @@ def test_partition_overwrite_replaces_exactly_the_selected_partitions(lake, spar
     assert via_polars.filter(pl.col("event_date") == dt.date(2024, 1, 2)).height == 40
 
     # and the older version still reads as it was, through marketlake and through deltalake
-    assert_df_equality(lake.read("silver.events", version=0), events(spark, days=3), ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(
+        lake.read("silver.events", version=0),
+        events(spark, days=3),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
     assert len(DeltaTable(lake.path("silver.events"), version=0).to_pandas()) == 600
     assert pl.read_delta(lake.path("silver.events"), version=0).height == 600
 
@@ -114,11 +123,20 @@ def test_partition_overwrite_replaces_exactly_the_selected_partitions(lake, spar
 def test_explicit_partition_overwrite_refuses_rows_outside_the_partitions(lake, spark):
     lake.write("silver.events", events(spark, days=3), partition_by=["event_date"])
     with pytest.raises(TableError, match="outside the partitions"):
-        lake.write("silver.events", events(spark, days=3), mode="overwrite", partitions={"event_date": ["2024-01-01"]})
+        lake.write(
+            "silver.events",
+            events(spark, days=3),
+            mode="overwrite",
+            partitions={"event_date": ["2024-01-01"]},
+        )
     assert lake.version("silver.events") == 0
     only_first = events(spark, days=3).filter("event_date = date'2024-01-01'").limit(5)
-    lake.write("silver.events", only_first, mode="overwrite", partitions={"event_date": [dt.date(2024, 1, 1)]})
-    counts = {r.event_date: r["count"] for r in lake.read("silver.events").groupBy("event_date").count().collect()}
+    lake.write(
+        "silver.events", only_first, mode="overwrite", partitions={"event_date": [dt.date(2024, 1, 1)]}
+    )
+    counts = {
+        r.event_date: r["count"] for r in lake.read("silver.events").groupBy("event_date").count().collect()
+    }
     assert counts == {dt.date(2024, 1, 1): 5, dt.date(2024, 1, 2): 200, dt.date(2024, 1, 3): 200}
 
 
@@ -152,12 +170,19 @@ def test_append_enforces_schema(lake, spark):
         lake.write("silver.events", events(spark), partition_by=["user_id"])
     assert lake.version("silver.events") == 0
 
-    lake.write("silver.events", events(spark, n=10, offset=900).withColumn("channel", F.lit("web")), merge_schema=True)
+    lake.write(
+        "silver.events",
+        events(spark, n=10, offset=900).withColumn("channel", F.lit("web")),
+        merge_schema=True,
+    )
     back = lake.read("silver.events")
     assert back.columns == ["event_id", "user_id", "price", "event_ts", "event_date", "channel"]
     assert back.filter("channel = 'web'").count() == 10 and back.filter("channel is null").count() == 600
     # a missing column is filled with nulls, columns come in the table's order
-    lake.write("silver.events", events(spark, n=5, offset=2000).drop("user_id").select("price", "event_id", "event_ts", "event_date"))
+    lake.write(
+        "silver.events",
+        events(spark, n=5, offset=2000).drop("user_id").select("price", "event_id", "event_ts", "event_date"),
+    )
     assert lake.read("silver.events").filter("event_id = 'e2000'").first().user_id is None
     assert "channel" in pl.read_delta(lake.path("silver.events")).columns
 
@@ -175,8 +200,12 @@ def test_partition_values_with_special_characters(lake, spark):
 
 
 def test_upsert_on_keys(lake, spark):
-    first = spark.createDataFrame([("u1", "north", 30), ("u2", "south", 40)], "user_id string, region string, age int")
-    second = spark.createDataFrame([("u2", "east", 41), ("u3", "west", 22)], "user_id string, region string, age int")
+    first = spark.createDataFrame(
+        [("u1", "north", 30), ("u2", "south", 40)], "user_id string, region string, age int"
+    )
+    second = spark.createDataFrame(
+        [("u2", "east", 41), ("u3", "west", 22)], "user_id string, region string, age int"
+    )
     lake.upsert("silver.users", first, keys=["user_id"])
     lake.upsert("silver.users", second, keys=["user_id"])
     rows = sorted(tuple(r) for r in lake.read("silver.users").collect())
@@ -188,7 +217,9 @@ def test_upsert_on_keys(lake, spark):
 
 def test_failed_write_changes_nothing(lake, spark):
     lake.write("silver.events", events(spark), partition_by=["event_date"])
-    poisoned = events(spark).withColumn("price", F.when(F.col("event_id") == "e599", F.raise_error(F.lit("boom"))).otherwise(F.col("price")))
+    poisoned = events(spark).withColumn(
+        "price", F.when(F.col("event_id") == "e599", F.raise_error(F.lit("boom"))).otherwise(F.col("price"))
+    )
     with pytest.raises(Exception, match="boom"):
         lake.write("silver.events", poisoned)
     assert lake.version("silver.events") == 0
@@ -253,8 +284,12 @@ def test_overwrite_from_a_stale_snapshot_fails_clearly(rs_lake, spark):
     lake.write("gold.t", events(spark, n=50, days=1))
     lake.write("gold.t", events(spark, n=5, days=1, offset=100))  # another writer, meanwhile
     with pytest.raises(ConcurrentWriteError, match="another writer committed"):
-        lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1),
-                          WriteOptions(mode="overwrite", operation="overwrite", expected_version=0))
+        lake.engine.write(
+            "gold.t",
+            lake.path("gold.t"),
+            events(spark, n=7, days=1),
+            WriteOptions(mode="overwrite", operation="overwrite", expected_version=0),
+        )
     assert lake.version("gold.t") == 1 and lake.read("gold.t").count() == 55
     leftovers = set(glob.glob(os.path.join(lake.path("gold.t"), "*.parquet")))
     assert len(leftovers) == len(delta_files(lake, "gold.t")), "the failed write removed its files"
@@ -265,8 +300,12 @@ def test_append_from_a_stale_snapshot_lands_unless_checked(rs_lake, spark):
     lake.write("gold.t", events(spark, n=50, days=1))
     lake.write("gold.t", events(spark, n=5, days=1, offset=100))
     with pytest.raises(ConcurrentWriteError):
-        lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1, offset=200),
-                          WriteOptions(expected_version=0))
+        lake.engine.write(
+            "gold.t",
+            lake.path("gold.t"),
+            events(spark, n=7, days=1, offset=200),
+            WriteOptions(expected_version=0),
+        )
     assert lake.version("gold.t") == 1
     lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1, offset=200), WriteOptions())
     assert lake.version("gold.t") == 2 and lake.read("gold.t").count() == 62
@@ -290,7 +329,11 @@ def test_both_engines_have_the_engine_protocols_methods():
     assert {"write", "tables_under", "vacuum"} <= set(wanted)
     for engine in (DeltaRsEngine, DeltaSparkEngine):
         assert isinstance(engine.name, str)
-        have = {name: list(inspect.signature(getattr(engine, name)).parameters) for name in wanted if hasattr(engine, name)}
+        have = {
+            name: list(inspect.signature(getattr(engine, name)).parameters)
+            for name in wanted
+            if hasattr(engine, name)
+        }
         assert have == wanted, engine.__name__
 
 
@@ -313,4 +356,6 @@ def test_a_write_checks_the_session_settings_and_changes_none(rs_lake, spark):
         assert spark.conf.get(key) == "INT96"
     finally:
         spark.conf.set(key, "TIMESTAMP_MICROS")
-    assert not rs_lake.exists("gold.t") and not os.path.exists(os.path.join(rs_lake.path("gold.t"), "_staging"))
+    assert not rs_lake.exists("gold.t") and not os.path.exists(
+        os.path.join(rs_lake.path("gold.t"), "_staging")
+    )

@@ -32,8 +32,11 @@ def test_list_is_recursive_with_sizes_and_times_and_empty_for_a_missing_folder(f
     (tmp_path / "top.txt").write_text("x")
     entries = files.list(str(tmp_path))
     assert [(e.relative, e.is_dir, e.size) for e in entries] == [
-        ("a", True, None), ("a/b", True, None), ("a/b/f.txt", False, 5), ("top.txt", False, 1),
-    ]  # fmt: skip
+        ("a", True, None),
+        ("a/b", True, None),
+        ("a/b/f.txt", False, 5),
+        ("top.txt", False, 1),
+    ]
     assert entries[2].uri == f"{tmp_path}/a/b/f.txt"
     assert abs(entries[2].mtime.timestamp() - os.path.getmtime(tmp_path / "a" / "b" / "f.txt")) < 1
     assert [e.relative for e in files.list(f"file:{tmp_path}", recursive=False)] == ["a", "top.txt"]
@@ -76,12 +79,18 @@ def test_write_and_read_text(files, tmp_path):
     target = str(tmp_path / "reports" / "2024-06-30" / "r.html")
     files.write_text(target, "ünï\n")
     files.write_text(target, "second ünï\n")
-    assert files.read_text(target) == "second ünï\n" and files.is_file(target) and files.is_dir(str(tmp_path / "reports"))
+    assert (
+        files.read_text(target) == "second ünï\n"
+        and files.is_file(target)
+        and files.is_dir(str(tmp_path / "reports"))
+    )
     assert not files.exists(str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize("renames_folders", [True, False], ids=["folder-rename", "file-by-file"])
-def test_staged_replace_swaps_the_folder_only_when_the_block_succeeds(files, tmp_path, monkeypatch, renames_folders):
+def test_staged_replace_swaps_the_folder_only_when_the_block_succeeds(
+    files, tmp_path, monkeypatch, renames_folders
+):
     if not renames_folders:  # the object-store way, on a local disk
         monkeypatch.setattr(files_module, "FOLDER_RENAMES", set())
     folder = tmp_path / "exports" / "c1" / "2024-06-30"
@@ -92,13 +101,19 @@ def test_staged_replace_swaps_the_folder_only_when_the_block_succeeds(files, tmp
     with pytest.raises(RuntimeError, match="half way"), files.staged_replace(str(folder)) as staging:
         files.write_text(f"{staging}/audience.csv", "half")
         raise RuntimeError("half way")
-    assert tree(tmp_path) == {"exports/c1/2024-06-30/stale.csv": "stale", "exports/c1/2024-06-30/audience.csv": "old"}
+    assert tree(tmp_path) == {
+        "exports/c1/2024-06-30/stale.csv": "stale",
+        "exports/c1/2024-06-30/audience.csv": "old",
+    }
 
     with files.staged_replace(str(folder)) as staging:
         assert staging.startswith(f"{tmp_path}/exports/c1/_staging-") and not os.path.exists(staging)
         files.write_text(f"{staging}/audience.csv", "new")
         files.write_text(f"{staging}/sub/audience.parquet", "pq")
-    assert tree(tmp_path) == {"exports/c1/2024-06-30/audience.csv": "new", "exports/c1/2024-06-30/sub/audience.parquet": "pq"}
+    assert tree(tmp_path) == {
+        "exports/c1/2024-06-30/audience.csv": "new",
+        "exports/c1/2024-06-30/sub/audience.parquet": "pq",
+    }
 
     fresh = tmp_path / "exports" / "c2" / "2024-06-30"
     with files.staged_replace(str(fresh)) as staging:
@@ -108,21 +123,38 @@ def test_staged_replace_swaps_the_folder_only_when_the_block_succeeds(files, tmp
 
 def test_store_uris_and_storage_options():
     assert store_uri("s3a://bucket/lake/x") == "s3://bucket/lake/x" and store_uri("/tmp/x") == "/tmp/x"
-    assert absolute("s3a://bucket/lake/") == "s3a://bucket/lake" and absolute("lake") == os.path.abspath("lake")
-    assert s3_options({
-        "AWS_ACCESS_KEY_ID": "k", "aws_secret_access_key": "s", "AWS_REGION": "eu-west-1",
-        "AWS_ENDPOINT_URL": "http://minio:9000", "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
-    }) == {"access_key": "k", "secret_key": "s", "region": "eu-west-1", "endpoint_override": "minio:9000", "scheme": "http"}  # fmt: skip
+    assert absolute("s3a://bucket/lake/") == "s3a://bucket/lake" and absolute("lake") == os.path.abspath(
+        "lake"
+    )
+    assert s3_options(
+        {
+            "AWS_ACCESS_KEY_ID": "k",
+            "aws_secret_access_key": "s",
+            "AWS_REGION": "eu-west-1",
+            "AWS_ENDPOINT_URL": "http://minio:9000",
+            "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+        }
+    ) == {
+        "access_key": "k",
+        "secret_key": "s",
+        "region": "eu-west-1",
+        "endpoint_override": "minio:9000",
+        "scheme": "http",
+    }
     assert s3_options({"AWS_ENDPOINT": "minio:9000", "AWS_ALLOW_HTTP": "true"}) == {
-        "endpoint_override": "minio:9000", "scheme": "http",
-    }  # fmt: skip
+        "endpoint_override": "minio:9000",
+        "scheme": "http",
+    }
 
 
 @pytest.mark.parametrize("root", ["/data/lake", "s3a://bucket/lake/"])
 def test_the_lake_puts_what_is_not_a_table_where_it_always_did(root):
     layout, base = Layout(root), root.rstrip("/")
     run_date = dt.date(2024, 6, 30)
-    assert layout.model_path("recommend_als", "2024-06-30-3f9a1c0b") == f"{base}/models/recommend_als/2024-06-30-3f9a1c0b"
+    assert (
+        layout.model_path("recommend_als", "2024-06-30-3f9a1c0b")
+        == f"{base}/models/recommend_als/2024-06-30-3f9a1c0b"
+    )
     assert layout.checkpoint_dir("run-1") == f"{base}/_checkpoints/run-1"
     assert layout.export_dir("spring", run_date) == f"{base}/exports/spring/2024-06-30"
     assert layout.report_path(run_date) == f"{base}/reports/2024-06-30/marketlake-report.html"

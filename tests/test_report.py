@@ -83,80 +83,225 @@ def write_gold(spark, lake: Lake) -> None:
     """Small gold tables of every kind the report reads, for RUN_DATE."""
     partitioned = {"partition_by": ["as_of_date"]}
     profiles = [
-        {"_cluster": i, "size": size, "buyer_share": buyers, "mean_recency_days": recency, "mean_frequency": freq,
-         "mean_monetary": money, "mean_tenure_days": 300.0,
-         **{f"mean_{c}": 1.0 for c in ("days_since_purchase", "avg_order_value", "views", "clicks", "carts", "purchases",
-                                       "sessions", "ctr", "cart_rate", "purchase_rate", "active_days")}}
+        {
+            "_cluster": i,
+            "size": size,
+            "buyer_share": buyers,
+            "mean_recency_days": recency,
+            "mean_frequency": freq,
+            "mean_monetary": money,
+            "mean_tenure_days": 300.0,
+            **{
+                f"mean_{c}": 1.0
+                for c in (
+                    "days_since_purchase",
+                    "avg_order_value",
+                    "views",
+                    "clicks",
+                    "carts",
+                    "purchases",
+                    "sessions",
+                    "ctr",
+                    "cart_rate",
+                    "purchase_rate",
+                    "active_days",
+                )
+            },
+        }
         for i, (size, buyers, recency, freq, money) in enumerate(
             [(120, 1.0, 2.0, 12.0, 1500.0), (300, 0.9, 4.0, 3.0, 300.0), (80, 0.2, 40.0, 0.1, 5.0)]
         )
-    ]  # fmt: skip
+    ]
     named = name_segments(profiles)
     frame = profiles_frame(spark, named, 500, 0.61, ["recency_days", "frequency"], "2024-06-30-abc", RUN_DATE)
     lake.write("gold.segment_profiles", frame, "append", **partitioned)
-    metrics = {"k": 3.0, "silhouette": 0.61, "silhouette_k2": 0.55, "silhouette_k3": 0.61, "silhouette_k4": 0.48}
-    model_row = ("segment_kmeans", "2024-06-30-abc", RUN_DATE, "r", dt.datetime(2024, 6, 30, 3), "/m", {}, metrics, [])
+    metrics = {
+        "k": 3.0,
+        "silhouette": 0.61,
+        "silhouette_k2": 0.55,
+        "silhouette_k3": 0.61,
+        "silhouette_k4": 0.48,
+    }
+    model_row = (
+        "segment_kmeans",
+        "2024-06-30-abc",
+        RUN_DATE,
+        "r",
+        dt.datetime(2024, 6, 30, 3),
+        "/m",
+        {},
+        metrics,
+        [],
+    )
     lake.write("ops.models", spark.createDataFrame([model_row], MODELS_SCHEMA), "append")
 
     labels = ["Champions"] * 40 + ["Loyal"] * 60 + ["Hibernating"] * 100 + ["Prospects"] * 300
     features = spark.createDataFrame(
         [
-            (f"u{i:04d}", label, 0 if label == "Prospects" else 1 + i % 5, 0.0 if label == "Prospects" else 10.0 * (i % 7),
-             None if label == "Prospects" else 1 + i % 5, None if label == "Prospects" else 1 + (i // 5) % 5)
+            (
+                f"u{i:04d}",
+                label,
+                0 if label == "Prospects" else 1 + i % 5,
+                0.0 if label == "Prospects" else 10.0 * (i % 7),
+                None if label == "Prospects" else 1 + i % 5,
+                None if label == "Prospects" else 1 + (i // 5) % 5,
+            )
             for i, label in enumerate(labels)
         ],
         "user_id string, rfm_label string, frequency long, monetary double, r_score int, f_score int",
-    ).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+    ).withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.user_features", features, "append", **partitioned)
 
     rules = spark.createDataFrame(
-        [([f"i{a:02d}"], [f"i{b:02d}"], 0.01 * a, 0.5, float(a)) for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]], RULES_SCHEMA
-    ).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+        [
+            ([f"i{a:02d}"], [f"i{b:02d}"], 0.01 * a, 0.5, float(a))
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]
+        ],
+        RULES_SCHEMA,
+    ).withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.association_rules", rules, "append", **partitioned)
-    cross_sell = spark.createDataFrame([("i01", 1, "i02", 0.5, 1.0, 0.01)], "item_id string, rank int, recommended_item_id string, confidence double, lift double, support double")
-    lake.write("gold.item_cross_sell", cross_sell.withColumn("as_of_date", F.lit(RUN_DATE)), "append", **partitioned)
-    items = spark.createDataFrame([(f"i{n:02d}", f"Item number {n}", "home") for n in range(1, 9)], "item_id string, title string, category string")
+    cross_sell = spark.createDataFrame(
+        [("i01", 1, "i02", 0.5, 1.0, 0.01)],
+        "item_id string, rank int, recommended_item_id string, confidence double, lift double, support double",
+    )
+    lake.write(
+        "gold.item_cross_sell", cross_sell.withColumn("as_of_date", F.lit(RUN_DATE)), "append", **partitioned
+    )
+    items = spark.createDataFrame(
+        [(f"i{n:02d}", f"Item number {n}", "home") for n in range(1, 9)],
+        "item_id string, title string, category string",
+    )
     lake.write("silver.items", items, "append")
 
     evaluation = spark.createDataFrame(
         [
             (model, metric, k, value, 400, "last-7-days", "rec-v1")
             for model, scale in (("als", 1.0), ("popularity", 0.5))
-            for metric, k, value in (("precision", 10, 0.12), ("recall", 10, 0.30), ("ndcg", 10, 0.25), ("coverage", 10, 0.8))
+            for metric, k, value in (
+                ("precision", 10, 0.12),
+                ("recall", 10, 0.30),
+                ("ndcg", 10, 0.25),
+                ("coverage", 10, 0.8),
+            )
             for value in [value * scale]
         ],
         "model string, metric string, k int, value double, users long, split string, model_version string",
-    ).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+    ).withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.recommendation_evaluation", evaluation, "append", **partitioned)
     recommendations = spark.createDataFrame(
-        [(f"u{u:04d}", r, f"i{r:02d}", 1.0 / r, "als" if u < 300 else "global_popular", "rec-v1") for u in range(500) for r in (1, 2)],
+        [
+            (f"u{u:04d}", r, f"i{r:02d}", 1.0 / r, "als" if u < 300 else "global_popular", "rec-v1")
+            for u in range(500)
+            for r in (1, 2)
+        ],
         "user_id string, rank int, item_id string, score double, source string, model_version string",
-    ).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+    ).withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.user_recommendations", recommendations, "append", **partitioned)
 
     audience = spark.createDataFrame(
         [
-            (campaign, f"u{u:04d}", "loyal", "Loyal", offer, "email", ["i01"] if u % 2 else [], [], group, share, u)
-            for campaign, n, share, offer in (("spring", 200, 0.1, "10% off"), ("vip", 50, 0.2, "early access"))
+            (
+                campaign,
+                f"u{u:04d}",
+                "loyal",
+                "Loyal",
+                offer,
+                "email",
+                ["i01"] if u % 2 else [],
+                [],
+                group,
+                share,
+                u,
+            )
+            for campaign, n, share, offer in (
+                ("spring", 200, 0.1, "10% off"),
+                ("vip", 50, 0.2, "early access"),
+            )
             for u in range(n)
             for group in ["control" if u % int(1 / share) == 0 else "treatment"]
         ],
         "campaign_id string, user_id string, segment_name string, rfm_label string, offer string, channel string, "
         "items array<string>, cross_sell array<string>, group string, control_share double, audience_rank int",
-    ).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+    ).withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.campaign_audience", audience, "append", **partitioned)
 
     experiments = spark.createDataFrame(
         [
-            ("exp-1", "events", "conversion", "A", True, 5000, 500.0, 0.10, None, None, None, None, None, None, None, None, None, 0.8, False, "ship B", False),
-            ("exp-1", "events", "conversion", "B", False, 5000, 600.0, 0.12, 0.02, 0.2, 0.008, 0.032, 0.08, 0.32, 0.001, 0.002, 0.999, 0.8, False, "ship B", False),
-            ("exp-1", "events", "revenue_per_user", "B", False, 5000, 61234.5, 12.2469, -0.3, -0.024, -1.1, 0.5, -0.088, 0.04, 0.46, 0.46, 0.23, 0.8, False, "keep running", False),
+            (
+                "exp-1",
+                "events",
+                "conversion",
+                "A",
+                True,
+                5000,
+                500.0,
+                0.10,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                0.8,
+                False,
+                "ship B",
+                False,
+            ),
+            (
+                "exp-1",
+                "events",
+                "conversion",
+                "B",
+                False,
+                5000,
+                600.0,
+                0.12,
+                0.02,
+                0.2,
+                0.008,
+                0.032,
+                0.08,
+                0.32,
+                0.001,
+                0.002,
+                0.999,
+                0.8,
+                False,
+                "ship B",
+                False,
+            ),
+            (
+                "exp-1",
+                "events",
+                "revenue_per_user",
+                "B",
+                False,
+                5000,
+                61234.5,
+                12.2469,
+                -0.3,
+                -0.024,
+                -1.1,
+                0.5,
+                -0.088,
+                0.04,
+                0.46,
+                0.46,
+                0.23,
+                0.8,
+                False,
+                "keep running",
+                False,
+            ),
         ],
         "experiment_id string, source string, metric string, variant string, is_control boolean, users long, "
         "conversions double, rate double, lift double, lift_relative double, ci_low double, ci_high double, "
         "rel_ci_low double, rel_ci_high double, p_value double, p_value_adjusted double, prob_beat_control double, "
         "srm_p_value double, srm boolean, decision string, cuped boolean",
-    ).withColumn("as_of_date", F.lit(RUN_DATE))  # fmt: skip
+    ).withColumn("as_of_date", F.lit(RUN_DATE))
     lake.write("gold.experiment_results", experiments, "append", **partitioned)
 
 
@@ -192,11 +337,21 @@ def test_segment_silhouette_and_rfm_numbers_are_the_gold_tables(spark, reported)
     ]
     assert shown[0]["revenue"] == "1,500.00" and shown[0]["strategy"] == profiles[0].strategy
     assert [(r["k"], r["silhouette"], r[""]) for r in page.rows("silhouette-by-k")] == [
-        ("2", "0.5500", ""), ("3", "0.6100", "chosen"), ("4", "0.4800", "")
+        ("2", "0.5500", ""),
+        ("3", "0.6100", "chosen"),
+        ("4", "0.4800", ""),
     ]
-    counts = {r.rfm_label: r["count"] for r in lake.read("gold.user_features").groupBy("rfm_label").count().collect()}
+    counts = {
+        r.rfm_label: r["count"]
+        for r in lake.read("gold.user_features").groupBy("rfm_label").count().collect()
+    }
     rfm = page.rows("rfm-labels")
-    assert [r["RFM label"] for r in rfm] == ["Champions", "Loyal", "Hibernating", "Prospects"]  # the RFM grid's order
+    assert [r["RFM label"] for r in rfm] == [
+        "Champions",
+        "Loyal",
+        "Hibernating",
+        "Prospects",
+    ]  # the RFM grid's order
     assert {r["RFM label"]: r["customers"] for r in rfm} == {label: f"{n:,}" for label, n in counts.items()}
     assert rfm[-1]["share"] == f"{300 / 500:.1%}"
 
@@ -207,7 +362,9 @@ def test_rules_recommendations_audiences_and_experiments_numbers(reported):
     assert [r["customers who buy"] for r in rules] == [f"i0{a} (Item number {a})" for a in (7, 5, 3, 1)]
     assert [r["lift"] for r in rules] == ["7.00", "5.00", "3.00", "1.00"]
     evaluation = {(r["metric"], r["k"]): r for r in page.rows("recommendation-evaluation")}
-    assert evaluation[("ndcg", "10")]["ALS"] == "0.2500" and evaluation[("ndcg", "10")]["popularity"] == "0.1250"
+    assert (
+        evaluation[("ndcg", "10")]["ALS"] == "0.2500" and evaluation[("ndcg", "10")]["popularity"] == "0.1250"
+    )
     assert evaluation[("ndcg", "10")]["ALS / popularity"] == "2.00" and len(evaluation) == 4
     assert page.rows("recommendation-sources") == [
         {"source": "als", "users": "300", "recommendations": "600"},
@@ -219,17 +376,35 @@ def test_rules_recommendations_audiences_and_experiments_numbers(reported):
     }
     audiences = {r["campaign"]: r for r in page.rows("audiences")}
     for campaign in ("spring", "vip"):
-        row, treatment, control = audiences[campaign], groups[(campaign, "treatment")], groups[(campaign, "control")]
-        assert (row["treatment"], row["control"], row["audience"]) == (f"{treatment:,}", f"{control:,}", f"{treatment + control:,}")
+        row, treatment, control = (
+            audiences[campaign],
+            groups[(campaign, "treatment")],
+            groups[(campaign, "control")],
+        )
+        assert (row["treatment"], row["control"], row["audience"]) == (
+            f"{treatment:,}",
+            f"{control:,}",
+            f"{treatment + control:,}",
+        )
         assert row["control share"] == f"{control / (treatment + control):.1%}"
     assert audiences["vip"]["configured"] == "20.0%" and audiences["spring"]["with recommendations"] == "100"
     experiments = page.rows("experiment-results")
     assert [(r["metric"], r["variant"]) for r in experiments] == [
-        ("conversion", "A (control)"), ("conversion", "B"), ("revenue_per_user", "B")
+        ("conversion", "A (control)"),
+        ("conversion", "B"),
+        ("revenue_per_user", "B"),
     ]
     b = experiments[1]
-    assert (b["lift (95% CI)"], b["relative (95% CI)"]) == ("+0.0200 [+0.0080, +0.0320]", "+20.0% [+8.0%, +32.0%]")
-    assert (b["p (adjusted)"], b["P(better)"], b["decision"], b["conversions"]) == ("0.0020", "99.9%", "ship B", "600")
+    assert (b["lift (95% CI)"], b["relative (95% CI)"]) == (
+        "+0.0200 [+0.0080, +0.0320]",
+        "+20.0% [+8.0%, +32.0%]",
+    )
+    assert (b["p (adjusted)"], b["P(better)"], b["decision"], b["conversions"]) == (
+        "0.0020",
+        "99.9%",
+        "ship B",
+        "600",
+    )
     assert experiments[0]["lift (95% CI)"] == "-" and experiments[0]["users"] == "5,000"
     assert experiments[2]["conversions"] == "61,234.50"
 
@@ -252,17 +427,26 @@ def test_missing_tables_and_dates_are_named_with_the_job_that_makes_them(spark, 
     other_day = RUN_DATE + dt.timedelta(days=1)
     page = Page(render(gather(lake, other_day), build(gather(lake, other_day)), dt.datetime(2024, 7, 1)))
     assert page.sections == [*SECTION_IDS, "runs"] and page.images == []
-    assert f"gold.segment_profiles has no rows for {other_day} (its latest date is {RUN_DATE}): run segment for {other_day}." in page.missing
-    assert any(m.startswith("gold.experiment_results has no rows") and "run experiment" in m for m in page.missing)
+    assert (
+        f"gold.segment_profiles has no rows for {other_day} (its latest date is {RUN_DATE}): run segment for {other_day}."
+        in page.missing
+    )
+    assert any(
+        m.startswith("gold.experiment_results has no rows") and "run experiment" in m for m in page.missing
+    )
 
     empty = Lake(spark, config.lake, str(tmp_path / "empty"))
     data = gather(empty, RUN_DATE)
     page = Page(render(data, build(data), dt.datetime(2024, 7, 1)))
     for table, job in [
-        ("gold.segment_profiles", "segment"), ("gold.user_features", "features"), ("gold.association_rules", "rules"),
-        ("gold.recommendation_evaluation", "recommend"), ("gold.user_recommendations", "recommend"),
-        ("gold.campaign_audience", "activate"), ("gold.experiment_results", "experiment"),
-    ]:  # fmt: skip
+        ("gold.segment_profiles", "segment"),
+        ("gold.user_features", "features"),
+        ("gold.association_rules", "rules"),
+        ("gold.recommendation_evaluation", "recommend"),
+        ("gold.user_recommendations", "recommend"),
+        ("gold.campaign_audience", "activate"),
+        ("gold.experiment_results", "experiment"),
+    ]:
         message = f"{table} is absent from this lake: the {job} job makes it (./spark-submit.sh {job} --run-date {RUN_DATE})."
         assert message in page.missing
 

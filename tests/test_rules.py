@@ -35,7 +35,9 @@ TOLERANCE = 1e-9
 
 
 def rules_of(lake: Lake, run_date: str) -> pd.DataFrame:
-    frame = lake.read("gold.association_rules").filter(F.col("as_of_date") == F.lit(dt.date.fromisoformat(run_date)))
+    frame = lake.read("gold.association_rules").filter(
+        F.col("as_of_date") == F.lit(dt.date.fromisoformat(run_date))
+    )
     rules = frame.toPandas()
     rules["antecedent"] = rules["antecedent"].map(tuple)
     rules["consequent"] = rules["consequent"].map(lambda c: c[0])
@@ -70,20 +72,44 @@ def mlxtend_rules(invoices: pd.Series, min_support: float, min_confidence: float
     from mlxtend.preprocessing import TransactionEncoder
 
     encoder = TransactionEncoder()
-    onehot = pd.DataFrame(encoder.fit([sorted(b) for b in invoices]).transform([sorted(b) for b in invoices]), columns=encoder.columns_)
+    onehot = pd.DataFrame(
+        encoder.fit([sorted(b) for b in invoices]).transform([sorted(b) for b in invoices]),
+        columns=encoder.columns_,
+    )
     itemsets = fpgrowth(onehot, min_support=min_support, use_colnames=True)
-    rules = association_rules(itemsets, num_itemsets=len(onehot), metric="confidence", min_threshold=min_confidence)
+    rules = association_rules(
+        itemsets, num_itemsets=len(onehot), metric="confidence", min_threshold=min_confidence
+    )
     rules = rules[rules.lift >= min_lift]
     single = rules[rules.consequents.map(len) == 1].copy()
     single["antecedent"] = single.antecedents.map(lambda a: tuple(sorted(a)))
     single["consequent"] = single.consequents.map(lambda c: next(iter(c)))
-    return rules, single.set_index(["antecedent", "consequent"])[["support", "confidence", "lift"]].sort_index(), itemsets
+    return (
+        rules,
+        single.set_index(["antecedent", "consequent"])[["support", "confidence", "lift"]].sort_index(),
+        itemsets,
+    )
 
 
 @pytest.fixture(scope="module")
 def online_retail(spark, config, tmp_path_factory):
     root = str(tmp_path_factory.mktemp("rules-online-retail"))
-    assert main("ingest", ["--lake", root, "--run-date", OR_DATE, "--source", str(ONLINE_RETAIL), "--mapping", "online_retail"]) == 0
+    assert (
+        main(
+            "ingest",
+            [
+                "--lake",
+                root,
+                "--run-date",
+                OR_DATE,
+                "--source",
+                str(ONLINE_RETAIL),
+                "--mapping",
+                "online_retail",
+            ],
+        )
+        == 0
+    )
     assert main("rules", ["--lake", root, "--run-date", OR_DATE, *OR_ARGS]) == 0
     lake = Lake(spark, config.lake, root)
     return lake, last_counts(lake)
@@ -113,12 +139,34 @@ def test_command_line_overrides_apply_and_other_dates_stay(online_retail):
     lake, _ = online_retail
     before = rules_of(lake, OR_DATE)
     later = "2026-11-24"  # the same invoices (all from 2010-2011), other thresholds, another partition
-    assert main("rules", ["--lake", lake.root, "--run-date", later, *OR_ARGS, "--min-confidence", "0.5", "--min-lift", "200", "--top-n", "1"]) == 0
+    assert (
+        main(
+            "rules",
+            [
+                "--lake",
+                lake.root,
+                "--run-date",
+                later,
+                *OR_ARGS,
+                "--min-confidence",
+                "0.5",
+                "--min-lift",
+                "200",
+                "--top-n",
+                "1",
+            ],
+        )
+        == 0
+    )
     expected = before[(before.confidence >= 0.5) & (before.lift >= 200)]
     assert 0 < len(expected) < len(before)
-    pd.testing.assert_frame_equal(rules_of(lake, later).drop(columns="as_of_date"), expected.drop(columns="as_of_date"))
+    pd.testing.assert_frame_equal(
+        rules_of(lake, later).drop(columns="as_of_date"), expected.drop(columns="as_of_date")
+    )
     pd.testing.assert_frame_equal(rules_of(lake, OR_DATE), before)
-    cross_sell_rows = lake.read("gold.item_cross_sell").filter(F.col("as_of_date") == F.lit(dt.date.fromisoformat(later)))
+    cross_sell_rows = lake.read("gold.item_cross_sell").filter(
+        F.col("as_of_date") == F.lit(dt.date.fromisoformat(later))
+    )
     assert cross_sell_rows.groupBy("item_id").count().filter("count > 1").count() == 0
 
 
@@ -182,7 +230,9 @@ def test_a_rerun_gives_the_same_tables(spark, demo_rules):
 # ---- hand-made examples --------------------------------------------------------------------------
 
 
-EVENT_SCHEMA = "event_id string, item_id string, event_type string, event_date date, session_id string, order_id string"
+EVENT_SCHEMA = (
+    "event_id string, item_id string, event_type string, event_date date, session_id string, order_id string"
+)
 D1, D2, D3 = dt.date(2024, 6, 1), dt.date(2024, 6, 2), dt.date(2024, 6, 3)
 
 
@@ -191,35 +241,55 @@ def events(spark, rows):
 
 
 def test_baskets_are_orders_or_sessions_up_to_the_run_date(spark):
-    frame = events(spark, [
-        ("b", "purchase", D1, "s1", "o1"), ("a", "purchase", D1, "s1", "o1"), ("a", "purchase", D1, "s1", "o1"),
-        ("c", "add_to_cart", D1, "s1", None), ("x", "exposure", D1, "s1", None), ("d", "view", D1, "s1", None),
-        ("c", "purchase", D2, "s2", "o2"), ("e", "purchase", D3, "s3", "o3"), ("f", "view", D2, None, None),
-    ])  # fmt: skip
+    frame = events(
+        spark,
+        [
+            ("b", "purchase", D1, "s1", "o1"),
+            ("a", "purchase", D1, "s1", "o1"),
+            ("a", "purchase", D1, "s1", "o1"),
+            ("c", "add_to_cart", D1, "s1", None),
+            ("x", "exposure", D1, "s1", None),
+            ("d", "view", D1, "s1", None),
+            ("c", "purchase", D2, "s2", "o2"),
+            ("e", "purchase", D3, "s3", "o3"),
+            ("f", "view", D2, None, None),
+        ],
+    )
     orders = frame.transform(baskets(D2, "order"))
-    expected = spark.createDataFrame([("o1", ["a", "b"]), ("o2", ["c"])], "basket_id string, items array<string>")
+    expected = spark.createDataFrame(
+        [("o1", ["a", "b"]), ("o2", ["c"])], "basket_id string, items array<string>"
+    )
     assert_df_equality(orders, expected, ignore_row_order=True, ignore_nullable=True)
     sessions = frame.transform(baskets(D2, "session", ["view", "click", "add_to_cart", "purchase"]))
-    expected = spark.createDataFrame([("s1", ["a", "b", "c", "d"]), ("s2", ["c"])], "basket_id string, items array<string>")
+    expected = spark.createDataFrame(
+        [("s1", ["a", "b", "c", "d"]), ("s2", ["c"])], "basket_id string, items array<string>"
+    )
     assert_df_equality(sessions, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_cross_sell_ranks_single_item_rules_by_lift_then_confidence(spark):
     rules = spark.createDataFrame(
         [
-            (["a"], ["b"], 0.1, 0.5, 3.0), (["a"], ["c"], 0.1, 0.6, 3.0), (["a"], ["d"], 0.1, 0.6, 3.0),
-            (["a"], ["e"], 0.2, 0.9, 4.0), (["a"], ["f"], 0.1, 0.3, 1.5), (["a", "b"], ["g"], 0.1, 0.9, 9.0),
+            (["a"], ["b"], 0.1, 0.5, 3.0),
+            (["a"], ["c"], 0.1, 0.6, 3.0),
+            (["a"], ["d"], 0.1, 0.6, 3.0),
+            (["a"], ["e"], 0.2, 0.9, 4.0),
+            (["a"], ["f"], 0.1, 0.3, 1.5),
+            (["a", "b"], ["g"], 0.1, 0.9, 9.0),
             (["g"], ["a"], 0.1, 0.2, 1.1),
         ],
         "antecedent array<string>, consequent array<string>, support double, confidence double, lift double",
-    )  # fmt: skip
+    )
     expected = spark.createDataFrame(
         [
-            ("a", 1, "e", 0.9, 4.0, 0.2), ("a", 2, "c", 0.6, 3.0, 0.1), ("a", 3, "d", 0.6, 3.0, 0.1),
-            ("a", 4, "b", 0.5, 3.0, 0.1), ("g", 1, "a", 0.2, 1.1, 0.1),
+            ("a", 1, "e", 0.9, 4.0, 0.2),
+            ("a", 2, "c", 0.6, 3.0, 0.1),
+            ("a", 3, "d", 0.6, 3.0, 0.1),
+            ("a", 4, "b", 0.5, 3.0, 0.1),
+            ("g", 1, "a", 0.2, 1.1, 0.1),
         ],
         "item_id string, rank int, recommended_item_id string, confidence double, lift double, support double",
-    )  # fmt: skip
+    )
     assert_df_equality(rules.transform(cross_sell(4)), expected, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -254,7 +324,10 @@ def test_the_guards_bounds_hold_on_dense_random_baskets():
     for _ in range(150):
         items = rng.randint(3, 9)
         base = [frozenset(rng.sample(range(items), rng.randint(1, items))) for _ in range(rng.randint(2, 6))]
-        data = [rng.choice(base) | frozenset(rng.sample(range(items), rng.randint(0, 2))) for _ in range(rng.randint(3, 25))]
+        data = [
+            rng.choice(base) | frozenset(rng.sample(range(items), rng.randint(0, 2)))
+            for _ in range(rng.randint(3, 25))
+        ]
         m = min_count(rng.choice([0.05, 0.1, 0.2, 0.3]), len(data))
         counts: dict[frozenset, int] = {}
         for basket in data:
@@ -282,7 +355,12 @@ def test_no_baskets_write_empty_partitions(spark, config, tmp_path):
     assert main("rules", ["--lake", root, "--run-date", "2024-06-01"]) == 0  # orders: none, browse-only data
     assert last_counts(lake)["baskets"] == 0
     assert lake.read("gold.association_rules").count() == 0 and lake.read("gold.item_cross_sell").count() == 0
-    assert main("rules", ["--lake", root, "--run-date", "2024-06-01", "--basket", "session", "--min-support", "1"]) == 0
+    assert (
+        main(
+            "rules", ["--lake", root, "--run-date", "2024-06-01", "--basket", "session", "--min-support", "1"]
+        )
+        == 0
+    )
     found = lake.read("gold.association_rules").select("antecedent", "consequent").collect()
     assert sorted(tuple(row) for row in found) == [(["a"], ["b"]), (["b"], ["a"])]
 

@@ -44,6 +44,31 @@ def test_pipeline_records_a_run(spark, lake_root, tmp_path, capsys):
     assert sorted(after) == sorted(before)
     for table, frame in before.items():
         assert after[table].equals(frame), f"{table} changed on a forced re-run"
+    assert_tables_match_the_catalog(lake_root)
+
+
+def assert_tables_match_the_catalog(lake_root: str) -> None:
+    """Every table the pipeline wrote has the catalog's columns, types, order and partitioning."""
+    import json
+
+    from deltalake import DeltaTable
+    from pyspark.sql import types as T
+
+    from marketlake import catalog
+    from marketlake.lake.schema import spark_schema
+
+    found = sorted(glob.glob(os.path.join(lake_root, "*", "*", "_delta_log")))
+    assert len(found) >= 15
+    for log_folder in found:
+        folder = os.path.dirname(log_folder)
+        entry = catalog.table(f"{os.path.basename(os.path.dirname(folder))}.{os.path.basename(folder)}")
+        delta_table = DeltaTable(folder)
+        written = T.StructType.fromJson(json.loads(delta_table.schema().to_json()))
+        expected = spark_schema(entry)
+        assert [(f.name, f.dataType) for f in written.fields] == [
+            (f.name, f.dataType) for f in expected.fields
+        ], entry.name
+        assert tuple(delta_table.metadata().partition_columns) == entry.partition_by, entry.name
 
 
 # Columns that say when or by which run a row was written, not what it is.
@@ -91,7 +116,9 @@ def test_a_failure_during_the_run_exits_1_and_is_recorded(spark, config, lake_ro
     args = argparse.Namespace(run_date=dt.date(2026, 2, 1), config=None, lake=lake_root)
     lake = Lake(spark, config.lake, lake_root)
     assert run_job(job, args, spark, config, lake) == 1
-    assert capsys.readouterr().err.strip() == "marketlake exploder: silver.events: something specific went wrong"
+    assert (
+        capsys.readouterr().err.strip() == "marketlake exploder: silver.events: something specific went wrong"
+    )
     row = job_runs(lake_root).row(0, named=True)
     assert row["status"] == "failed" and "something specific" in row["message"]
 
@@ -112,7 +139,9 @@ def test_steps_log_counts_and_seconds(spark, config, lake_root, caplog):
     assert job_runs(lake_root).row(0, named=True)["counts"] == {"things": 42}
 
 
-def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, config, lake_root, monkeypatch):
+def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(
+    spark, config, lake_root, monkeypatch
+):
     calls = []
 
     def ok(ctx, args):
@@ -144,7 +173,13 @@ def test_pipeline_skips_done_steps_unless_forced_and_stops_at_a_failure(spark, c
 def test_job_arguments_are_the_parsers_defaults_and_force_goes_where_accepted():
     day = dt.date(2026, 3, 1)
     ingest = job_arguments(get_job("ingest"), run_date=day, lake="/lake", force=True)
-    assert (ingest.run_date, ingest.lake, ingest.config, ingest.force, ingest.source) == (day, "/lake", None, True, None)
+    assert (ingest.run_date, ingest.lake, ingest.config, ingest.force, ingest.source) == (
+        day,
+        "/lake",
+        None,
+        True,
+        None,
+    )
     assert job_arguments(get_job("ingest"), run_date=day).force is False
     features = job_arguments(get_job("features"), run_date=day, config="c.yaml", force=True)
     assert features.config == "c.yaml" and features.lookback_days is None and not hasattr(features, "force")
@@ -155,8 +190,15 @@ def spark_submit(*argv: str, timeout: float = 300) -> subprocess.CompletedProces
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     env.pop(ERROR_FILE_VARIABLE, None)
     command = ["./spark-submit.sh", *argv]
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as process:  # fmt: skip
+    with subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -172,12 +214,25 @@ def test_spark_submit_script_runs_a_job(tmp_path):
     small = tmp_path / "small.yaml"
     small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
     out = spark_submit(
-        "pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-        "--config", str(small), "--lake", lake_root, "--run-date", "2026-01-31", "--generate", timeout=600,
-    )  # fmt: skip
+        "pipeline",
+        "--master",
+        "local[1]",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--config",
+        str(small),
+        "--lake",
+        lake_root,
+        "--run-date",
+        "2026-01-31",
+        "--generate",
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     runs = job_runs(lake_root)
-    assert set(runs["job"]) == {GENERATE, *available_jobs(), "pipeline"} and set(runs["status"]) == {"succeeded"}
+    assert set(runs["job"]) == {GENERATE, *available_jobs(), "pipeline"} and set(runs["status"]) == {
+        "succeeded"
+    }
     bad = spark_submit("nosuchjob")
     assert bad.returncode == 2 and "no job named 'nosuchjob'" in bad.stderr
 
@@ -225,7 +280,9 @@ def test_the_failure_line_goes_to_the_file_spark_submit_sh_names(tmp_path, monke
 def test_spark_submit_sh_puts_a_usage_error_on_stderr(tmp_path):
     """spark-submit's PythonRunner copies the driver's stderr to its stdout; the line must still reach stderr."""
     missing = str(tmp_path / "no-such-folder")
-    out = spark_submit("ingest", "--master", "local[1]", "--lake", str(tmp_path / "lake"), "--source", missing)
+    out = spark_submit(
+        "ingest", "--master", "local[1]", "--lake", str(tmp_path / "lake"), "--source", missing
+    )
     line = f"marketlake ingest: source not found: {missing}"
     assert out.returncode == 2, out.stderr[-3000:]
     assert line in out.stderr.splitlines() and "marketlake ingest:" not in out.stdout
@@ -236,8 +293,17 @@ def test_spark_submit_sh_puts_a_usage_error_on_stderr(tmp_path):
 def test_spark_submit_sh_puts_a_failure_inside_the_job_on_stderr(tmp_path):
     """A production pipeline on an empty landing folder stops at its ingest step, after Spark has started."""
     lake_root = str(tmp_path / "lake")
-    out = spark_submit("pipeline", "--master", "local[1]", "--conf", "spark.ui.enabled=false", "--lake", lake_root,
-                       "--run-date", "2026-01-31")  # fmt: skip
+    out = spark_submit(
+        "pipeline",
+        "--master",
+        "local[1]",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--lake",
+        lake_root,
+        "--run-date",
+        "2026-01-31",
+    )
     line = f"marketlake pipeline: source not found: {os.path.join(lake_root, 'landing', 'shop', 'items.csv')}"
     assert out.returncode == 2, out.stderr[-3000:]
     assert line in out.stderr.splitlines() and "marketlake pipeline:" not in out.stdout

@@ -37,8 +37,12 @@ from marketlake.segment import (
 )
 
 PERSONA_NAMES = {
-    "champions": HIGH_VALUE_LOYAL, "loyal": LOYAL, "new": NEW, "at_risk": AT_RISK, "window_shoppers": WINDOW_SHOPPERS,
-}  # fmt: skip
+    "champions": HIGH_VALUE_LOYAL,
+    "loyal": LOYAL,
+    "new": NEW,
+    "at_risk": AT_RISK,
+    "window_shoppers": WINDOW_SHOPPERS,
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,11 @@ def test_segments_recover_the_planted_personas(demo):
 def test_silhouette_chooses_k_and_every_k_is_recorded(demo):
     lake, _ = demo
     model = latest_model(lake)
-    silhouettes = {int(key.split("_k")[1]): value for key, value in model.metrics.items() if key.startswith("silhouette_k")}
+    silhouettes = {
+        int(key.split("_k")[1]): value
+        for key, value in model.metrics.items()
+        if key.startswith("silhouette_k")
+    }
     assert sorted(silhouettes) == list(range(2, 9))
     assert max(silhouettes, key=silhouettes.get) == model.metrics["k"]
     assert model.metrics["silhouette"] == silhouettes[5] > 0.5
@@ -87,29 +95,45 @@ def test_profiles_are_named_after_the_personas(demo):
     assert profiles.mean_monetary.is_monotonic_decreasing
     assert (profiles.strategy == profiles.segment_name.map(STRATEGIES)).all()
     segments = lake.read("gold.user_segments").select("user_id", "segment_name").toPandas()
-    majority = segments.merge(personas, on="user_id").groupby("persona").segment_name.agg(lambda s: s.mode()[0])
+    majority = (
+        segments.merge(personas, on="user_id").groupby("persona").segment_name.agg(lambda s: s.mode()[0])
+    )
     assert majority.to_dict() == PERSONA_NAMES
     # Means are in the features' own units.
-    features = lake.read("gold.user_features").select("user_id", *NUMERIC).toPandas().merge(segments, on="user_id")
+    features = (
+        lake.read("gold.user_features").select("user_id", *NUMERIC).toPandas().merge(segments, on="user_id")
+    )
     means = features.groupby("segment_name")[["frequency", "monetary", "views"]].mean()
     by_name = profiles.set_index("segment_name")
     for column in ("frequency", "monetary", "views"):
         assert (means[column] - by_name[f"mean_{column}"]).abs().max() < 1e-3
-    assert by_name.loc[WINDOW_SHOPPERS, "mean_frequency"] == 0 and by_name.loc[WINDOW_SHOPPERS, "buyer_share"] == 0
+    assert (
+        by_name.loc[WINDOW_SHOPPERS, "mean_frequency"] == 0
+        and by_name.loc[WINDOW_SHOPPERS, "buyer_share"] == 0
+    )
 
 
 def test_the_saved_model_reloads_and_assigns_the_same_segments(demo):
     lake, _ = demo
     model = latest_model(lake)
     segments = lake.read("gold.user_segments")
-    assert {r.model_version for r in segments.select("model_version").distinct().collect()} == {model.model_version}
-    assert model.model_version.startswith(f"{DEMO_END}-") and model.path.endswith(f"/models/segment_kmeans/{model.model_version}")
+    assert {r.model_version for r in segments.select("model_version").distinct().collect()} == {
+        model.model_version
+    }
+    assert model.model_version.startswith(f"{DEMO_END}-") and model.path.endswith(
+        f"/models/segment_kmeans/{model.model_version}"
+    )
     pipeline = PipelineModel.load(model.path)
     assert len(pipeline.stages) == 4 and pipeline.stages[-1].getK() == 5
-    features = lake.read("gold.user_features").filter(F.col("as_of_date") == F.lit(dt.date.fromisoformat(DEMO_END)))
+    features = lake.read("gold.user_features").filter(
+        F.col("as_of_date") == F.lit(dt.date.fromisoformat(DEMO_END))
+    )
     clusters = pipeline.transform(features).select("user_id", "_cluster").join(segments, "user_id")
     # Each reloaded cluster maps onto exactly one segment.
-    assert clusters.groupBy("_cluster").agg(F.count_distinct("segment_id").alias("n")).filter("n != 1").count() == 0
+    assert (
+        clusters.groupBy("_cluster").agg(F.count_distinct("segment_id").alias("n")).filter("n != 1").count()
+        == 0
+    )
     assert clusters.select("_cluster").distinct().count() == 5
 
 
@@ -120,14 +144,23 @@ FEATURE_SCHEMA = T.StructType(
     [
         T.StructField("user_id", T.StringType()),
         *[
-            T.StructField(c, T.LongType() if c in ("frequency", "views", "clicks", "carts", "purchases", "sessions", "active_days") else T.DoubleType())
+            T.StructField(
+                c,
+                T.LongType()
+                if c in ("frequency", "views", "clicks", "carts", "purchases", "sessions", "active_days")
+                else T.DoubleType(),
+            )
             for c in NUMERIC
         ],
         T.StructField("as_of_date", T.DateType()),
     ]
 )
 # Three groups of 20 users: (recency, frequency, monetary, views, tenure) around these centres.
-GROUPS = {"big": (0.5, 10, 1000.0, 60, 400), "browsers": (2.0, 0, 0.0, 50, 400), "lapsed": (20.0, 2, 100.0, 10, 400)}
+GROUPS = {
+    "big": (0.5, 10, 1000.0, 60, 400),
+    "browsers": (2.0, 0, 0.0, 50, 400),
+    "lapsed": (20.0, 2, 100.0, 10, 400),
+}
 
 
 def blob_rows(groups=GROUPS, per_group=20, seed=7):
@@ -139,12 +172,22 @@ def blob_rows(groups=GROUPS, per_group=20, seed=7):
             m = monetary * rng.uniform(0.9, 1.1) if f else 0.0
             v = views + rng.randint(-3, 3)
             row = {
-                "recency_days": recency * rng.uniform(0.8, 1.2), "days_since_purchase": recency if f else None,
-                "frequency": f, "monetary": m, "avg_order_value": m / f if f else 0.0, "views": v,
-                "clicks": v // 3, "carts": f * 2, "purchases": f * 2, "sessions": f + 3, "ctr": (v // 3) / v,
-                "cart_rate": f * 2 / v, "purchase_rate": f / (f + 3), "active_days": f + 2,
+                "recency_days": recency * rng.uniform(0.8, 1.2),
+                "days_since_purchase": recency if f else None,
+                "frequency": f,
+                "monetary": m,
+                "avg_order_value": m / f if f else 0.0,
+                "views": v,
+                "clicks": v // 3,
+                "carts": f * 2,
+                "purchases": f * 2,
+                "sessions": f + 3,
+                "ctr": (v // 3) / v,
+                "cart_rate": f * 2 / v,
+                "purchase_rate": f / (f + 3),
+                "active_days": f + 2,
                 "tenure_days": float(tenure + rng.randint(-30, 30)),
-            }  # fmt: skip
+            }
             rows.append((f"{name}-{i:02d}", *[row[c] for c in NUMERIC], RUN))
     return rows
 
@@ -180,11 +223,18 @@ def test_too_few_distinct_users_make_one_segment(spark, config, lake_root, caplo
     lake = features_lake(spark, config, lake_root, rows)
     with caplog.at_level("INFO", logger="marketlake"):
         assert main("segment", ["--lake", lake_root, "--run-date", RUN.isoformat()]) == 0
-    assert any("too few distinct users to segment (1 distinct of 3)" in r.getMessage() for r in caplog.records)
+    assert any(
+        "too few distinct users to segment (1 distinct of 3)" in r.getMessage() for r in caplog.records
+    )
     segments = lake.read("gold.user_segments").collect()
     assert {(s.segment_id, s.segment_name, s.model_version) for s in segments} == {(0, EVERYONE, None)}
     profile = lake.read("gold.segment_profiles").first()
-    assert (profile.size, profile.share, profile.silhouette, profile.strategy) == (3, 1.0, None, STRATEGIES[EVERYONE])
+    assert (profile.size, profile.share, profile.silhouette, profile.strategy) == (
+        3,
+        1.0,
+        None,
+        STRATEGIES[EVERYONE],
+    )
     assert not lake.exists("ops.models")
 
 
@@ -194,7 +244,10 @@ def test_bad_settings_and_missing_features_stop_with_exit_2(spark, lake_root, tm
     assert main("segment", ["--lake", lake_root, "--config", str(bad)]) == 2
     assert "segment.features: days_since_purchase not among" in capsys.readouterr().err
     assert main("segment", ["--lake", lake_root, "--k", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "marketlake segment: --k: Input should be greater than or equal to 2 (got 1)"
+    assert (
+        capsys.readouterr().err.strip()
+        == "marketlake segment: --k: Input should be greater than or equal to 2 (got 1)"
+    )
     assert main("segment", ["--lake", lake_root, "--run-date", RUN.isoformat()]) == 2
     assert "gold.user_features does not exist" in capsys.readouterr().err
 
@@ -208,16 +261,27 @@ def test_candidate_ks_are_capped_by_the_data():
     assert candidate_ks(auto, users=40, distinct=4) == [2, 3, 4]
     assert candidate_ks(auto, users=3, distinct=3) == [2]
     assert candidate_ks(auto, users=2, distinct=2) == [] and candidate_ks(auto, users=50, distinct=1) == []
-    assert candidate_ks(fixed, users=2000, distinct=2000) == [6] and candidate_ks(fixed, users=4, distinct=4) == [3]
+    assert candidate_ks(fixed, users=2000, distinct=2000) == [6] and candidate_ks(
+        fixed, users=4, distinct=4
+    ) == [3]
     assert candidate_ks(SegmentConfig(k_min=5, k_max=8), users=4, distinct=4) == [3]
 
 
 def profile(cluster, size, recency, frequency, monetary, buyers=1.0, tenure=400.0):
     return {
-        "_cluster": cluster, "size": size, "buyer_share": buyers, "mean_recency_days": recency,
-        "mean_frequency": frequency, "mean_monetary": monetary, "mean_tenure_days": tenure,
-        **{f"mean_{c}": 1.0 for c in NUMERIC if c not in ("recency_days", "frequency", "monetary", "tenure_days")},
-    }  # fmt: skip
+        "_cluster": cluster,
+        "size": size,
+        "buyer_share": buyers,
+        "mean_recency_days": recency,
+        "mean_frequency": frequency,
+        "mean_monetary": monetary,
+        "mean_tenure_days": tenure,
+        **{
+            f"mean_{c}": 1.0
+            for c in NUMERIC
+            if c not in ("recency_days", "frequency", "monetary", "tenure_days")
+        },
+    }
 
 
 def test_segment_names_follow_the_profile_rules():
@@ -234,9 +298,14 @@ def test_segment_names_follow_the_profile_rules():
     )
     by_cluster = {p["_cluster"]: (p["segment_id"], p["segment_name"]) for p in named}
     assert by_cluster == {
-        1: (0, HIGH_VALUE_LOYAL), 6: (1, LOYAL), 4: (2, AT_RISK), 5: (3, NEW), 0: (4, OCCASIONAL), 3: (5, WINDOW_SHOPPERS),
+        1: (0, HIGH_VALUE_LOYAL),
+        6: (1, LOYAL),
+        4: (2, AT_RISK),
+        5: (3, NEW),
+        0: (4, OCCASIONAL),
+        3: (5, WINDOW_SHOPPERS),
         2: (6, DORMANT),
-    }  # fmt: skip
+    }
     twins = name_segments([profile(0, 10, 1, 3, 300), profile(1, 10, 1, 3, 200), profile(2, 10, 1, 1, 10)])
     assert [p["segment_name"] for p in twins] == [LOYAL, f"{LOYAL} 2", OCCASIONAL]
     assert twins[1]["strategy"] == STRATEGIES[LOYAL]

@@ -28,7 +28,9 @@ def test_delta_spark_engine_or_requested_jars_configure_the_extension():
 
 
 def test_config_conf_passes_through():
-    config = load_config(None, {"MARKETLAKE__SPARK__CONF": "{spark.sql.shuffle.partitions: '3', spark.foo: bar}"})
+    config = load_config(
+        None, {"MARKETLAKE__SPARK__CONF": "{spark.sql.shuffle.partitions: '3', spark.foo: bar}"}
+    )
     defaults = session_defaults(config)
     assert defaults["spark.sql.shuffle.partitions"] == "3" and defaults["spark.foo"] == "bar"
 
@@ -45,7 +47,10 @@ def test_spark_submit_settings_win(tmp_path):
     submit = os.path.join(os.path.dirname(sys.executable), "spark-submit")
     out = subprocess.run(
         [submit, "--master", "local[1]", "--conf", "spark.sql.shuffle.partitions=3", str(script)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
     )
     assert "RESULT 3 local[1]" in out.stdout, out.stderr[-2000:]
 

@@ -33,9 +33,19 @@ from marketlake.config import CampaignConfig
 TREATMENT, CONTROL = "treatment", "control"
 HASH_HEX_DIGITS = 13  # 52 bits: exact in a double
 AUDIENCE_COLUMNS = [
-    "campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "items", "cross_sell", "group",
-    "control_share", "audience_rank", "as_of_date",
-]  # fmt: skip
+    "campaign_id",
+    "user_id",
+    "segment_name",
+    "rfm_label",
+    "offer",
+    "channel",
+    "items",
+    "cross_sell",
+    "group",
+    "control_share",
+    "audience_rank",
+    "as_of_date",
+]
 
 CAMPAIGN_SCHEMA = T.StructType(
     [
@@ -55,9 +65,18 @@ TARGET_SCHEMA = "campaign_id string, target_kind string, target string"
 def campaigns_frame(spark: SparkSession, campaigns: list[CampaignConfig]) -> DataFrame:
     """One row per campaign with the settings the transformations need."""
     rows = [
-        (c.id, c.channel, float(c.control_share), c.max_audience, c.items, c.cross_sell, dict(c.offers), c.default_offer)
+        (
+            c.id,
+            c.channel,
+            float(c.control_share),
+            c.max_audience,
+            c.items,
+            c.cross_sell,
+            dict(c.offers),
+            c.default_offer,
+        )
         for c in campaigns
-    ]  # fmt: skip
+    ]
     return spark.createDataFrame(rows, CAMPAIGN_SCHEMA)
 
 
@@ -88,7 +107,9 @@ def eligible(targets: DataFrame) -> Callable[[DataFrame], DataFrame]:
 
     def transform(users: DataFrame) -> DataFrame:
         def matching(kind: str, column: str) -> DataFrame:
-            wanted = targets.filter(F.col("target_kind") == kind).select("campaign_id", F.col("target").alias(column))
+            wanted = targets.filter(F.col("target_kind") == kind).select(
+                "campaign_id", F.col("target").alias(column)
+            )
             return users.join(F.broadcast(wanted), column)
 
         by_segment = matching("segment", "segment_name")
@@ -103,9 +124,15 @@ def with_settings(campaigns: DataFrame) -> Callable[[DataFrame], DataFrame]:
 
     def transform(audience: DataFrame) -> DataFrame:
         offer = F.coalesce(
-            F.col("offers")[F.col("segment_name")], F.col("offers")[F.col("rfm_label")], F.col("default_offer")
+            F.col("offers")[F.col("segment_name")],
+            F.col("offers")[F.col("rfm_label")],
+            F.col("default_offer"),
         )
-        return audience.join(F.broadcast(campaigns), "campaign_id").withColumn("offer", offer).drop("offers", "default_offer")
+        return (
+            audience.join(F.broadcast(campaigns), "campaign_id")
+            .withColumn("offer", offer)
+            .drop("offers", "default_offer")
+        )
 
     return transform
 
@@ -174,7 +201,9 @@ def cross_sell_for(cross_sell: DataFrame, run_date: dt.date, n: int) -> Callable
             .agg(F.max("lift").alias("lift"), F.max("confidence").alias("confidence"))
         )
         # Ascending sort of (-lift, -confidence, item) puts the best first and breaks ties by item_id.
-        best = F.sort_array(F.collect_list(F.struct(-F.col("lift"), -F.col("confidence"), F.col("candidate"))))
+        best = F.sort_array(
+            F.collect_list(F.struct(-F.col("lift"), -F.col("confidence"), F.col("candidate")))
+        )
         picked = F.slice(F.transform(best, lambda s: s["candidate"]), 1, n)
         return candidates.groupBy("user_id").agg(picked.alias("cross_sell"))
 
@@ -206,7 +235,9 @@ def as_audience(run_date: dt.date) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def export_frame(campaign: CampaignConfig, contact_columns: DataFrame | None) -> Callable[[DataFrame], DataFrame]:
+def export_frame(
+    campaign: CampaignConfig, contact_columns: DataFrame | None
+) -> Callable[[DataFrame], DataFrame]:
     """One campaign's audience rows -> its treatment rows as flat columns for email and ad tools: item_1..,
     cross_sell_1.. and the mapped columns of `contact_columns` (user_id plus the export names)."""
 
@@ -220,7 +251,9 @@ def export_frame(campaign: CampaignConfig, contact_columns: DataFrame | None) ->
             "campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "audience_rank", *flat
         )
         if contact_columns is not None:
-            rows = rows.join(contact_columns, "user_id", "left").select(*rows.columns, *campaign.export_columns)
+            rows = rows.join(contact_columns, "user_id", "left").select(
+                *rows.columns, *campaign.export_columns
+            )
         return rows
 
     return transform

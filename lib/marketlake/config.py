@@ -77,10 +77,21 @@ class IngestConfig(Section):
     # Columns dropped from users and items before anything is stored (and from quarantined raw rows).
     pii_columns: list[str] = Field(
         default_factory=lambda: [
-            "email", "name", "first_name", "last_name", "full_name", "phone", "mobile", "address",
-            "street", "ip", "ip_address", "birth_date", "date_of_birth",
+            "email",
+            "name",
+            "first_name",
+            "last_name",
+            "full_name",
+            "phone",
+            "mobile",
+            "address",
+            "street",
+            "ip",
+            "ip_address",
+            "birth_date",
+            "date_of_birth",
         ]
-    )  # fmt: skip
+    )
     # Replace user ids by a keyed hash (HMAC-SHA256); the key is read from this environment variable.
     pseudonymise_user_ids: bool = False
     pseudonym_key_env: str = "MARKETLAKE_PSEUDONYM_KEY"
@@ -103,17 +114,31 @@ class SegmentConfig(Section):
 
     features: list[str] = Field(
         default_factory=lambda: [
-            "recency_days", "frequency", "monetary", "views", "clicks", "carts", "purchases", "ctr",
+            "recency_days",
+            "frequency",
+            "monetary",
+            "views",
+            "clicks",
+            "carts",
+            "purchases",
+            "ctr",
             "purchase_rate",
         ]
-    )  # fmt: skip
+    )
     # Features put through log1p before scaling: the heavy-tailed counts and money (others are only scaled).
     log_features: list[str] = Field(
         default_factory=lambda: [
-            "frequency", "monetary", "avg_order_value", "views", "clicks", "carts", "purchases", "sessions",
+            "frequency",
+            "monetary",
+            "avg_order_value",
+            "views",
+            "clicks",
+            "carts",
+            "purchases",
+            "sessions",
             "active_days",
         ]
-    )  # fmt: skip
+    )
     # Fixed k, or null to choose k by silhouette over k_min..k_max.
     k: int | None = Field(default=None, ge=2)
     k_min: int = Field(default=2, ge=2)
@@ -157,7 +182,13 @@ class RecommendConfig(Section):
     # half_life_days of age at the end of the run date (null: no decay); the sum per user and item, through
     # log1p when strength is log1p, is the rating ALS reads (confidence = 1 + alpha x strength).
     event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rating": 1.0}
+        default_factory=lambda: {
+            "view": 1.0,
+            "click": 2.0,
+            "add_to_cart": 4.0,
+            "purchase": 8.0,
+            "rating": 1.0,
+        }
     )
     rating_value: bool = False  # true: a rating event weighs its weight x its rating
     half_life_days: float | None = Field(default=30.0, gt=0)
@@ -330,7 +361,9 @@ def default_config_text() -> str:
     return resources.files("marketlake").joinpath("local.yaml").read_text()
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     """Load the configuration once: embedded default, then `path`, then the environment."""
     raw = _parse_yaml(default_config_text(), "embedded default")
     if path is not None:
@@ -368,7 +401,7 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if name in ENV_OVERRIDES:
             keys: tuple[str, ...] = ENV_OVERRIDES[name]
         elif name.startswith(ENV_PREFIX):
-            keys = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+            keys = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
             value = yaml.safe_load(value) if value else value
         else:
             continue
@@ -411,7 +444,9 @@ class Problem:
 
 def _describe(exc: ValidationError, path: Any) -> str:
     problem = Problem.first(exc)
-    message = f"unknown key '{problem.key}'" if problem.unknown else f"bad value for '{problem.key}': {problem}"
+    message = (
+        f"unknown key '{problem.key}'" if problem.unknown else f"bad value for '{problem.key}': {problem}"
+    )
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"config{f' {path}' if path else ''}: {message}{more}"
 

@@ -43,50 +43,26 @@ from typing import Any
 import numpy as np
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from scipy import integrate, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_effectsize, proportions_ztest
 
+from marketlake import catalog
 from marketlake.config import ExperimentConfig
+from marketlake.lake.schema import spark_schema
 
 CONVERSION, REVENUE = "conversion", "revenue_per_user"
 SHIP, DO_NOT_SHIP, KEEP_RUNNING, INVALID_SRM = "ship", "do not ship", "keep running", "invalid: SRM"
 FROM_EVENTS, FROM_CSV = "events", "csv"
 
-RESULT_SCHEMA = T.StructType(
-    [
-        T.StructField("experiment_id", T.StringType()),
-        T.StructField("source", T.StringType()),
-        T.StructField("metric", T.StringType()),
-        T.StructField("variant", T.StringType()),
-        T.StructField("is_control", T.BooleanType()),
-        T.StructField("users", T.LongType()),
-        T.StructField("conversions", T.DoubleType()),  # converted users; for revenue_per_user the revenue
-        T.StructField("rate", T.DoubleType()),  # conversions / users (CUPED rows: adjusted)
-        T.StructField("lift", T.DoubleType()),
-        T.StructField("lift_relative", T.DoubleType()),
-        T.StructField("ci_low", T.DoubleType()),
-        T.StructField("ci_high", T.DoubleType()),
-        T.StructField("rel_ci_low", T.DoubleType()),
-        T.StructField("rel_ci_high", T.DoubleType()),
-        T.StructField("p_value", T.DoubleType()),
-        T.StructField("p_value_adjusted", T.DoubleType()),
-        T.StructField("prob_beat_control", T.DoubleType()),
-        T.StructField("srm_p_value", T.DoubleType()),
-        T.StructField("srm", T.BooleanType()),
-        T.StructField("decision", T.StringType()),
-        T.StructField("cuped", T.BooleanType()),
-        # What was left out or folded before the analysis, per experiment (the same on all its rows). An
-        # exposure log (--input) has all three; silver.events only users_in_several_variants (its events are
-        # unique by event_id, and many exposures per user are normal there).
-        T.StructField("duplicate_rows", T.LongType()),  # rows identical to an earlier row, dropped
-        T.StructField("repeat_rows_merged", T.LongType()),  # further rows of a user in their variant, merged
-        T.StructField("users_in_several_variants", T.LongType()),  # users left out: not attributable
-        T.StructField("as_of_date", T.DateType()),
-    ]
-)
+# gold.experiment_results. conversions: converted users (for revenue_per_user the revenue); rate: conversions
+# / users (CUPED rows: adjusted). duplicate_rows, repeat_rows_merged, users_in_several_variants: what was left
+# out or folded before the analysis, per experiment (the same on all its rows): rows identical to an earlier
+# row, dropped; further rows of a user in their variant, merged; users left out as not attributable. An
+# exposure log (--input) has all three; silver.events only users_in_several_variants (its events are unique
+# by event_id, and many exposures per user are normal there).
+RESULT_SCHEMA = spark_schema(catalog.EXPERIMENT_RESULTS)
 RESULT_COLUMNS = RESULT_SCHEMA.fieldNames()
 
 EXACT = "decimal(38,6)"  # decimal sums are exact: totals do not depend on the order rows arrive in
@@ -129,25 +105,34 @@ def first_exposures(exposed: DataFrame) -> DataFrame:
         exposed.groupBy("experiment_id", "user_id")
         .agg(first.alias("first"), F.countDistinct("variant").alias("variants"))
         .select(
-            "experiment_id", "user_id", F.col("first.variant").alias("variant"),
-            F.col("first.event_ts").alias("exposed_at"), F.col("first.session_id").alias("exposure_session"),
+            "experiment_id",
+            "user_id",
+            F.col("first.variant").alias("variant"),
+            F.col("first.event_ts").alias("exposed_at"),
+            F.col("first.session_id").alias("exposure_session"),
             "variants",
         )
-    )  # fmt: skip
+    )
 
 
-def outcomes(events: DataFrame, run_date: dt.date, settings: ExperimentConfig) -> Callable[[DataFrame], DataFrame]:
+def outcomes(
+    events: DataFrame, run_date: dt.date, settings: ExperimentConfig
+) -> Callable[[DataFrame], DataFrame]:
     """assigned users (first_exposures, one variant each) -> the per-user frame (USER_COLUMNS): converted
     (0/1) and value in the window, and with settings.cuped the pre-period covariates (else 0)."""
     conversion_type = settings.conversion_event
     up_to_run_date = (F.col("event_date") <= F.lit(run_date)) & (F.col("event_ts") < _day_end(run_date))
 
     def in_window(assigned: DataFrame) -> DataFrame:
-        candidates = events.filter(F.col("event_type").isin(conversion_type, "purchase") & up_to_run_date).select(
-            "user_id", "event_ts", F.col("session_id").alias("event_session"),
+        candidates = events.filter(
+            F.col("event_type").isin(conversion_type, "purchase") & up_to_run_date
+        ).select(
+            "user_id",
+            "event_ts",
+            F.col("session_id").alias("event_session"),
             (F.col("event_type") == conversion_type).cast("double").alias("is_conversion"),
             F.coalesce(F.col("revenue"), F.lit(0.0)).alias("revenue"),
-        )  # fmt: skip
+        )
         within = F.col("event_ts") >= F.col("exposed_at")
         if settings.window_hours is not None:
             elapsed = F.col("event_ts").cast("double") - F.col("exposed_at").cast("double")
@@ -158,27 +143,39 @@ def outcomes(events: DataFrame, run_date: dt.date, settings: ExperimentConfig) -
             assigned.join(candidates, "user_id")
             .filter(within)
             .groupBy("experiment_id", "user_id")
-            .agg(F.max("is_conversion").alias("converted"), F.sum(F.col("revenue").cast(EXACT)).cast("double").alias("value"))
+            .agg(
+                F.max("is_conversion").alias("converted"),
+                F.sum(F.col("revenue").cast(EXACT)).cast("double").alias("value"),
+            )
         )
 
     def pre_period(assigned: DataFrame) -> DataFrame:
         start = F.col("exposed_at") - F.make_dt_interval(F.lit(settings.cuped_days))
         before = (
             assigned.select("experiment_id", "user_id", "exposed_at")
-            .join(events.filter(up_to_run_date).select("user_id", "event_ts", "event_id", "session_id", "event_type", "revenue"), "user_id")
+            .join(
+                events.filter(up_to_run_date).select(
+                    "user_id", "event_ts", "event_id", "session_id", "event_type", "revenue"
+                ),
+                "user_id",
+            )
             .filter((F.col("event_ts") < F.col("exposed_at")) & (F.col("event_ts") >= start))
-        )  # fmt: skip
+        )
         session = F.coalesce(F.col("session_id"), F.col("event_id"))  # an event without a session is its own
         return before.groupBy("experiment_id", "user_id").agg(
-            F.count_distinct(F.when(F.col("event_type") == conversion_type, session)).cast("double").alias("pre_conversions"),
+            F.count_distinct(F.when(F.col("event_type") == conversion_type, session))
+            .cast("double")
+            .alias("pre_conversions"),
             F.sum(F.coalesce(F.col("revenue"), F.lit(0.0)).cast(EXACT)).cast("double").alias("pre_value"),
-        )  # fmt: skip
+        )
 
     def transform(assigned: DataFrame) -> DataFrame:
         keys = ["experiment_id", "user_id"]
         users = assigned.join(in_window(assigned), keys, "left").fillna(0.0, subset=["converted", "value"])
         if settings.cuped:
-            users = users.join(pre_period(assigned), keys, "left").fillna(0.0, subset=["pre_conversions", "pre_value"])
+            users = users.join(pre_period(assigned), keys, "left").fillna(
+                0.0, subset=["pre_conversions", "pre_value"]
+            )
         else:
             users = users.withColumn("pre_conversions", F.lit(0.0)).withColumn("pre_value", F.lit(0.0))
         return users.select(*USER_COLUMNS)
@@ -206,17 +203,25 @@ def collapse_exposure_log(log: DataFrame) -> DataFrame:
     return (
         distinct.groupBy("user_id")
         .agg(
-            first.alias("first"), F.count_distinct("variant").alias("variants"),
+            first.alias("first"),
+            F.count_distinct("variant").alias("variants"),
             F.max("converted").alias("converted"),
             F.sum(F.col("value").cast(EXACT)).cast("double").alias("value"),  # exact: any row order, one sum
-            F.sum("duplicates").alias("duplicate_rows"), (F.count("*") - 1).alias("repeat_rows"),
+            F.sum("duplicates").alias("duplicate_rows"),
+            (F.count("*") - 1).alias("repeat_rows"),
         )
         .select(
-            "user_id", F.col("first.variant").alias("variant"), "variants", "converted", "value",
-            F.col("first.covariate").alias("covariate"), F.col("first.exposed_at").alias("exposed_at"),
-            "duplicate_rows", "repeat_rows",
+            "user_id",
+            F.col("first.variant").alias("variant"),
+            "variants",
+            "converted",
+            "value",
+            F.col("first.covariate").alias("covariate"),
+            F.col("first.exposed_at").alias("exposed_at"),
+            "duplicate_rows",
+            "repeat_rows",
         )
-    )  # fmt: skip
+    )
 
 
 MOMENTS = {
@@ -231,7 +236,13 @@ def moment_sums(users: DataFrame, by: Iterable[str]) -> DataFrame:
     into means, variances and the covariance."""
     columns = [F.count("*").alias("n")]
     for metric, (y, x) in MOMENTS.items():
-        terms = {"sum": F.col(y), "sum2": F.col(y) * F.col(y), "x_sum": F.col(x), "x_sum2": F.col(x) * F.col(x), "xy_sum": F.col(x) * F.col(y)}
+        terms = {
+            "sum": F.col(y),
+            "sum2": F.col(y) * F.col(y),
+            "x_sum": F.col(x),
+            "x_sum2": F.col(x) * F.col(x),
+            "xy_sum": F.col(x) * F.col(y),
+        }
         columns += [F.sum(term.cast(EXACT)).alias(f"{metric}_{name}") for name, term in terms.items()]
     return users.groupBy(*by).agg(*columns)
 
@@ -259,7 +270,9 @@ def moments(sums: dict[str, Any]) -> dict[str, Any]:
 
     found: dict[str, Any] = {"n": n}
     for metric in MOMENTS:
-        y, y2, x, x2, xy = (Fraction(sums[f"{metric}_{name}"]) for name in ("sum", "sum2", "x_sum", "x_sum2", "xy_sum"))
+        y, y2, x, x2, xy = (
+            Fraction(sums[f"{metric}_{name}"]) for name in ("sum", "sum2", "x_sum", "x_sum2", "xy_sum")
+        )
         found[f"{metric}_sum"] = float(y)
         found[f"{metric}_mean"] = float(y / n)
         found[f"{metric}_x_mean"] = float(x / n)
@@ -310,17 +323,26 @@ def compare_proportions(control: Arm, variant: Arm, alpha: float) -> Comparison:
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore")
         p_value = _finite(proportions_ztest([c_t, c_c], [n_t, n_c])[1]) if 0 < c_t + c_c < n_t + n_c else None
-        ci_low, ci_high = confint_proportions_2indep(c_t, n_t, c_c, n_c, method="newcomb", compare="diff", alpha=alpha)
+        ci_low, ci_high = confint_proportions_2indep(
+            c_t, n_t, c_c, n_c, method="newcomb", compare="diff", alpha=alpha
+        )
         if c_t > 0 and c_c > 0:
-            ratio_low, ratio_high = confint_proportions_2indep(c_t, n_t, c_c, n_c, method="log", compare="ratio", alpha=alpha)
+            ratio_low, ratio_high = confint_proportions_2indep(
+                c_t, n_t, c_c, n_c, method="log", compare="ratio", alpha=alpha
+            )
             rel_ci = _finite(ratio_low - 1), _finite(ratio_high - 1)
         else:
             rel_ci = None, None
     return Comparison(
-        lift=lift, lift_relative=lift / p_c if p_c > 0 else None, ci_low=_finite(ci_low), ci_high=_finite(ci_high),
-        rel_ci_low=rel_ci[0], rel_ci_high=rel_ci[1], p_value=p_value,
+        lift=lift,
+        lift_relative=lift / p_c if p_c > 0 else None,
+        ci_low=_finite(ci_low),
+        ci_high=_finite(ci_high),
+        rel_ci_low=rel_ci[0],
+        rel_ci_high=rel_ci[1],
+        p_value=p_value,
         prob_beat_control=prob_beat_control(c_c, n_c, c_t, n_t),
-    )  # fmt: skip
+    )
 
 
 def compare_means(control: Arm, variant: Arm, alpha: float) -> Comparison:
@@ -332,7 +354,13 @@ def compare_means(control: Arm, variant: Arm, alpha: float) -> Comparison:
     if not se > 0:
         return Comparison(lift=lift, lift_relative=lift / control.mean if control.mean else None)
     p_value = stats.ttest_ind_from_stats(
-        variant.mean, math.sqrt(variant.var), variant.n, control.mean, math.sqrt(control.var), control.n, equal_var=False
+        variant.mean,
+        math.sqrt(variant.var),
+        variant.n,
+        control.mean,
+        math.sqrt(control.var),
+        control.n,
+        equal_var=False,
     ).pvalue
     df = (se2_t + se2_c) ** 2 / (se2_t**2 / (variant.n - 1) + se2_c**2 / (control.n - 1))
     half = stats.t.ppf(1 - alpha / 2, df) * se
@@ -345,9 +373,14 @@ def compare_means(control: Arm, variant: Arm, alpha: float) -> Comparison:
         log_ratio = math.log(variant.mean / control.mean)
         rel_low, rel_high = math.expm1(log_ratio - z * log_se), math.expm1(log_ratio + z * log_se)
     return Comparison(
-        lift=lift, lift_relative=relative, ci_low=lift - half, ci_high=lift + half, rel_ci_low=rel_low,
-        rel_ci_high=rel_high, p_value=_finite(p_value),
-    )  # fmt: skip
+        lift=lift,
+        lift_relative=relative,
+        ci_low=lift - half,
+        ci_high=lift + half,
+        rel_ci_low=rel_low,
+        rel_ci_high=rel_high,
+        p_value=_finite(p_value),
+    )
 
 
 def prob_beat_control(c_control: int, n_control: int, c_variant: int, n_variant: int) -> float:
@@ -357,11 +390,15 @@ def prob_beat_control(c_control: int, n_control: int, c_variant: int, n_variant:
     control = stats.beta(1 + c_control, 1 + n_control - c_control)
     variant = stats.beta(1 + c_variant, 1 + n_variant - c_variant)
     value: float
-    value, _ = integrate.quad(lambda u: variant.sf(control.ppf(u)), 0.0, 1.0, epsabs=1e-12, epsrel=1e-10, limit=200)
+    value, _ = integrate.quad(
+        lambda u: variant.sf(control.ppf(u)), 0.0, 1.0, epsabs=1e-12, epsrel=1e-10, limit=200
+    )
     return min(1.0, max(0.0, value))
 
 
-def cuped_arms(arms: dict[str, dict[str, float]], metric: str, theta: float, pooled_x_mean: float) -> dict[str, Arm]:
+def cuped_arms(
+    arms: dict[str, dict[str, float]], metric: str, theta: float, pooled_x_mean: float
+) -> dict[str, Arm]:
     """Per variant, the CUPED-adjusted metric y - theta (x - pooled mean of x): its mean and sample
     variance (var y + theta^2 var x - 2 theta cov(x, y)); total stays the observed sum."""
     adjusted = {}
@@ -403,7 +440,9 @@ def adjusted_p_values(p_values: list[float | None], method: str) -> list[float |
     return adjusted
 
 
-def users_needed(control: Arm, variant: Arm, settings: ExperimentConfig, comparisons: int, proportions: bool) -> float | None:
+def users_needed(
+    control: Arm, variant: Arm, settings: ExperimentConfig, comparisons: int, proportions: bool
+) -> float | None:
     """Control users needed to detect a relative lift of min_detectable_lift with the configured power at
     alpha / comparisons (two-sided), at the observed ratio of variant to control users: Cohen's h with the
     normal power of two proportions, else Cohen's d (control's standard deviation) with the t-test's.
@@ -423,7 +462,12 @@ def users_needed(control: Arm, variant: Arm, settings: ExperimentConfig, compari
 
 
 def decide(
-    srm: bool, control: Arm, variant: Arm, comparison: Comparison, p_adjusted: float | None, needed: float | None,
+    srm: bool,
+    control: Arm,
+    variant: Arm,
+    comparison: Comparison,
+    p_adjusted: float | None,
+    needed: float | None,
     settings: ExperimentConfig,
 ) -> str:
     """invalid: SRM when the split is off; keep running below min_users in either arm or without a
@@ -456,11 +500,17 @@ def plan_for(experiment_id: str, settings: ExperimentConfig, control: str | None
 
 def _arm(variant: str, row: dict[str, float], metric: str) -> Arm:
     var = row[f"{metric}_var"]
-    return Arm(variant, int(row["n"]), float(row[f"{metric}_sum"]), float(row[f"{metric}_mean"]), float(var or 0.0))
+    return Arm(
+        variant, int(row["n"]), float(row[f"{metric}_sum"]), float(row[f"{metric}_mean"]), float(var or 0.0)
+    )
 
 
 def experiment_rows(
-    experiment_id: str, source: str, arms: dict[str, dict[str, float]], pooled: dict[str, float], plan: Plan,
+    experiment_id: str,
+    source: str,
+    arms: dict[str, dict[str, float]],
+    pooled: dict[str, float],
+    plan: Plan,
     settings: ExperimentConfig,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Result rows (RESULT_COLUMNS but as_of_date) for one experiment from its moments per variant
@@ -469,11 +519,15 @@ def experiment_rows(
     users = {variant: int(row["n"]) for variant, row in arms.items()}
     planned = plan.split or {variant: 1 / len(users) for variant in users}
     if set(users) - set(planned):
-        notes.append(f"{experiment_id}: variants {', '.join(sorted(set(users) - set(planned)))} are not in the planned split")
+        notes.append(
+            f"{experiment_id}: variants {', '.join(sorted(set(users) - set(planned)))} are not in the planned split"
+        )
     srm_p = srm_p_value(users, planned)
     srm = srm_p < settings.srm_threshold
     if plan.control not in arms:
-        notes.append(f"{experiment_id}: no users in the control variant {plan.control!r} (variants: {', '.join(sorted(arms))}); not analysed")
+        notes.append(
+            f"{experiment_id}: no users in the control variant {plan.control!r} (variants: {', '.join(sorted(arms))}); not analysed"
+        )
         return [], notes
     others = sorted(v for v in arms if v != plan.control)
     rows = []
@@ -483,7 +537,9 @@ def experiment_rows(
             if cuped:
                 theta = cuped_theta(pooled, metric)
                 if theta is None:
-                    notes.append(f"{experiment_id}: no CUPED rows for {metric} (the pre-period covariate does not vary)")
+                    notes.append(
+                        f"{experiment_id}: no CUPED rows for {metric} (the pre-period covariate does not vary)"
+                    )
                     continue
                 metric_arms = cuped_arms(arms, metric, theta, pooled[f"{metric}_x_mean"])
             else:
@@ -494,20 +550,40 @@ def experiment_rows(
             comparisons = [compare(control, metric_arms[v], settings.alpha) for v in others]
             adjusted = adjusted_p_values([c.p_value for c in comparisons], settings.correction)
             base = {
-                "experiment_id": experiment_id, "source": source, "metric": metric, "srm_p_value": srm_p,
-                "srm": srm, "cuped": cuped,
-            }  # fmt: skip
-            rows.append({
-                **base, **Comparison().__dict__, "variant": plan.control, "is_control": True, "users": control.n,
-                "conversions": control.total, "rate": control.mean, "p_value_adjusted": None,
-                "decision": INVALID_SRM if srm else None,
-            })  # fmt: skip
+                "experiment_id": experiment_id,
+                "source": source,
+                "metric": metric,
+                "srm_p_value": srm_p,
+                "srm": srm,
+                "cuped": cuped,
+            }
+            rows.append(
+                {
+                    **base,
+                    **Comparison().__dict__,
+                    "variant": plan.control,
+                    "is_control": True,
+                    "users": control.n,
+                    "conversions": control.total,
+                    "rate": control.mean,
+                    "p_value_adjusted": None,
+                    "decision": INVALID_SRM if srm else None,
+                }
+            )
             for variant, comparison, p_adjusted in zip(others, comparisons, adjusted, strict=True):
                 arm = metric_arms[variant]
                 needed = users_needed(control, arm, settings, len(others), proportions)
-                rows.append({
-                    **base, **comparison.__dict__, "variant": variant, "is_control": False, "users": arm.n,
-                    "conversions": arm.total, "rate": arm.mean, "p_value_adjusted": p_adjusted,
-                    "decision": decide(srm, control, arm, comparison, p_adjusted, needed, settings),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        **base,
+                        **comparison.__dict__,
+                        "variant": variant,
+                        "is_control": False,
+                        "users": arm.n,
+                        "conversions": arm.total,
+                        "rate": arm.mean,
+                        "p_value_adjusted": p_adjusted,
+                        "decision": decide(srm, control, arm, comparison, p_adjusted, needed, settings),
+                    }
+                )
     return rows, notes

@@ -55,13 +55,33 @@ PROSPECTS, INACTIVE = "Prospects", "Inactive"
 COUNTS = ["frequency", "views", "clicks", "carts", "purchases", "sessions", "active_days"]
 # Numeric behaviour columns, in table order (segment profiles average these).
 NUMERIC = [
-    "recency_days", "days_since_purchase", "frequency", "monetary", "avg_order_value", "views", "clicks",
-    "carts", "purchases", "sessions", "ctr", "cart_rate", "purchase_rate", "active_days", "tenure_days",
-]  # fmt: skip
+    "recency_days",
+    "days_since_purchase",
+    "frequency",
+    "monetary",
+    "avg_order_value",
+    "views",
+    "clicks",
+    "carts",
+    "purchases",
+    "sessions",
+    "ctr",
+    "cart_rate",
+    "purchase_rate",
+    "active_days",
+    "tenure_days",
+]
 COLUMNS = [
-    "user_id", *NUMERIC, "favourite_category", "r_score", "f_score", "m_score", "rfm_score", "rfm_label",
+    "user_id",
+    *NUMERIC,
+    "favourite_category",
+    "r_score",
+    "f_score",
+    "m_score",
+    "rfm_score",
+    "rfm_label",
     "as_of_date",
-]  # fmt: skip
+]
 
 
 def window_start(run_date: dt.date, lookback_days: int) -> dt.date:
@@ -71,7 +91,9 @@ def window_start(run_date: dt.date, lookback_days: int) -> dt.date:
 
 def in_window(run_date: dt.date, lookback_days: int) -> Callable[[DataFrame], DataFrame]:
     def transform(events: DataFrame) -> DataFrame:
-        return events.filter(F.col("event_date").between(F.lit(window_start(run_date, lookback_days)), F.lit(run_date)))
+        return events.filter(
+            F.col("event_date").between(F.lit(window_start(run_date, lookback_days)), F.lit(run_date))
+        )
 
     return transform
 
@@ -88,7 +110,9 @@ def activity(events: DataFrame) -> DataFrame:
         F.max(F.when(purchase, F.col("event_ts"))).alias("last_purchase_ts"),
         # Sizes of per-user sets rather than count_distinct: several distinct counts in one aggregation make
         # Spark expand every row once per distinct column.
-        F.size(F.collect_set(F.when(purchase, F.coalesce("order_id", "event_id")))).cast("long").alias("frequency"),
+        F.size(F.collect_set(F.when(purchase, F.coalesce("order_id", "event_id"))))
+        .cast("long")
+        .alias("frequency"),
         # A decimal sum is exact, so the total does not depend on the order rows arrive in.
         F.sum(F.when(purchase, F.col("revenue")).cast("decimal(38,6)")).cast("double").alias("monetary"),
         F.count_if(_is("view")).alias("views"),
@@ -142,19 +166,25 @@ def derive(run_date: dt.date, lookback_days: int) -> Callable[[DataFrame], DataF
         filled = joined.fillna(0, subset=[*COUNTS, "converted_sessions"]).fillna(0.0, subset=["monetary"])
         return filled.select(
             "user_id",
-            F.coalesce(days_before_end(run_date, "last_event_ts"), F.lit(float(lookback_days))).alias("recency_days"),
+            F.coalesce(days_before_end(run_date, "last_event_ts"), F.lit(float(lookback_days))).alias(
+                "recency_days"
+            ),
             days_before_end(run_date, "last_purchase_ts").alias("days_since_purchase"),
             "frequency",
             "monetary",
             ratio("monetary", "frequency").alias("avg_order_value"),
-            "views", "clicks", "carts", "purchases", "sessions",
+            "views",
+            "clicks",
+            "carts",
+            "purchases",
+            "sessions",
             ratio("clicks", "views").alias("ctr"),
             ratio("carts", "views").alias("cart_rate"),
             ratio("converted_sessions", "sessions").alias("purchase_rate"),
             "active_days",
             F.datediff(as_of, F.least("signup_date", "first_event_date")).alias("tenure_days"),
             "favourite_category",
-        )  # fmt: skip
+        )
 
     return transform
 
@@ -182,7 +212,9 @@ def rfm(cuts: DataFrame) -> Callable[[DataFrame], DataFrame]:
     def transform(features: DataFrame) -> DataFrame:
         scored = features.crossJoin(F.broadcast(cuts)).select(
             "*",
-            F.when(buyer, _score(F.col("days_since_purchase"), F.col("_r_cuts"), lower_is_better=True)).alias("r_score"),
+            F.when(buyer, _score(F.col("days_since_purchase"), F.col("_r_cuts"), lower_is_better=True)).alias(
+                "r_score"
+            ),
             F.when(buyer, _score(F.col("frequency"), F.col("_f_cuts"))).alias("f_score"),
             F.when(buyer, _score(F.col("monetary"), F.col("_m_cuts"))).alias("m_score"),
         )
@@ -219,10 +251,16 @@ def user_features(
     per_user = activity(windowed)
     # The boundaries come from the activity alone (every buyer has some), a far shorter plan than the result's.
     cuts = quintile_cuts(
-        per_user.select("frequency", "monetary", days_before_end(run_date, "last_purchase_ts").alias("days_since_purchase"))
+        per_user.select(
+            "frequency",
+            "monetary",
+            days_before_end(run_date, "last_purchase_ts").alias("days_since_purchase"),
+        )
     )
     return (
-        seen.join(per_user.join(windowed.transform(favourite_category(items)), "user_id", "left"), "user_id", "left")
+        seen.join(
+            per_user.join(windowed.transform(favourite_category(items)), "user_id", "left"), "user_id", "left"
+        )
         .transform(derive(run_date, lookback_days))
         .transform(rfm(cuts))
         .withColumn("as_of_date", F.lit(run_date))

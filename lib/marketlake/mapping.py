@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,9 +38,21 @@ Format = Literal["json", "csv", "parquet"]
 
 # Canonical columns per entity, in the order silver stores them.
 EVENT_COLUMNS = (
-    "event_id", "user_id", "item_id", "event_type", "ts", "session_id", "order_id", "quantity", "price",
-    "channel", "campaign_id", "experiment_id", "variant", "rating",
-)  # fmt: skip
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "ts",
+    "session_id",
+    "order_id",
+    "quantity",
+    "price",
+    "channel",
+    "campaign_id",
+    "experiment_id",
+    "variant",
+    "rating",
+)
 USER_COLUMNS = ("user_id", "signup_date", "age", "gender", "region")
 ITEM_COLUMNS = ("item_id", "category", "brand", "price", "title", "active")
 CANONICAL = {"events": EVENT_COLUMNS, "users": USER_COLUMNS, "items": ITEM_COLUMNS}
@@ -58,7 +70,7 @@ class ColumnSource(Strict):
     expr: str | None = None
     value: str | int | float | bool | None = None
 
-    def model_post_init(self, _context) -> None:
+    def model_post_init(self, _context: Any) -> None:
         given = [name for name in ("column", "expr", "value") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of column, expr, value (got {given or 'none'})")
@@ -113,11 +125,13 @@ class SourceMapping(Strict):
     # ingest.max_reject_rate of the config).
     max_reject_rate: float | None = Field(default=None, ge=0, le=1)
 
-    def model_post_init(self, _context) -> None:
+    def model_post_init(self, _context: Any) -> None:
         allowed = set(CANONICAL[self.entity])
         unknown = sorted(set(self.columns) - allowed)
         if unknown:
-            raise ValueError(f"no canonical {self.entity} column {unknown[0]!r}; columns: {', '.join(sorted(allowed))}")
+            raise ValueError(
+                f"no canonical {self.entity} column {unknown[0]!r}; columns: {', '.join(sorted(allowed))}"
+            )
         if self.event_id is not None and self.entity != "events":
             raise ValueError("event_id applies to events only")
 
@@ -142,7 +156,7 @@ def load_mapping(name_or_path: str) -> SourceMapping:
             raise ConfigError(f"mapping file not found: {name_or_path}")
         text, source = path.read_text(), str(path)
     else:
-        resource = resources.files("marketlake").joinpath("mappings", f"{name_or_path}.yaml")
+        resource = resources.files("marketlake").joinpath("mappings").joinpath(f"{name_or_path}.yaml")
         if not resource.is_file():
             raise ConfigError(
                 f"no mapping named {name_or_path!r}; built-in: {', '.join(built_in_names())} (or give a YAML path)"

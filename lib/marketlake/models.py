@@ -19,9 +19,8 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from pyspark.sql import types as T
-
 from marketlake import catalog
+from marketlake.lake.schema import spark_schema
 
 if TYPE_CHECKING:
     from pyspark.ml.util import MLWritable
@@ -31,20 +30,8 @@ if TYPE_CHECKING:
 
 MODELS_TABLE = catalog.MODELS.name
 
-SCHEMA = T.StructType(
-    [
-        T.StructField("model_name", T.StringType()),
-        T.StructField("model_version", T.StringType()),
-        T.StructField("run_date", T.DateType()),
-        T.StructField("run_id", T.StringType()),
-        T.StructField("created_at", T.TimestampType()),
-        T.StructField("path", T.StringType()),
-        # Values are JSON text, so a param of any shape fits (params['k_max'] = '8').
-        T.StructField("params", T.MapType(T.StringType(), T.StringType())),
-        T.StructField("metrics", T.MapType(T.StringType(), T.DoubleType())),
-        T.StructField("features", T.ArrayType(T.StringType())),
-    ]
-)
+# params values are JSON text, so a param of any shape fits (params['k_max'] = '8').
+SCHEMA = spark_schema(catalog.MODELS)
 
 
 def params_json(params: dict[str, Any]) -> str:
@@ -74,9 +61,14 @@ def record_model(
 ) -> None:
     """Append one row to ops.models for a model saved by this run (`ctx`: the job's JobContext)."""
     row = (
-        name, version, ctx.run_date, ctx.run_id, dt.datetime.now(dt.timezone.utc), path,
+        name,
+        version,
+        ctx.run_date,
+        ctx.run_id,
+        dt.datetime.now(dt.timezone.utc),
+        path,
         {key: json.dumps(value, default=str) for key, value in sorted(params.items())},
         {key: float(value) for key, value in metrics.items()},
         list(features),
-    )  # fmt: skip
+    )
     ctx.lake.write(MODELS_TABLE, ctx.spark.createDataFrame([row], SCHEMA), mode="append")

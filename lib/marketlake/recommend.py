@@ -48,7 +48,12 @@ USER, ITEM = "user_id", "item_id"
 USER_INDEX, ITEM_INDEX = "user_index", "item_index"
 STRENGTH, SCORE, RANK, SOURCE = "strength", "score", "rank", "source"
 ALS_SOURCE, SEGMENT_POPULAR, GLOBAL_POPULAR = "als", "segment_popular", "global_popular"
-RANKING_METRICS = {"precision": "precisionAtK", "recall": "recallAtK", "ndcg": "ndcgAtK", "map": "meanAveragePrecisionAtK"}
+RANKING_METRICS = {
+    "precision": "precisionAtK",
+    "recall": "recallAtK",
+    "ndcg": "ndcgAtK",
+    "map": "meanAveragePrecisionAtK",
+}
 METRICS = [*RANKING_METRICS, "coverage"]
 SCORE_DECIMALS = 6
 MAX_INDEX = 2**31 - 1  # ALS ids are Java ints
@@ -80,7 +85,9 @@ def event_weight(settings: RecommendConfig) -> Column:
     for event_type, value in sorted(settings.event_weights.items()):
         weight = F.when(F.col("event_type") == event_type, F.lit(float(value))).otherwise(weight)
     if settings.rating_value:
-        weight = F.when(F.col("event_type") == "rating", weight * F.coalesce(F.col("rating"), F.lit(1.0))).otherwise(weight)
+        weight = F.when(
+            F.col("event_type") == "rating", weight * F.coalesce(F.col("rating"), F.lit(1.0))
+        ).otherwise(weight)
     return weight
 
 
@@ -97,7 +104,9 @@ def window_events(start: dt.date | None, end: dt.date) -> Callable[[DataFrame], 
     """Events whose event_date is in [start, end] (no lower bound without start), with a user and an item."""
 
     def transform(events: DataFrame) -> DataFrame:
-        kept = events.filter((F.col("event_date") <= F.lit(end)) & F.col(USER).isNotNull() & F.col(ITEM).isNotNull())
+        kept = events.filter(
+            (F.col("event_date") <= F.lit(end)) & F.col(USER).isNotNull() & F.col(ITEM).isNotNull()
+        )
         return kept if start is None else kept.filter(F.col("event_date") >= F.lit(start))
 
     return transform
@@ -107,7 +116,9 @@ def interactions(settings: RecommendConfig, end: dt.date) -> Callable[[DataFrame
     """Windowed events -> one row per (user_id, item_id) with a positive weight: strength, events, first_ts."""
 
     def transform(events: DataFrame) -> DataFrame:
-        weighted = events.select(USER, ITEM, "event_ts", (event_weight(settings) * decay(settings.half_life_days, end)).alias("_w"))
+        weighted = events.select(
+            USER, ITEM, "event_ts", (event_weight(settings) * decay(settings.half_life_days, end)).alias("_w")
+        )
         summed = (
             weighted.filter(F.col("_w") > 0)
             .groupBy(USER, ITEM)
@@ -156,13 +167,17 @@ def to_indexes(pairs: DataFrame, users: DataFrame, items: DataFrame) -> DataFram
 # ---- held-out splits ----------------------------------------------------------------------------------------
 
 
-def random_holdout(fraction: float, seed: int, user: str = USER, item: str = ITEM) -> Callable[[DataFrame], DataFrame]:
+def random_holdout(
+    fraction: float, seed: int, user: str = USER, item: str = ITEM
+) -> Callable[[DataFrame], DataFrame]:
     """Adds `holdout`: round(fraction x n) of each user's n pairs, the first by a seeded hash of (user, item),
     at most n - 1 (every user keeps a pair to train on). The hash makes the split independent of row order."""
 
     def transform(pairs: DataFrame) -> DataFrame:
         by_user = Window.partitionBy(user)
-        order = Window.partitionBy(user).orderBy(F.xxhash64(F.lit(seed), F.col(user), F.col(item)), F.col(item))
+        order = Window.partitionBy(user).orderBy(
+            F.xxhash64(F.lit(seed), F.col(user), F.col(item)), F.col(item)
+        )
         n = F.count("*").over(by_user)
         held = F.least(F.round(n * F.lit(fraction)), n - 1)
         return pairs.withColumn("holdout", F.row_number().over(order) <= held)
@@ -182,7 +197,9 @@ class Split:
 def split_random(pairs: DataFrame, fraction: float, seed: int) -> Split:
     marked = pairs.transform(random_holdout(fraction, seed))
     return Split(
-        "random", marked.filter(~F.col("holdout")).drop("holdout"), marked.filter(F.col("holdout")).select(USER, ITEM)
+        "random",
+        marked.filter(~F.col("holdout")).drop("holdout"),
+        marked.filter(F.col("holdout")).select(USER, ITEM),
     )
 
 
@@ -206,10 +223,19 @@ def split_time(events: DataFrame, settings: RecommendConfig, run_date: dt.date) 
 
 def als(params: AlsParams, seed: int, blocks: int) -> ALS:
     return ALS(
-        userCol=USER_INDEX, itemCol=ITEM_INDEX, ratingCol=STRENGTH, implicitPrefs=True, rank=params.rank,
-        regParam=params.reg_param, alpha=params.alpha, maxIter=params.max_iter, seed=seed,
-        numUserBlocks=blocks, numItemBlocks=blocks, coldStartStrategy="drop",
-    )  # fmt: skip
+        userCol=USER_INDEX,
+        itemCol=ITEM_INDEX,
+        ratingCol=STRENGTH,
+        implicitPrefs=True,
+        rank=params.rank,
+        regParam=params.reg_param,
+        alpha=params.alpha,
+        maxIter=params.max_iter,
+        seed=seed,
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
+        coldStartStrategy="drop",
+    )
 
 
 @contextmanager
@@ -257,8 +283,13 @@ def rank_within_user(n: int, user: str, order: list[Column]) -> Callable[[DataFr
     return transform
 
 
-def als_top(model: ALSModel, n: int, exclude: DataFrame | None = None, banned_items: DataFrame | None = None,
-            users: DataFrame | None = None) -> DataFrame:
+def als_top(
+    model: ALSModel,
+    n: int,
+    exclude: DataFrame | None = None,
+    banned_items: DataFrame | None = None,
+    users: DataFrame | None = None,
+) -> DataFrame:
     """Each user's n best items by the model: (user_index, item_index, score, rank), scores rounded to
     SCORE_DECIMALS, ties by item. `exclude`: (user_index, item_index) pairs never recommended; `banned_items`:
     (item_index) never recommended; `users`: (user_index) to score (default: every user of the model).
@@ -267,10 +298,14 @@ def als_top(model: ALSModel, n: int, exclude: DataFrame | None = None, banned_it
     wanted = n + extra
     raw = model.recommendForAllUsers(wanted) if users is None else model.recommendForUserSubset(users, wanted)
     candidates = raw.select(USER_INDEX, F.explode("recommendations").alias("_r")).select(
-        USER_INDEX, F.col(f"_r.{ITEM_INDEX}").alias(ITEM_INDEX), F.round(F.col("_r.rating").cast("double"), SCORE_DECIMALS).alias(SCORE)
+        USER_INDEX,
+        F.col(f"_r.{ITEM_INDEX}").alias(ITEM_INDEX),
+        F.round(F.col("_r.rating").cast("double"), SCORE_DECIMALS).alias(SCORE),
     )
     if exclude is not None:
-        candidates = candidates.join(exclude.select(USER_INDEX, ITEM_INDEX), [USER_INDEX, ITEM_INDEX], "left_anti")
+        candidates = candidates.join(
+            exclude.select(USER_INDEX, ITEM_INDEX), [USER_INDEX, ITEM_INDEX], "left_anti"
+        )
     if banned_items is not None:
         candidates = candidates.join(banned_items.select(ITEM_INDEX), ITEM_INDEX, "left_anti")
     return candidates.transform(rank_within_user(n, USER_INDEX, [F.desc(SCORE), F.col(ITEM_INDEX)]))
@@ -278,16 +313,30 @@ def als_top(model: ALSModel, n: int, exclude: DataFrame | None = None, banned_it
 
 def item_popularity(pairs: DataFrame, item: str = ITEM, user: str = USER) -> DataFrame:
     """(item, users, strength): distinct users per item and their summed strength."""
-    return pairs.groupBy(item).agg(F.countDistinct(user).alias("users"), F.sum(STRENGTH).alias("strength_sum"))
+    return pairs.groupBy(item).agg(
+        F.countDistinct(user).alias("users"), F.sum(STRENGTH).alias("strength_sum")
+    )
 
 
-def popular_top(popularity: DataFrame, users: DataFrame, n: int, exclude: DataFrame | None = None,
-                user: str = USER_INDEX, item: str = ITEM_INDEX) -> DataFrame:
+def popular_top(
+    popularity: DataFrame,
+    users: DataFrame,
+    n: int,
+    exclude: DataFrame | None = None,
+    user: str = USER_INDEX,
+    item: str = ITEM_INDEX,
+) -> DataFrame:
     """Every user of `users` gets the n most popular items (most users, then strength, then item) that are
     not excluded for them: (user, item, score = users of the item, rank)."""
     wanted = n + most_excluded(exclude, user)
     listed = popularity.transform(most_popular(wanted, item))
-    candidates = users.select(user).distinct().crossJoin(F.broadcast(listed.select(item, F.col("users").cast("double").alias(SCORE), F.col("_order"))))
+    candidates = (
+        users.select(user)
+        .distinct()
+        .crossJoin(
+            F.broadcast(listed.select(item, F.col("users").cast("double").alias(SCORE), F.col("_order")))
+        )
+    )
     if exclude is not None:
         candidates = candidates.join(exclude.select(user, item), [user, item], "left_anti")
     return candidates.transform(rank_within_user(n, user, [F.col("_order")])).drop("_order")
@@ -304,9 +353,14 @@ def most_popular(n: int, item: str = ITEM) -> Callable[[DataFrame], DataFrame]:
     def transform(popularity: DataFrame) -> DataFrame:
         key = F.struct(-F.col("users"), -F.col("strength_sum"), F.col(item))  # ascending = most popular first
         top = popularity.select(key.alias("_key"), item, "users", "strength_sum").orderBy("_key").limit(n)
-        numbered = top.agg(F.sort_array(F.collect_list(F.struct("_key", item, "users", "strength_sum"))).alias("_rows"))
+        numbered = top.agg(
+            F.sort_array(F.collect_list(F.struct("_key", item, "users", "strength_sum"))).alias("_rows")
+        )
         return numbered.select(F.posexplode("_rows").alias("_pos", "_row")).select(
-            F.col(f"_row.{item}").alias(item), "_row.users", "_row.strength_sum", (F.col("_pos") + 1).alias("_order")
+            F.col(f"_row.{item}").alias(item),
+            "_row.users",
+            "_row.strength_sum",
+            (F.col("_pos") + 1).alias("_order"),
         )
 
     return transform
@@ -315,11 +369,15 @@ def most_popular(n: int, item: str = ITEM) -> Callable[[DataFrame], DataFrame]:
 # ---- metrics --------------------------------------------------------------------------------------------------
 
 
-def ranking_frame(top: DataFrame, relevant: DataFrame, user: str = USER_INDEX, item: str = ITEM_INDEX) -> DataFrame:
+def ranking_frame(
+    top: DataFrame, relevant: DataFrame, user: str = USER_INDEX, item: str = ITEM_INDEX
+) -> DataFrame:
     """One row per user with a relevant item: `prediction` (the user's ranked items, possibly empty) and
     `label` (the relevant items), both array<double> as RankingEvaluator wants (ids must be numeric)."""
-    predicted = top.groupBy(user).agg(F.sort_array(F.collect_list(F.struct(RANK, item))).alias("_ranked")).select(
-        user, F.col(f"_ranked.{item}").cast("array<double>").alias("prediction")
+    predicted = (
+        top.groupBy(user)
+        .agg(F.sort_array(F.collect_list(F.struct(RANK, item))).alias("_ranked"))
+        .select(user, F.col(f"_ranked.{item}").cast("array<double>").alias("prediction"))
     )
     labels = relevant.groupBy(user).agg(F.collect_set(F.col(item).cast("double")).alias("label"))
     return labels.join(predicted, user, "left").select(
@@ -342,8 +400,14 @@ class Evaluation:
     k: int
 
 
-def evaluate(name: str, top: DataFrame, relevant: DataFrame, k: int, catalogue_size: int,
-             metrics: list[str] | None = None) -> Evaluation:
+def evaluate(
+    name: str,
+    top: DataFrame,
+    relevant: DataFrame,
+    k: int,
+    catalogue_size: int,
+    metrics: list[str] | None = None,
+) -> Evaluation:
     """Metrics of `top` (user_index, item_index, rank) against `relevant` (user_index, item_index); coverage
     = distinct recommended items of the evaluated users / catalogue_size."""
     frame = ranking_frame(top, relevant).persist()
@@ -366,7 +430,10 @@ def search_space(settings: RecommendConfig) -> list[AlsParams]:
     combination of the search lists in a seeded random order (random search is the better use of a time
     budget than walking a grid in order)."""
     space = settings.search
-    grid = [AlsParams(*combo) for combo in itertools.product(space.rank, space.reg_param, space.alpha, space.max_iter)]
+    grid = [
+        AlsParams(*combo)
+        for combo in itertools.product(space.rank, space.reg_param, space.alpha, space.max_iter)
+    ]
     first = default_params(settings)
     rest = sorted({p for p in grid if p != first}, key=lambda p: (p.rank, p.reg_param, p.alpha, p.max_iter))
     random.Random(settings.seed).shuffle(rest)
@@ -388,7 +455,9 @@ class Tuned:
     users: int = 0  # validation users
 
 
-def tune(train: DataFrame, settings: RecommendConfig, blocks: int, clock: Callable[[], float] = time.monotonic) -> Tuned:
+def tune(
+    train: DataFrame, settings: RecommendConfig, blocks: int, clock: Callable[[], float] = time.monotonic
+) -> Tuned:
     """Random search over `search_space` scored by nDCG@k on a per-user random validation split of
     `train` (user_index, item_index, strength), within `tuning_budget_seconds` and `tuning_max_trials`: a
     trial starts only while the time spent plus the mean trial time fits the budget (the first always
@@ -396,13 +465,17 @@ def tune(train: DataFrame, settings: RecommendConfig, blocks: int, clock: Callab
     fallback = default_params(settings)
     if not settings.tune:
         return Tuned(fallback, reason="tuning is off (recommend.tune: false)")
-    marked = train.transform(random_holdout(settings.validation_fraction, settings.seed + 1, USER_INDEX, ITEM_INDEX)).persist()
+    marked = train.transform(
+        random_holdout(settings.validation_fraction, settings.seed + 1, USER_INDEX, ITEM_INDEX)
+    ).persist()
     try:
         fitting = marked.filter(~F.col("holdout")).drop("holdout")
         validation = marked.filter(F.col("holdout")).select(USER_INDEX, ITEM_INDEX)
         users = validation.select(USER_INDEX).distinct().count()
         if users < settings.tuning_min_users:
-            reason = f"{users} validation users, fewer than recommend.tuning_min_users={settings.tuning_min_users}"
+            reason = (
+                f"{users} validation users, fewer than recommend.tuning_min_users={settings.tuning_min_users}"
+            )
             return Tuned(fallback, reason=reason, users=users)
         trials: list[Trial] = []
         started = clock()
@@ -415,7 +488,14 @@ def tune(train: DataFrame, settings: RecommendConfig, blocks: int, clock: Callab
             top = als_top(model, settings.k, exclude=fitting)
             ndcg = evaluate("als", top, validation, settings.k, 1, metrics=["ndcg"]).metrics["ndcg"]
             trials.append(Trial(params, ndcg, clock() - trial_started))
-            log.info("recommend | trial %d %s | validation ndcg@%d=%.4f %.1fs", len(trials), params.describe(), settings.k, ndcg, trials[-1].seconds)
+            log.info(
+                "recommend | trial %d %s | validation ndcg@%d=%.4f %.1fs",
+                len(trials),
+                params.describe(),
+                settings.k,
+                ndcg,
+                trials[-1].seconds,
+            )
         best = max(trials, key=lambda t: (round(t.ndcg, 9), -trials.index(t)))
         return Tuned(best.params, trials, users=users)
     finally:
@@ -434,11 +514,20 @@ def segment_popular(pairs: DataFrame, segments: DataFrame, n: int) -> DataFrame:
     share of the segment's users with the item, order)."""
     members = pairs.join(segments.select(USER, "segment_id"), USER)
     sizes = segments.groupBy("segment_id").agg(F.countDistinct(USER).alias("_size"))
-    counts = members.groupBy("segment_id", ITEM).agg(F.countDistinct(USER).alias("users"), F.sum(STRENGTH).alias("strength_sum"))
+    counts = members.groupBy("segment_id", ITEM).agg(
+        F.countDistinct(USER).alias("users"), F.sum(STRENGTH).alias("strength_sum")
+    )
     return (
-        counts.transform(rank_within_user(n, "segment_id", [F.desc("users"), F.desc("strength_sum"), F.col(ITEM)]))
+        counts.transform(
+            rank_within_user(n, "segment_id", [F.desc("users"), F.desc("strength_sum"), F.col(ITEM)])
+        )
         .join(sizes, "segment_id")
-        .select("segment_id", ITEM, F.round(F.col("users") / F.col("_size"), SCORE_DECIMALS).alias(SCORE), F.col(RANK).alias("_order"))
+        .select(
+            "segment_id",
+            ITEM,
+            F.round(F.col("users") / F.col("_size"), SCORE_DECIMALS).alias(SCORE),
+            F.col(RANK).alias("_order"),
+        )
     )
 
 
@@ -452,8 +541,9 @@ def global_popular(pairs: DataFrame, n: int) -> DataFrame:
     )
 
 
-def fallback_candidates(audience: DataFrame, global_list: DataFrame, segment_lists: DataFrame | None,
-                        segments: DataFrame | None) -> DataFrame:
+def fallback_candidates(
+    audience: DataFrame, global_list: DataFrame, segment_lists: DataFrame | None, segments: DataFrame | None
+) -> DataFrame:
     """(user_id, item_id, score, source, _priority, _order): each user's segment list (priority 1) when the
     user has a segment, and the global list (priority 2) for everyone."""
     everyone = audience.crossJoin(F.broadcast(global_list)).select(
@@ -464,20 +554,34 @@ def fallback_candidates(audience: DataFrame, global_list: DataFrame, segment_lis
     by_segment = (
         audience.join(segments.select(USER, "segment_id"), USER)
         .join(F.broadcast(segment_lists), "segment_id")
-        .select(USER, ITEM, SCORE, F.lit(SEGMENT_POPULAR).alias(SOURCE), F.lit(1).alias("_priority"), "_order")
+        .select(
+            USER, ITEM, SCORE, F.lit(SEGMENT_POPULAR).alias(SOURCE), F.lit(1).alias("_priority"), "_order"
+        )
     )
     return by_segment.unionByName(everyone)
 
 
-def assemble(als_candidates: DataFrame | None, fallbacks: DataFrame, exclude: DataFrame, inactive: DataFrame | None,
-             n: int, version: str | None, run_date: dt.date) -> DataFrame:
+def assemble(
+    als_candidates: DataFrame | None,
+    fallbacks: DataFrame,
+    exclude: DataFrame,
+    inactive: DataFrame | None,
+    n: int,
+    version: str | None,
+    run_date: dt.date,
+) -> DataFrame:
     """gold.user_recommendations rows: per user its ALS candidates first (by score), then its fallbacks
     (segment before global, by popularity), without excluded pairs, inactive items or repeated items; the
     first n, ranked 1..n."""
     candidates = fallbacks
     if als_candidates is not None:
         ranked = als_candidates.select(
-            USER, ITEM, SCORE, F.lit(ALS_SOURCE).alias(SOURCE), F.lit(0).alias("_priority"), F.col(RANK).cast("long").alias("_order")
+            USER,
+            ITEM,
+            SCORE,
+            F.lit(ALS_SOURCE).alias(SOURCE),
+            F.lit(0).alias("_priority"),
+            F.col(RANK).cast("long").alias("_order"),
         )
         candidates = ranked.unionByName(candidates.withColumn("_order", F.col("_order").cast("long")))
     candidates = candidates.join(exclude.select(USER, ITEM), [USER, ITEM], "left_anti")
@@ -486,9 +590,14 @@ def assemble(als_candidates: DataFrame | None, fallbacks: DataFrame, exclude: Da
     best_first = [F.col("_priority"), F.col("_order"), F.col(ITEM)]
     unique = candidates.transform(_first_per_pair(best_first))
     return unique.transform(rank_within_user(n, USER, best_first)).select(
-        USER, F.col(RANK).cast("int").alias(RANK), ITEM, F.col(SCORE).cast("double").alias(SCORE), SOURCE,
-        F.lit(version).cast("string").alias("model_version"), F.lit(run_date).alias("as_of_date"),
-    )  # fmt: skip
+        USER,
+        F.col(RANK).cast("int").alias(RANK),
+        ITEM,
+        F.col(SCORE).cast("double").alias(SCORE),
+        SOURCE,
+        F.lit(version).cast("string").alias("model_version"),
+        F.lit(run_date).alias("as_of_date"),
+    )
 
 
 def _first_per_pair(ordering: list[Column]) -> Callable[[DataFrame], DataFrame]:
@@ -525,4 +634,8 @@ class Recommender:
 
 
 def load_recommender(spark: SparkSession, path: str) -> Recommender:
-    return Recommender(ALSModel.load(f"{path}/als"), spark.read.parquet(f"{path}/user_ids"), spark.read.parquet(f"{path}/item_ids"))
+    return Recommender(
+        ALSModel.load(f"{path}/als"),
+        spark.read.parquet(f"{path}/user_ids"),
+        spark.read.parquet(f"{path}/item_ids"),
+    )

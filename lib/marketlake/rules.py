@@ -62,9 +62,9 @@ class TooManyItemsets(UsageError):
 # ---- baskets -------------------------------------------------------------------------------------
 
 
-def baskets(run_date: dt.date, basket: str = "order", session_event_types: list[str] | None = None) -> Callable[
-    [DataFrame], DataFrame
-]:
+def baskets(
+    run_date: dt.date, basket: str = "order", session_event_types: list[str] | None = None
+) -> Callable[[DataFrame], DataFrame]:
     """silver.events -> (basket_id, items): one row per order (or session) up to the run date, with its
     distinct item_ids sorted."""
     if basket == "order":
@@ -77,7 +77,10 @@ def baskets(run_date: dt.date, basket: str = "order", session_event_types: list[
     def transform(events: DataFrame) -> DataFrame:
         return (
             events.filter(
-                wanted & (F.col("event_date") <= F.lit(run_date)) & F.col(key).isNotNull() & F.col("item_id").isNotNull()
+                wanted
+                & (F.col("event_date") <= F.lit(run_date))
+                & F.col(key).isNotNull()
+                & F.col("item_id").isNotNull()
             )
             .groupBy(F.col(key).alias("basket_id"))
             .agg(F.array_sort(F.collect_set("item_id")).alias("items"))
@@ -94,7 +97,9 @@ def min_count(min_support: float, baskets: int) -> int:
     return math.ceil(min_support * baskets)
 
 
-def level_bound(sizes: Mapping[int, int], min_count: int, frequent_items: int, first_level: int, limit: int) -> int:
+def level_bound(
+    sizes: Mapping[int, int], min_count: int, frequent_items: int, first_level: int, limit: int
+) -> int:
     """Upper bound on the frequent itemsets of `first_level` items and more, given {x: baskets} where at
     most C(x, s) of a basket's s-subsets can be frequent: per level s, min(C(f, s), sum n_x C(x, s) //
     min_count), until a level is empty (then all larger ones are) or the total passes `limit`."""
@@ -142,7 +147,9 @@ def estimate_itemsets(baskets: DataFrame, n_baskets: int, min_support: float, li
     m = min_count(min_support, n_baskets)
     lines = baskets.select("basket_id", F.explode("items").alias("item"))
     with ExitStack() as cached:
-        frequent = cached.enter_context(_cached(lines.groupBy("item").count().filter(F.col("count") >= m).select("item")))
+        frequent = cached.enter_context(
+            _cached(lines.groupBy("item").count().filter(F.col("count") >= m).select("item"))
+        )
         n_frequent = frequent.count()
 
         def estimate(bound: int, pairs: int | None = None) -> ItemsetEstimate:
@@ -162,7 +169,9 @@ def estimate_itemsets(baskets: DataFrame, n_baskets: int, min_support: float, li
         if bound <= limit or pair_rows > MAX_PAIR_ROWS:
             return estimate(bound)
 
-        pairs = kept.filter(F.col("k") >= 2).select("basket_id", F.explode(_pairs(F.col("items"))).alias("pair"))
+        pairs = kept.filter(F.col("k") >= 2).select(
+            "basket_id", F.explode(_pairs(F.col("items"))).alias("pair")
+        )
         frequent_pairs = cached.enter_context(
             _cached(pairs.groupBy("pair").count().filter(F.col("count") >= m).select("pair"))
         )
@@ -171,7 +180,9 @@ def estimate_itemsets(baskets: DataFrame, n_baskets: int, min_support: float, li
             return estimate(n_frequent + n_pairs, n_pairs)
         edges = pairs.join(frequent_pairs, "pair").groupBy("basket_id").count()
         # The smallest whole x with C(x, 2) >= edges: C(x, s) still bounds the basket's s-cliques.
-        cliques = edges.select(F.ceil((F.lit(1.0) + F.sqrt(F.lit(1.0) + F.col("count") * 8)) / 2).cast("int").alias("x"))
+        cliques = edges.select(
+            F.ceil((F.lit(1.0) + F.sqrt(F.lit(1.0) + F.col("count") * 8)) / 2).cast("int").alias("x")
+        )
         higher = level_bound(_histogram(cliques, "x"), m, n_frequent, 3, limit - n_frequent - n_pairs)
         return estimate(n_frequent + n_pairs + higher, n_pairs)
 
@@ -191,7 +202,9 @@ def _pairs(items: Column) -> Column:
     return F.flatten(
         F.transform(
             items,
-            lambda a, i: F.transform(F.slice(items, i + 2, F.size(items)), lambda b: F.struct(a.alias("a"), b.alias("b"))),
+            lambda a, i: F.transform(
+                F.slice(items, i + 2, F.size(items)), lambda b: F.struct(a.alias("a"), b.alias("b"))
+            ),
         )
     )
 
@@ -213,7 +226,9 @@ class Mined:
 
 
 @contextmanager
-def mine_rules(baskets: DataFrame, min_support: float, min_confidence: float, min_lift: float) -> Iterator[Mined]:
+def mine_rules(
+    baskets: DataFrame, min_support: float, min_confidence: float, min_lift: float
+) -> Iterator[Mined]:
     """FPGrowth (Spark MLlib) over `baskets` (items: array of distinct items); the rules are valid
     inside the block. The frequent itemsets are cached meanwhile: associationRules reads them twice
     (candidates, then their antecedents' counts), and each read would otherwise run FP-growth again."""
@@ -251,12 +266,14 @@ def cross_sell(top_n: int) -> Callable[[DataFrame], DataFrame]:
             .select(
                 F.col("antecedent")[0].alias("item_id"),
                 F.col("consequent")[0].alias("recommended_item_id"),
-                "confidence", "lift", "support",
+                "confidence",
+                "lift",
+                "support",
             )
             .withColumn("rank", F.row_number().over(order))
             .filter(F.col("rank") <= top_n)
             .select(*CROSS_SELL_COLUMNS)
-        )  # fmt: skip
+        )
 
     return transform
 

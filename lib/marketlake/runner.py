@@ -115,7 +115,9 @@ def build_parser(job: Job) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config merged over the embedded default (conf/local.yaml)")
     parser.add_argument("--lake", help="lake root; overrides the config and MARKETLAKE_LAKE")
     parser.add_argument(
-        "--run-date", type=parse_run_date, default=dt.datetime.now(dt.timezone.utc).date(),
+        "--run-date",
+        type=parse_run_date,
+        default=dt.datetime.now(dt.timezone.utc).date(),
         help="the date this run is for, YYYY-MM-DD (default: today, UTC)",
     )
     job.add_arguments(parser)
@@ -137,7 +139,9 @@ def job_arguments(
 def configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s",
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(name)s %(message)s",
             datefmt="%Y-%m-%dT%H:%M:%S",
         )
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -176,7 +180,9 @@ def run_job(job: Job, args: argparse.Namespace, spark: SparkSession, config: Con
     ctx = JobContext(job.name, spark, config, lake, args.run_date, uuid.uuid4().hex)
     started_at = dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
-    log.info("%s | start | run_date=%s lake=%s engine=%s", job.name, args.run_date, lake.root, lake.engine_name)
+    log.info(
+        "%s | start | run_date=%s lake=%s engine=%s", job.name, args.run_date, lake.root, lake.engine_name
+    )
     status, message, code = "succeeded", "", 0
     try:
         job.run(ctx, args)
@@ -222,32 +228,31 @@ def print_error(line: str) -> None:
 
 
 def record_run(
-    ctx: JobContext, args: argparse.Namespace, status: str, message: str, started_at: dt.datetime, seconds: float
+    ctx: JobContext,
+    args: argparse.Namespace,
+    status: str,
+    message: str,
+    started_at: dt.datetime,
+    seconds: float,
 ) -> None:
-    from pyspark.sql import types as T
+    from marketlake.lake.schema import spark_schema
 
-    schema = T.StructType(
-        [
-            T.StructField("run_id", T.StringType()),
-            T.StructField("job", T.StringType()),
-            T.StructField("run_date", T.DateType()),
-            T.StructField("status", T.StringType()),
-            T.StructField("message", T.StringType()),
-            T.StructField("started_at", T.TimestampType()),
-            T.StructField("ended_at", T.TimestampType()),
-            T.StructField("seconds", T.DoubleType()),
-            T.StructField("counts", T.MapType(T.StringType(), T.LongType())),
-            T.StructField("arguments", T.StringType()),
-            T.StructField("engine", T.StringType()),
-            T.StructField("spark_version", T.StringType()),
-            T.StructField("host", T.StringType()),
-        ]
-    )
+    schema = spark_schema(catalog.JOB_RUNS)
     arguments = {k: str(v) for k, v in vars(args).items() if v is not None and k != "func"}
     row = (
-        ctx.run_id, ctx.job, ctx.run_date, status, message[:2000], started_at,
-        dt.datetime.now(dt.timezone.utc), round(seconds, 3), {k: int(v) for k, v in ctx.counts.items()},
-        json.dumps(arguments, sort_keys=True), ctx.lake.engine_name, ctx.spark.version, socket.gethostname(),
+        ctx.run_id,
+        ctx.job,
+        ctx.run_date,
+        status,
+        message[:2000],
+        started_at,
+        dt.datetime.now(dt.timezone.utc),
+        round(seconds, 3),
+        {k: int(v) for k, v in ctx.counts.items()},
+        json.dumps(arguments, sort_keys=True),
+        ctx.lake.engine_name,
+        ctx.spark.version,
+        socket.gethostname(),
     )
     ctx.lake.write(JOB_RUNS, ctx.spark.createDataFrame([row], schema), mode="append")
 

@@ -108,11 +108,15 @@ class Fitted:
 
 
 def silhouette(predictions: DataFrame) -> float:
-    evaluator = ClusteringEvaluator(featuresCol=SCALED, predictionCol=CLUSTER, distanceMeasure="squaredEuclidean")
+    evaluator = ClusteringEvaluator(
+        featuresCol=SCALED, predictionCol=CLUSTER, distanceMeasure="squaredEuclidean"
+    )
     try:
         return evaluator.evaluate(predictions)
     except Exception as exc:  # fewer than two non-empty clusters: no silhouette, this k is not chosen
-        log.warning("segment | no silhouette: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        log.warning(
+            "segment | no silhouette: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc
+        )
         return float("nan")
 
 
@@ -133,15 +137,21 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
     seeds = list(range(settings.seed, settings.seed + settings.runs))
 
     def kmeans(k: int, seed: int) -> tuple[float, int, KMeansModel]:
-        model = KMeans(featuresCol=SCALED, predictionCol=CLUSTER, k=k, seed=seed, maxIter=settings.max_iter).fit(scaled)
+        model = KMeans(
+            featuresCol=SCALED, predictionCol=CLUSTER, k=k, seed=seed, maxIter=settings.max_iter
+        ).fit(scaled)
         return model.summary.trainingCost, seed, model
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         submitted = {k: [pool.submit(kmeans, k, seed) for seed in seeds] for k in ks}
         runs = {k: [future.result() for future in futures] for k, futures in submitted.items()}
         best = {k: min(found, key=lambda run: (run[0], run[1])) for k, found in runs.items()}
-        silhouettes = {k: pool.submit(silhouette, model.transform(scaled)) for k, (_, _, model) in best.items()}
-        trials = [Trial(k, best[k][1], best[k][0], silhouettes[k].result(), [run[0] for run in runs[k]]) for k in ks]
+        silhouettes = {
+            k: pool.submit(silhouette, model.transform(scaled)) for k, (_, _, model) in best.items()
+        }
+        trials = [
+            Trial(k, best[k][1], best[k][0], silhouettes[k].result(), [run[0] for run in runs[k]]) for k in ks
+        ]
     fitted = Fitted(None, trials, users, distinct)
     chosen = fitted.chosen
     if chosen is not None:
@@ -191,14 +201,18 @@ def name_segments(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Profiles (one dict per cluster, with `_cluster`) -> the same with segment_id (by mean monetary,
     highest first), segment_name (unique: a repeated name gets " 2", " 3" in segment order), strategy."""
     population = overall(profiles)
-    ordered = sorted(profiles, key=lambda p: (-p["mean_monetary"], -p["mean_frequency"], p["mean_recency_days"]))
+    ordered = sorted(
+        profiles, key=lambda p: (-p["mean_monetary"], -p["mean_frequency"], p["mean_recency_days"])
+    )
     seen: dict[str, int] = {}
     named = []
     for segment_id, profile in enumerate(ordered):
         base = name_segment(profile, population)
         seen[base] = seen.get(base, 0) + 1
         name = base if seen[base] == 1 else f"{base} {seen[base]}"
-        named.append({**profile, "segment_id": segment_id, "segment_name": name, "strategy": STRATEGIES[base]})
+        named.append(
+            {**profile, "segment_id": segment_id, "segment_name": name, "strategy": STRATEGIES[base]}
+        )
     return named
 
 
@@ -219,16 +233,32 @@ PROFILE_SCHEMA = T.StructType(
 )
 
 
-def profiles_frame(spark: SparkSession, named: list[dict[str, Any]], users: int, silhouette: float | None,
-                   features: list[str], version: str | None, run_date: dt.date) -> DataFrame:
+def profiles_frame(
+    spark: SparkSession,
+    named: list[dict[str, Any]],
+    users: int,
+    silhouette: float | None,
+    features: list[str],
+    version: str | None,
+    run_date: dt.date,
+) -> DataFrame:
     """gold.segment_profiles rows of one run date from the named profiles."""
     rows = [
         (
-            p["segment_id"], p["segment_name"], p["size"], round(p["size"] / users, 6), p["buyer_share"],
-            *[p[name] for name in PROFILE_MEANS], p["strategy"], silhouette, len(named), list(features), version,
+            p["segment_id"],
+            p["segment_name"],
+            p["size"],
+            round(p["size"] / users, 6),
+            p["buyer_share"],
+            *[p[name] for name in PROFILE_MEANS],
+            p["strategy"],
+            silhouette,
+            len(named),
+            list(features),
+            version,
         )
         for p in named
-    ]  # fmt: skip
+    ]
     return spark.createDataFrame(rows, PROFILE_SCHEMA).withColumn("as_of_date", F.lit(run_date))
 
 
@@ -241,6 +271,9 @@ def assign(
         f"{CLUSTER} int, segment_id int, segment_name string",
     )
     return predictions.join(F.broadcast(mapping), CLUSTER).select(
-        "user_id", "segment_id", "segment_name", F.lit(version).cast("string").alias("model_version"),
+        "user_id",
+        "segment_id",
+        "segment_name",
+        F.lit(version).cast("string").alias("model_version"),
         F.lit(run_date).alias("as_of_date"),
-    )  # fmt: skip
+    )

@@ -32,8 +32,9 @@ from marketlake.demo.spec import (
 
 EVENTS_PER_TASK = 250_000
 # Session starts by hour of the day (UTC); nothing starts at 23h so that sessions rarely cross midnight.
-HOUR_WEIGHTS = np.array([1, .5, .3, .2, .2, .3, .6, 1.2, 2, 2.5, 2.8, 3, 3.2, 3, 2.8, 2.8, 3, 3.5, 4.5, 5,
-                         4.5, 3.5, 2, 0])  # fmt: skip
+HOUR_WEIGHTS = np.array(
+    [1, 0.5, 0.3, 0.2, 0.2, 0.3, 0.6, 1.2, 2, 2.5, 2.8, 3, 3.2, 3, 2.8, 2.8, 3, 3.5, 4.5, 5, 4.5, 3.5, 2, 0]
+)
 HOUR_P = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
 VIEW_GAP_MS = 40_000
 MAX_VIEW_GAP_MS = 300_000
@@ -260,18 +261,46 @@ def browse_and_buy(
     buy_t = checkout_t[buy_session] + 50 * _within_segment_rank(buy_session)
 
     opening = np.flatnonzero(sessions.exposure)
-    return Events.concat([
-        Events(sessions.start[opening], opening, item[first_view[opening]], np.full(len(opening), EXPOSURE),
-               np.zeros(len(opening), dtype=np.int64), np.full(len(opening), np.nan)),
-        Events(view_t, session, item, np.full(len(session), VIEW), np.zeros_like(session), ctx.price[item]),
-        Events(click_t[click], session[click], item[click], np.full(int(click.sum()), CLICK),
-               np.zeros(int(click.sum()), dtype=np.int64), ctx.price[item[click]]),
-        Events(cart_t[cart], session[cart], item[cart], np.full(int(cart.sum()), CART), cart_quantity[cart],
-               ctx.price[item[cart]]),
-        Events(extra_t, extra_session, extra_item, np.full(len(extra_item), CART), extra_quantity,
-               ctx.price[extra_item]),
-        Events(buy_t, buy_session, buy_item, np.full(len(buy_item), PURCHASE), buy_quantity, buy_price),
-    ])  # fmt: skip
+    return Events.concat(
+        [
+            Events(
+                sessions.start[opening],
+                opening,
+                item[first_view[opening]],
+                np.full(len(opening), EXPOSURE),
+                np.zeros(len(opening), dtype=np.int64),
+                np.full(len(opening), np.nan),
+            ),
+            Events(
+                view_t, session, item, np.full(len(session), VIEW), np.zeros_like(session), ctx.price[item]
+            ),
+            Events(
+                click_t[click],
+                session[click],
+                item[click],
+                np.full(int(click.sum()), CLICK),
+                np.zeros(int(click.sum()), dtype=np.int64),
+                ctx.price[item[click]],
+            ),
+            Events(
+                cart_t[cart],
+                session[cart],
+                item[cart],
+                np.full(int(cart.sum()), CART),
+                cart_quantity[cart],
+                ctx.price[item[cart]],
+            ),
+            Events(
+                extra_t,
+                extra_session,
+                extra_item,
+                np.full(len(extra_item), CART),
+                extra_quantity,
+                ctx.price[extra_item],
+            ),
+            Events(buy_t, buy_session, buy_item, np.full(len(buy_item), PURCHASE), buy_quantity, buy_price),
+        ]
+    )
 
 
 def fit_budget(
@@ -306,8 +335,9 @@ def fit_budget(
     start = ctx.start_ms + int(rng.integers(lo, hi + 1)) * DAY_MS + int(rng.integers(6, 22)) * 3_600_000
     item = pick_items(ctx, rng, int(ctx.group[u]), filler)
     t = start + np.cumsum(rng.integers(5_000, 90_000, filler))
-    filler_events = Events(t, np.full(filler, count), item, np.full(filler, VIEW), np.zeros(filler, np.int64),
-                           ctx.price[item])  # fmt: skip
+    filler_events = Events(
+        t, np.full(filler, count), item, np.full(filler, VIEW), np.zeros(filler, np.int64), ctx.price[item]
+    )
     return Events.concat([kept, filler_events]), int(keep.sum()) + (filler > 0)
 
 

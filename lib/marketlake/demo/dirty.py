@@ -11,6 +11,8 @@ from marketlake.demo.spec import CHANNELS, DAY_MS, DIRTY_KINDS, REQUIRED_FIELDS
 MALFORMED, MISSING, UNKNOWN, NEGATIVE, UNPARSEABLE, FUTURE, RESEND, CONFLICT = range(len(DIRTY_KINDS))
 UNKNOWN_TYPES = ("wishlist", "share", "compare", "page_ping")
 BAD_TIMESTAMPS = ("not-a-timestamp", "2024-13-45T25:61:00+00:00", "yesterday 10:15", "31/02/2024 25:99")
+# None as a (0-d, object) array: what np.where makes of a bare None, in a form numpy's stubs accept.
+NULL = np.array(None, dtype=object)
 ERROR_PAGE = "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>"
 
 
@@ -33,7 +35,7 @@ def corrupt(
         if kind == MALFORMED:
             meta["reason"][at] = "malformed_json"
             meta["cut"][at] = 0.3 + 0.6 * fraction[at]
-            meta["override"][at] = np.where(pick[at] % 4 == 0, ERROR_PAGE, None)
+            meta["override"][at] = np.where(pick[at] % 4 == 0, ERROR_PAGE, NULL)
         elif kind == MISSING:
             fields = np.array(REQUIRED_FIELDS)[pick[at] % len(REQUIRED_FIELDS)]
             for i, name in zip(at, fields, strict=True):
@@ -79,4 +81,5 @@ def duplicate(
     at = np.flatnonzero(change == 2)
     cols["channel"][at] = np.array(CHANNELS, dtype=object)[(channel[at] + 1) % len(CHANNELS)]
     delay = np.where(fraction < 0.5, 1_000 + pick % 600_000, DAY_MS)
-    return np.minimum(t + delay, ctx.end_ms - 1)
+    arrivals: np.ndarray = np.minimum(t + delay, ctx.end_ms - 1)
+    return arrivals

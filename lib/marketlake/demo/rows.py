@@ -18,7 +18,7 @@ from marketlake.demo.behaviour import (
     format_ts,
     utc_date,
 )
-from marketlake.demo.dirty import CONFLICT, RESEND, corrupt, duplicate
+from marketlake.demo.dirty import CONFLICT, NULL, RESEND, corrupt, duplicate
 from marketlake.demo.spec import (
     CAMPAIGNS,
     CHANNELS,
@@ -61,13 +61,13 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
         "event_type": np.array(EVENT_TYPES, dtype=object)[events.kind],
         "ts": format_ts(events.t, zone).astype(object),
         "session_id": session_ids[events.session],
-        "order_id": np.where(is_purchase, order_ids[events.session], None),
+        "order_id": np.where(is_purchase, order_ids[events.session], NULL),
         "quantity": events.quantity.astype(np.float64),
         "price": events.price.copy(),
         "channel": np.array(CHANNELS, dtype=object)[channel[events.session]],
         "campaign_id": campaigns[campaign[events.session]],
-        "experiment_id": np.where(is_exposure, EXPERIMENT_ID, None),
-        "variant": np.where(is_exposure, "treatment" if sessions.treatment else "control", None),
+        "experiment_id": np.where(is_exposure, EXPERIMENT_ID, NULL),
+        "variant": np.where(is_exposure, "treatment" if sessions.treatment else "control", NULL),
     }
     cols["quantity"][events.quantity == 0] = np.nan
 
@@ -76,8 +76,9 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     pick = rng.integers(0, 1 << 30, n)
     fraction = rng.random(n)
     late = (dirty < 0) & (rng.random(n) < LATE_RATE) & (events.t // DAY_MS < (ctx.end_ms // DAY_MS) - 1)
-    arrival = np.where(late, (events.t // DAY_MS + 1) * DAY_MS + (fraction * 6 * 3_600_000).astype(np.int64),
-                       events.t)  # fmt: skip
+    arrival = np.where(
+        late, (events.t // DAY_MS + 1) * DAY_MS + (fraction * 6 * 3_600_000).astype(np.int64), events.t
+    )
     meta = {
         "dirty_kind": np.full(n, None, dtype=object),
         "reason": np.full(n, None, dtype=object),
@@ -88,8 +89,17 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     copies = np.flatnonzero((dirty == RESEND) | (dirty == CONFLICT))
     copy_cols = {k: v[copies].copy() for k, v in cols.items()}
     copy_meta = {k: v[copies].copy() for k, v in meta.items()}
-    copy_arrival = duplicate(ctx, copy_cols, copy_meta, dirty[copies], pick[copies], fraction[copies],
-                             events.t[copies], zone, channel[events.session[copies]])  # fmt: skip
+    copy_arrival = duplicate(
+        ctx,
+        copy_cols,
+        copy_meta,
+        dirty[copies],
+        pick[copies],
+        fraction[copies],
+        events.t[copies],
+        zone,
+        channel[events.session[copies]],
+    )
 
     rows = {k: np.concatenate([cols[k], copy_cols[k]]) for k in cols}
     rows.update({k: np.concatenate([meta[k], copy_meta[k]]) for k in meta})
@@ -127,14 +137,33 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     return rows, stats
 
 
-ROW_SCHEMA = pa.schema([
-    ("target", pa.string()), ("date", pa.string()), ("arrival", pa.int64()), ("user_idx", pa.int64()),
-    ("seq", pa.int32()), ("event_id", pa.string()), ("user_id", pa.string()), ("item_id", pa.string()),
-    ("event_type", pa.string()), ("ts", pa.string()), ("session_id", pa.string()), ("order_id", pa.string()),
-    ("quantity", pa.int32()), ("price", pa.float64()), ("channel", pa.string()), ("campaign_id", pa.string()),
-    ("experiment_id", pa.string()), ("variant", pa.string()), ("dirty_kind", pa.string()),
-    ("reason", pa.string()), ("cut", pa.float64()), ("override", pa.string()), ("file", pa.string()),
-])  # fmt: skip
+ROW_SCHEMA = pa.schema(
+    [
+        ("target", pa.string()),
+        ("date", pa.string()),
+        ("arrival", pa.int64()),
+        ("user_idx", pa.int64()),
+        ("seq", pa.int32()),
+        ("event_id", pa.string()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_type", pa.string()),
+        ("ts", pa.string()),
+        ("session_id", pa.string()),
+        ("order_id", pa.string()),
+        ("quantity", pa.int32()),
+        ("price", pa.float64()),
+        ("channel", pa.string()),
+        ("campaign_id", pa.string()),
+        ("experiment_id", pa.string()),
+        ("variant", pa.string()),
+        ("dirty_kind", pa.string()),
+        ("reason", pa.string()),
+        ("cut", pa.float64()),
+        ("override", pa.string()),
+        ("file", pa.string()),
+    ]
+)
 _SQL_TYPES = {pa.string(): "string", pa.int64(): "bigint", pa.int32(): "int", pa.float64(): "double"}
 ROW_DDL = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in ROW_SCHEMA)
 BATCH_ROWS = 32_768
@@ -173,8 +202,11 @@ def chunk_batches(ctx: Context, chunk: int) -> Iterator[pa.RecordBatch]:
 def stats_row(totals: dict[str, float]) -> dict[str, np.ndarray]:
     """The row that carries a task's counts to the driver (written under target=stats)."""
     row = {f.name: np.array([None], dtype=object) for f in ROW_SCHEMA}
-    row.update(target=np.array(["stats"], dtype=object), date=np.array(["all"], dtype=object),
-               override=np.array([json.dumps(totals, sort_keys=True)], dtype=object))  # fmt: skip
+    row.update(
+        target=np.array(["stats"], dtype=object),
+        date=np.array(["all"], dtype=object),
+        override=np.array([json.dumps(totals, sort_keys=True)], dtype=object),
+    )
     for name in ("arrival", "user_idx", "seq"):
         row[name] = np.zeros(1, dtype=ROW_SCHEMA.field(name).type.to_pandas_dtype())
     for name in ("quantity", "price", "cut"):

@@ -9,11 +9,33 @@ import numpy as np
 
 from marketlake.demo.spec import DIRTY_KINDS, PERSONAS, ZONE_P, ZONES, ShopSpec
 
-CATEGORIES = ("electronics", "books", "fashion", "home", "beauty", "sports", "toys", "grocery", "garden",
-              "auto")  # fmt: skip
+CATEGORIES = (
+    "electronics",
+    "books",
+    "fashion",
+    "home",
+    "beauty",
+    "sports",
+    "toys",
+    "grocery",
+    "garden",
+    "auto",
+)
 BASE_PRICES = (80.0, 20.0, 45.0, 55.0, 25.0, 50.0, 30.0, 15.0, 35.0, 60.0)
-BRANDS = ("Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Soylent",
-          "Tyrell", "Wonka", "Cyberdyne")  # fmt: skip
+BRANDS = (
+    "Acme",
+    "Northwind",
+    "Contoso",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+    "Soylent",
+    "Tyrell",
+    "Wonka",
+    "Cyberdyne",
+)
 ADJECTIVES = ("Classic", "Pro", "Lite", "Max", "Eco", "Mini", "Plus", "Ultra")
 REGIONS = ("north", "south", "east", "west", "central")
 REGION_P = (0.25, 0.2, 0.2, 0.2, 0.15)

@@ -16,18 +16,41 @@ DEFAULT_END_DATE = dt.date(2024, 6, 30)
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "exposure")
 VIEW, CLICK, CART, PURCHASE, EXPOSURE = range(5)
 EVENT_FIELDS = (
-    "event_id", "user_id", "item_id", "event_type", "ts", "session_id", "order_id", "quantity", "price",
-    "channel", "campaign_id", "experiment_id", "variant",
-)  # fmt: skip
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "ts",
+    "session_id",
+    "order_id",
+    "quantity",
+    "price",
+    "channel",
+    "campaign_id",
+    "experiment_id",
+    "variant",
+)
 REQUIRED_FIELDS = ("user_id", "item_id", "event_type", "ts")
 CHANNELS = ("web", "app", "email", "ads")
-CAMPAIGNS = ("cmp-newsletter", "cmp-spring-sale", "cmp-retarget", "cmp-new-arrivals", "cmp-loyalty",
-             "cmp-search")  # fmt: skip
+CAMPAIGNS = (
+    "cmp-newsletter",
+    "cmp-spring-sale",
+    "cmp-retarget",
+    "cmp-new-arrivals",
+    "cmp-loyalty",
+    "cmp-search",
+)
 
 DIRTY_KINDS = (
-    "malformed_json", "missing_field", "unknown_event_type", "negative_price", "unparseable_ts", "future_ts",
-    "exact_resend", "conflicting_duplicate",
-)  # fmt: skip
+    "malformed_json",
+    "missing_field",
+    "unknown_event_type",
+    "negative_price",
+    "unparseable_ts",
+    "future_ts",
+    "exact_resend",
+    "conflicting_duplicate",
+)
 
 # (suffix written after the local time, offset in minutes)
 ZONES = (("+00:00", 0), ("Z", 0), ("+01:00", 60), ("+02:00", 120), ("-05:00", -300))
@@ -115,14 +138,46 @@ class Persona:
 
 
 PERSONAS = (
-    Persona("champions", 0.15, 2.5, 0.0, 1.0, 2, 3.0, 0.7, 0.6, 0.65, 0.8, (0.3, 0.5, 0.15, 0.05), 38,
-            min_orders=4),
-    Persona("loyal", 0.25, 1.2, 0.0, 1.0, 4, 4.0, 0.5, 0.5, 0.35, 0.2, (0.45, 0.35, 0.15, 0.05), 45,
-            min_orders=2),
-    Persona("new", 0.15, 0.35, 0.8, 1.0, 0, 4.0, 0.75, 0.45, 0.45, 0.1, (0.35, 0.15, 0.1, 0.4), 29,
-            min_orders=1, signup_recent=True),
-    Persona("at_risk", 0.20, 0.7, 0.0, 0.4, 0, 5.0, 0.45, 0.5, 0.4, 0.3, (0.5, 0.3, 0.15, 0.05), 50,
-            min_orders=1),
-    Persona("window_shoppers", 0.25, 1.4, 0.0, 1.0, 0, 12.0, 0.25, 0.08, 0.0, 0.0, (0.5, 0.2, 0.05, 0.25),
-            33),
-)  # fmt: skip
+    Persona(
+        "champions",
+        0.15,
+        2.5,
+        0.0,
+        1.0,
+        2,
+        3.0,
+        0.7,
+        0.6,
+        0.65,
+        0.8,
+        (0.3, 0.5, 0.15, 0.05),
+        38,
+        min_orders=4,
+    ),
+    Persona(
+        "loyal", 0.25, 1.2, 0.0, 1.0, 4, 4.0, 0.5, 0.5, 0.35, 0.2, (0.45, 0.35, 0.15, 0.05), 45, min_orders=2
+    ),
+    Persona(
+        "new",
+        0.15,
+        0.35,
+        0.8,
+        1.0,
+        0,
+        4.0,
+        0.75,
+        0.45,
+        0.45,
+        0.1,
+        (0.35, 0.15, 0.1, 0.4),
+        29,
+        min_orders=1,
+        signup_recent=True,
+    ),
+    Persona(
+        "at_risk", 0.20, 0.7, 0.0, 0.4, 0, 5.0, 0.45, 0.5, 0.4, 0.3, (0.5, 0.3, 0.15, 0.05), 50, min_orders=1
+    ),
+    Persona(
+        "window_shoppers", 0.25, 1.4, 0.0, 1.0, 0, 12.0, 0.25, 0.08, 0.0, 0.0, (0.5, 0.2, 0.05, 0.25), 33
+    ),
+)

@@ -98,24 +98,42 @@ def dimension_files(
 ) -> dict[str, str]:
     """users.csv, items.csv and the truth tables, as file texts by path."""
     signup = np.datetime64(spec.start_date) + population.signup_day.astype("timedelta64[D]")
-    users = pd.DataFrame({
-        "user_id": population.user_ids, "signup_date": signup.astype(str), "age": population.age,
-        "gender": population.gender, "region": population.region, "email": population.email,
-    })  # fmt: skip
-    items = pd.DataFrame({
-        "item_id": catalog.item_ids, "category": np.array(catalog.categories)[catalog.category],
-        "brand": catalog.brand, "price": catalog.price, "title": catalog.title, "active": catalog.active,
-    })  # fmt: skip
-    personas = pd.DataFrame({
-        "user_id": population.user_ids, "persona": np.array([p.name for p in PERSONAS])[population.persona],
-    })  # fmt: skip
+    users = pd.DataFrame(
+        {
+            "user_id": population.user_ids,
+            "signup_date": signup.astype(str),
+            "age": population.age,
+            "gender": population.gender,
+            "region": population.region,
+            "email": population.email,
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": catalog.item_ids,
+            "category": np.array(catalog.categories)[catalog.category],
+            "brand": catalog.brand,
+            "price": catalog.price,
+            "title": catalog.title,
+            "active": catalog.active,
+        }
+    )
+    personas = pd.DataFrame(
+        {
+            "user_id": population.user_ids,
+            "persona": np.array([p.name for p in PERSONAS])[population.persona],
+        }
+    )
     group_names = np.array(
         ["|".join(catalog.categories[c] for c in cats) for cats in population.group_categories]
     )
-    taste = pd.DataFrame({
-        "user_id": population.user_ids, "taste_group": population.group,
-        "categories": group_names[population.group],
-    })  # fmt: skip
+    taste = pd.DataFrame(
+        {
+            "user_id": population.user_ids,
+            "taste_group": population.group,
+            "categories": group_names[population.group],
+        }
+    )
     bundle_rows = [
         {
             "bundle_id": f"b{b:02d}",
@@ -141,8 +159,11 @@ def experiment_truth(spec: ShopSpec, totals: dict[str, float]) -> dict[str, Any]
     for variant in ("control", "treatment"):
         users = int(totals.get(f"{variant}_users", 0))
         conversions = int(totals.get(f"{variant}_conversions", 0))
-        realised[variant] = {"users": users, "conversions": conversions,
-                             "rate": round(conversions / users, 6) if users else None}  # fmt: skip
+        realised[variant] = {
+            "users": users,
+            "conversions": conversions,
+            "rate": round(conversions / users, 6) if users else None,
+        }
     # each exposed user's conversion probability without treatment, summed per variant by the tasks
     expected = totals.get("control_expected", 0) + totals.get("treatment_expected", 0)
     exposed = totals.get("control_users", 0) + totals.get("treatment_users", 0)
@@ -191,8 +212,9 @@ def generate_shop(
     broadcast = spark.sparkContext.broadcast(ctx)
     try:
         chunks = len(ctx.bounds) - 1
-        rows = spark.range(0, chunks, 1, chunks).mapInArrow(functools.partial(generate_partition, broadcast),
-                                                            ROW_DDL)  # fmt: skip
+        rows = spark.range(0, chunks, 1, chunks).mapInArrow(
+            functools.partial(generate_partition, broadcast), ROW_DDL
+        )
         render(rows).write.partitionBy("target", "date").text(f"{out_dir}/_staging")
     finally:
         broadcast.destroy()
@@ -207,14 +229,28 @@ def generate_shop(
                     totals[key] = totals.get(key, 0) + value
     files.delete(f"{out_dir}/_staging")
 
-    counts = {key: int(totals.get(key, 0)) for key in (
-        "events", "valid_events", "dirty", *(f"dirty_{k}" for k in DIRTY_KINDS), "late_events", "sessions",
-        "orders", "purchases", "exposures")}  # fmt: skip
+    counts = {
+        key: int(totals.get(key, 0))
+        for key in (
+            "events",
+            "valid_events",
+            "dirty",
+            *(f"dirty_{k}" for k in DIRTY_KINDS),
+            "late_events",
+            "sessions",
+            "orders",
+            "purchases",
+            "exposures",
+        )
+    }
     counts.update(users=spec.users, items=spec.items, bundles=len(bundles.members))
     texts = dimension_files(spec, catalog, bundles, population)
     texts["truth/experiment.json"] = json.dumps(experiment_truth(spec, totals), indent=2) + "\n"
-    dirty_counts = {"dirty_rate": spec.dirty_rate, "kinds": {k: counts[f"dirty_{k}"] for k in DIRTY_KINDS},
-                    "counts": counts}  # fmt: skip
+    dirty_counts = {
+        "dirty_rate": spec.dirty_rate,
+        "kinds": {k: counts[f"dirty_{k}"] for k in DIRTY_KINDS},
+        "counts": counts,
+    }
     texts["truth/dirty_counts.json"] = json.dumps(dirty_counts, indent=2) + "\n"
     for relative, text in texts.items():
         files.write_text(f"{out_dir}/{relative}", text)

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from marketlake import catalog
 from marketlake.config import IngestConfig
@@ -58,6 +57,7 @@ from marketlake.ingest.transform import (
     validate_users,
 )
 from marketlake.lake import NO_TABLE, Lake
+from marketlake.lake.schema import spark_schema
 from marketlake.mapping import KEYS, SourceMapping
 
 if TYPE_CHECKING:
@@ -95,9 +95,8 @@ class IngestResult:
         if not c.get("records_read") and not c.get("files_new"):
             return f"{self.entity}: nothing new ({c.get('files', 0)} file(s) already ingested; --force re-reads them)"
         if not c.get("records_read"):
-            return (
-                f"{self.entity}: nothing to ingest: the {c['files_new']:,} new file(s) hold no records"
-                + (f" ({c['blank_lines']:,} blank lines)" if c.get("blank_lines") else "")
+            return f"{self.entity}: nothing to ingest: the {c['files_new']:,} new file(s) hold no records" + (
+                f" ({c['blank_lines']:,} blank lines)" if c.get("blank_lines") else ""
             )
         return (
             f"{self.entity}: {c['records_read']:,} records read = {c['accepted']:,} accepted + "
@@ -123,8 +122,11 @@ class Lineage:
     ingest_date: dt.date
 
     def columns(self) -> dict[str, Column]:
-        return {"batch_id": F.lit(self.batch_id), "ingested_at": F.lit(self.ingested_at).cast("timestamp"),
-                "ingest_date": F.lit(self.ingest_date)}  # fmt: skip
+        return {
+            "batch_id": F.lit(self.batch_id),
+            "ingested_at": F.lit(self.ingested_at).cast("timestamp"),
+            "ingest_date": F.lit(self.ingest_date),
+        }
 
 
 @dataclass
@@ -195,7 +197,14 @@ def read_and_validate(
         new = [f for f in files if (f.uri, f.size, f.modified_ms) not in done]
         step.rows = len(new)
         step.detail = f"new of {len(files)} files" + (" (forced)" if request.force else "")
-    counts = {"files": len(files), "files_new": len(new), "records_read": 0, "accepted": 0, "rejected": 0, "duplicates": 0}
+    counts = {
+        "files": len(files),
+        "files_new": len(new),
+        "records_read": 0,
+        "accepted": 0,
+        "rejected": 0,
+        "duplicates": 0,
+    }
     batch = Batch(request, new, counts)
     if not new:
         return batch
@@ -226,11 +235,18 @@ def decide(lake: Lake, batch: Batch, silver_version: int, lineage: Lineage) -> i
     batch.cached.append(facts)
     keys_to_decide = facts.count()
     batch.classified = validated.transform(
-        classify(entity, facts, conflicts_with_existing=entity == "events", broadcast=keys_to_decide <= BROADCAST_KEYS)
+        classify(
+            entity,
+            facts,
+            conflicts_with_existing=entity == "events",
+            broadcast=keys_to_decide <= BROADCAST_KEYS,
+        )
     ).withColumns(lineage.columns())
     # One row per file, outcome and reason: the counts, and the records of each file.
     batch.tally = batch.classified.groupBy("_source_file", "_outcome", "_reason").count().collect()
-    for stale in [key for key in batch.counts if key.startswith("rejected.")]:  # reasons of an earlier decision
+    for stale in [
+        key for key in batch.counts if key.startswith("rejected.")
+    ]:  # reasons of an earlier decision
         del batch.counts[stale]
     batch.counts.update(summarise(batch.tally))
     batch.silver_version = silver_version
@@ -295,7 +311,9 @@ def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
     with ctx.step(f"{entity}: {quarantine_table(entity)}") as step:
         rejected = batch.classified.filter(F.col("_outcome") == REJECTED)
         step.rows = (
-            lake.retry_on_conflict(quarantine_table(entity), lambda v: write_quarantine(lake, entity, rejected, v))
+            lake.retry_on_conflict(
+                quarantine_table(entity), lambda v: write_quarantine(lake, entity, rejected, v)
+            )
             if counts["rejected"]
             else 0
         )
@@ -306,17 +324,29 @@ def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
             if row["_outcome"] != BLANK:
                 per_file[row["_source_file"]] = per_file.get(row["_source_file"], 0) + row["count"]
         step.rows = record_files(
-            ctx.spark, lake, per_file, batch.files, entity, request.mapping.name, lineage.batch_id,
-            lineage.ingest_date, lineage.ingested_at,
+            ctx.spark,
+            lake,
+            per_file,
+            batch.files,
+            entity,
+            request.mapping.name,
+            lineage.batch_id,
+            lineage.ingest_date,
+            lineage.ingested_at,
         )
 
 
 def validated_records(
-    spark: SparkSession, files: list[SourceFile], request: IngestRequest, settings: IngestConfig,
+    spark: SparkSession,
+    files: list[SourceFile],
+    request: IngestRequest,
+    settings: IngestConfig,
     run_date: dt.date,
-) -> DataFrame:  # fmt: skip
+) -> DataFrame:
     """The records of `files`, mapped to the entity's canonical columns, typed and validated."""
-    records, source_columns = read_records(spark, files, request.mapping, request.format, settings.pii_columns)
+    records, source_columns = read_records(
+        spark, files, request.mapping, request.format, settings.pii_columns
+    )
     return records.transform(validate_records(source_columns, request, settings, run_date))
 
 
@@ -332,7 +362,9 @@ def validate_records(
         pseudonymise = keyed_hash(load_key(settings.pseudonym_key_env))
         id_hash = lambda parts: pseudonymise(F.to_json(F.array(*parts)))  # noqa: E731 - the ids name users
     validate = {
-        "events": lambda: validate_events(mapping, settings.event_types, run_date, settings.future_tolerance_hours),
+        "events": lambda: validate_events(
+            mapping, settings.event_types, run_date, settings.future_tolerance_hours
+        ),
         "users": lambda: validate_users(mapping),
         "items": lambda: validate_items(mapping),
     }[entity]()
@@ -375,20 +407,30 @@ def summarise(tally: list[Row]) -> dict[str, int]:
 def write_bronze(lake: Lake, records: DataFrame, version: int) -> int:
     """Every record as received (blank lines aside), except those of file versions bronze holds at
     `version`; commits only while bronze is at that version."""
+    # raw_bytes last: where bronze predates it, the column was added at the end, and both stay alike.
     rows = records.filter(~F.col("_blank")).select(
-        F.col("_raw").alias("raw"), F.col("_raw_bytes").alias("raw_bytes"), F.col("_source_file").alias("source_file"),
-        F.col("_source_size").alias("source_size"), "batch_id", "ingested_at", "ingest_date",
-    )  # fmt: skip
+        F.col("_raw").alias("raw"),
+        F.col("_source_file").alias("source_file"),
+        F.col("_source_size").alias("source_size"),
+        "batch_id",
+        "ingested_at",
+        "ingest_date",
+        F.col("_raw_bytes").alias("raw_bytes"),
+    )
     held = lake.read_at(BRONZE, version)
     if held is not None:
         held = held.select("source_file", "source_size").distinct()
         rows = rows.join(F.broadcast(held), ["source_file", "source_size"], "left_anti")
-    return lake.write(BRONZE, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version).rows
+    return lake.write(
+        BRONZE, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version
+    ).rows
 
 
 def write_silver(lake: Lake, entity: str, accepted: DataFrame, version: int) -> int:
     """The accepted rows (decided against silver at `version`), committed only while silver is at it."""
-    rows = accepted.select(*SILVER_COLUMNS[entity], F.col("_source_file").alias("source_file"), "batch_id", "ingested_at")
+    rows = accepted.select(
+        *SILVER_COLUMNS[entity], F.col("_source_file").alias("source_file"), "batch_id", "ingested_at"
+    )
     table = silver_table(entity)
     if entity == "events":
         return lake.write(table, rows, partition_by=["event_date"], expected_version=version).rows
@@ -399,23 +441,26 @@ def write_quarantine(lake: Lake, entity: str, rejected: DataFrame, version: int)
     """Rejected records with their reason, except those (file, raw, reason) quarantined at `version`;
     commits only while the table is at that version."""
     rows = rejected.select(
-        F.col("_raw").alias("raw"), F.col("_raw_bytes").alias("raw_bytes"), F.col("_reason").alias("reason"),
-        F.col("_source_file").alias("source_file"), "batch_id", "ingested_at", "ingest_date",
-    )  # fmt: skip
+        F.col("_raw").alias("raw"),
+        F.col("_reason").alias("reason"),
+        F.col("_source_file").alias("source_file"),
+        "batch_id",
+        "ingested_at",
+        "ingest_date",
+        F.col("_raw_bytes").alias("raw_bytes"),  # last, as in tables that predate it
+    )
     table = quarantine_table(entity)
     held = lake.read_at(table, version)
     if held is not None:
-        rows = rows.join(held.select("source_file", "raw", "reason"), ["source_file", "raw", "reason"], "left_anti")
-    return lake.write(table, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version).rows
+        rows = rows.join(
+            held.select("source_file", "raw", "reason"), ["source_file", "raw", "reason"], "left_anti"
+        )
+    return lake.write(
+        table, rows, partition_by=["ingest_date"], merge_schema=True, expected_version=version
+    ).rows
 
 
-MANIFEST_SCHEMA = T.StructType([
-    T.StructField("source_file", T.StringType()), T.StructField("size", T.LongType()),
-    T.StructField("modified_ms", T.LongType()), T.StructField("entity", T.StringType()),
-    T.StructField("mapping", T.StringType()), T.StructField("records", T.LongType()),
-    T.StructField("batch_id", T.StringType()), T.StructField("run_date", T.DateType()),
-    T.StructField("ingested_at", T.TimestampType()),
-])  # fmt: skip
+MANIFEST_SCHEMA = spark_schema(catalog.INGESTED_FILES)
 
 
 def ingested_files(lake: Lake, entity: str, mapping: str) -> set[tuple[str, int, int]]:
@@ -423,18 +468,40 @@ def ingested_files(lake: Lake, entity: str, mapping: str) -> set[tuple[str, int,
     if not lake.exists(MANIFEST):
         return set()
     rows = (
-        lake.read(MANIFEST).filter((F.col("entity") == entity) & (F.col("mapping") == mapping))
-        .select("source_file", "size", "modified_ms").distinct().collect()  # one row per file: metadata
+        lake.read(MANIFEST)
+        .filter((F.col("entity") == entity) & (F.col("mapping") == mapping))
+        .select("source_file", "size", "modified_ms")
+        .distinct()
+        .collect()  # one row per file: metadata
     )
-    return {(file_uri(r.source_file), r.size, r.modified_ms) for r in rows}  # earlier runs spelled some file:///
+    return {
+        (file_uri(r.source_file), r.size, r.modified_ms) for r in rows
+    }  # earlier runs spelled some file:///
 
 
 def record_files(
-    spark: SparkSession, lake: Lake, per_file: dict[str, int], files: list[SourceFile], entity: str,
-    mapping: str, batch_id: str, run_date: dt.date, ingested_at: dt.datetime,
-) -> int:  # fmt: skip
+    spark: SparkSession,
+    lake: Lake,
+    per_file: dict[str, int],
+    files: list[SourceFile],
+    entity: str,
+    mapping: str,
+    batch_id: str,
+    run_date: dt.date,
+    ingested_at: dt.datetime,
+) -> int:
     rows = [
-        (f.uri, f.size, f.modified_ms, entity, mapping, per_file.get(f.uri, 0), batch_id, run_date, ingested_at)
+        (
+            f.uri,
+            f.size,
+            f.modified_ms,
+            entity,
+            mapping,
+            per_file.get(f.uri, 0),
+            batch_id,
+            run_date,
+            ingested_at,
+        )
         for f in files
     ]
     return lake.write(MANIFEST, spark.createDataFrame(rows, MANIFEST_SCHEMA)).rows

@@ -47,7 +47,7 @@ class SourceFile:
 def file_uri(uri: str) -> str:
     """One spelling of a file's URI: Spark's `_metadata.file_path` (`file:/data/x.json`, percent-encoded),
     where Hadoop's listing says `file:///data/x.json`."""
-    return "file:/" + uri[len("file:///"):] if uri.startswith("file:///") else uri
+    return "file:/" + uri[len("file:///") :] if uri.startswith("file:///") else uri
 
 
 def file_uri_column(uri: Column) -> Column:
@@ -65,17 +65,26 @@ def check_local_source(source: str) -> None:
         return
     if not os.path.exists(source):
         raise UsageError(f"source not found: {source}")
-    files = [source] if os.path.isfile(source) else [
-        os.path.join(folder, name)
-        for folder, dirs, names in os.walk(source)
-        for name in names
-        if not HIDDEN.match(name) and not any(HIDDEN.match(part) for part in os.path.relpath(folder, source).split(os.sep) if part != ".")
-    ]  # fmt: skip
+    files = (
+        [source]
+        if os.path.isfile(source)
+        else [
+            os.path.join(folder, name)
+            for folder, dirs, names in os.walk(source)
+            for name in names
+            if not HIDDEN.match(name)
+            and not any(
+                HIDDEN.match(part) for part in os.path.relpath(folder, source).split(os.sep) if part != "."
+            )
+        ]
+    )
     if not files:
         raise UsageError(f"no input files under {source}")
     unreadable = [path for path in files if not os.access(path, os.R_OK)]
     if unreadable:
-        raise UsageError(f"cannot read {unreadable[0]}: permission denied ({len(unreadable)} unreadable file(s))")
+        raise UsageError(
+            f"cannot read {unreadable[0]}: permission denied ({len(unreadable)} unreadable file(s))"
+        )
     if all(os.path.getsize(path) == 0 for path in files):
         raise UsageError(f"input is empty: {len(files)} file(s) under {source}, all of 0 bytes")
 
@@ -104,10 +113,14 @@ def list_source_files(spark: SparkSession, source: str) -> list[SourceFile]:
                 statuses.append(status)
     for status in statuses:
         path = fs.makeQualified(status.getPath())
-        found.append(SourceFile(
-            file_uri(path.toUri().toString()), status.getLen(), status.getModificationTime(),
-            GLOB_CHARACTERS.sub(r"\\\1", path.toString()),
-        ))  # fmt: skip
+        found.append(
+            SourceFile(
+                file_uri(path.toUri().toString()),
+                status.getLen(),
+                status.getModificationTime(),
+                GLOB_CHARACTERS.sub(r"\\\1", path.toString()),
+            )
+        )
     if not found:
         raise UsageError(f"no input files under {source}")
     if all(f.size == 0 for f in found):
@@ -151,17 +164,24 @@ def read_records(
     direct, loose = referenced_columns(mapping)
     if fmt == "json":
         fields = list(dict.fromkeys(direct + loose))
-        schema = T.StructType([T.StructField(name, T.StringType()) for name in fields] + [T.StructField(CORRUPT, T.StringType())])
+        schema = T.StructType(
+            [T.StructField(name, T.StringType()) for name in fields]
+            + [T.StructField(CORRUPT, T.StringType())]
+        )
         lines = _with_arrival(spark.read.text(paths)).withColumn("_line", F.make_valid_utf8("value"))
         parsed = lines.withColumn(
-            "_fields", F.from_json("_line", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+            "_fields",
+            F.from_json("_line", schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}),
         )
         malformed = F.col("_fields").isNull() | F.col(f"_fields.{CORRUPT}").isNotNull()
         records = parsed.select(
-            F.col("_line").alias("_raw"), _bytes_if_invalid(F.col("value").cast("binary"), ~F.is_valid_utf8("value")),
-            *_meta_columns(), malformed.alias("_malformed"), _blank(F.col("_line")),
+            F.col("_line").alias("_raw"),
+            _bytes_if_invalid(F.col("value").cast("binary"), ~F.is_valid_utf8("value")),
+            *_meta_columns(),
+            malformed.alias("_malformed"),
+            _blank(F.col("_line")),
             *[F.col("_fields").getField(name).alias(name) for name in fields],
-        )  # fmt: skip
+        )
         return records, fields
     if fmt == "csv":
         frame, names, field_bytes = _read_csv(spark, paths, mapping.csv)
@@ -175,29 +195,48 @@ def read_records(
         raise UsageError(f"unknown format {fmt!r}; formats: json, csv, parquet")
     missing = [name for name in direct if name not in names]
     if missing:
-        raise ConfigError(f"mapping {mapping.name}: column {missing[0]!r} is not in the source (columns: {', '.join(names)})")
+        raise ConfigError(
+            f"mapping {mapping.name}: column {missing[0]!r} is not in the source (columns: {', '.join(names)})"
+        )
     frame = _with_arrival(frame).select(
         *_meta_columns(), *[field_bytes[name].alias(name) for name in [*names, CORRUPT]]
     )  # every field as the bytes the file holds, for now
     private = {name.lower() for name in pii_columns}
     # The row as a JSON object of its fields' bytes: JSON built over one character per byte, then encoded
     # back, leaves each value's bytes as they were.
-    as_json = F.encode(F.to_json(F.struct(*[
-        F.decode(F.col(f"`{n}`"), BYTES_AS_TEXT).alias(n.encode("utf-8").decode(BYTES_AS_TEXT))
-        for n in names if n.lower() not in private
-    ])), BYTES_AS_TEXT)  # fmt: skip
+    as_json = F.encode(
+        F.to_json(
+            F.struct(
+                *[
+                    F.decode(F.col(f"`{n}`"), BYTES_AS_TEXT).alias(n.encode("utf-8").decode(BYTES_AS_TEXT))
+                    for n in names
+                    if n.lower() not in private
+                ]
+            )
+        ),
+        BYTES_AS_TEXT,
+    )
     raw = F.coalesce(F.col(CORRUPT), as_json)
-    invalid = F.greatest(*[F.coalesce(~F.is_valid_utf8(F.col(f"`{n}`").cast("string")), F.lit(False)) for n in [*names, CORRUPT]])
+    invalid = F.greatest(
+        *[
+            F.coalesce(~F.is_valid_utf8(F.col(f"`{n}`").cast("string")), F.lit(False))
+            for n in [*names, CORRUPT]
+        ]
+    )
     records = frame.select(
-        F.make_valid_utf8(raw.cast("string")).alias("_raw"), _bytes_if_invalid(raw, invalid), *_meta_columns(),
+        F.make_valid_utf8(raw.cast("string")).alias("_raw"),
+        _bytes_if_invalid(raw, invalid),
+        *_meta_columns(),
         F.col(CORRUPT).isNotNull().alias("_malformed"),
         F.lit(False).alias("_blank"),  # the CSV reader skips empty lines; a Parquet row is never blank
         *[F.make_valid_utf8(F.col(f"`{n}`").cast("string")).alias(n) for n in names],
-    )  # fmt: skip
+    )
     return records, list(names)
 
 
-def _read_csv(spark: SparkSession, paths: list[str], options: CsvOptions) -> tuple[DataFrame, list[str], dict[str, Column]]:
+def _read_csv(
+    spark: SparkSession, paths: list[str], options: CsvOptions
+) -> tuple[DataFrame, list[str], dict[str, Column]]:
     """The CSV rows with every field (and the malformed line, CORRUPT) as text, their column names, and
     each field's bytes as a column."""
     delimiter, quote, charset = options.delimiter, options.quote, options.encoding
@@ -209,8 +248,14 @@ def _read_csv(spark: SparkSession, paths: list[str], options: CsvOptions) -> tup
         delimiter, charset = delimiter.encode("utf-8").decode(BYTES_AS_TEXT), BYTES_AS_TEXT
     reader = spark.read.options(sep=delimiter, quote=quote, encoding=charset, escape=quote)
     names = options.names or _csv_header(reader, paths[0], as_bytes)
-    schema = T.StructType([T.StructField(name, T.StringType()) for name in names] + [T.StructField(CORRUPT, T.StringType())])
-    frame = reader.options(header=options.header, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT).schema(schema).csv(paths)
+    schema = T.StructType(
+        [T.StructField(name, T.StringType()) for name in names] + [T.StructField(CORRUPT, T.StringType())]
+    )
+    frame = (
+        reader.options(header=options.header, mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT)
+        .schema(schema)
+        .csv(paths)
+    )
     field_bytes = {
         name: F.encode(F.col(f"`{name}`"), BYTES_AS_TEXT) if as_bytes else F.col(f"`{name}`").cast("binary")
         for name in [*names, CORRUPT]

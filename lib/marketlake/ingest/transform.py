@@ -17,7 +17,16 @@ from pyspark.sql import functions as F
 
 from marketlake.mapping import CANONICAL, KEYS, SourceMapping
 
-META = ["_raw", "_raw_bytes", "_source_file", "_source_size", "_arrival_block", "_arrival_row", "_malformed", "_blank"]
+META = [
+    "_raw",
+    "_raw_bytes",
+    "_source_file",
+    "_source_size",
+    "_arrival_block",
+    "_arrival_row",
+    "_malformed",
+    "_blank",
+]
 # Arrival order: file path, then the split's offset in the file, then the row's position in the split.
 ARRIVAL = ["_source_file", "_arrival_block", "_arrival_row"]
 
@@ -27,9 +36,23 @@ INVALID_UTF8 = "invalid_utf8"
 
 # Silver's columns per entity, in order (events: the text ts becomes event_ts and event_date).
 SILVER_EVENT_COLUMNS = [
-    "event_id", "user_id", "item_id", "event_type", "event_ts", "event_date", "session_id", "order_id",
-    "quantity", "price", "revenue", "channel", "campaign_id", "experiment_id", "variant", "rating",
-]  # fmt: skip
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "event_ts",
+    "event_date",
+    "session_id",
+    "order_id",
+    "quantity",
+    "price",
+    "revenue",
+    "channel",
+    "campaign_id",
+    "experiment_id",
+    "variant",
+    "rating",
+]
 SILVER_USER_COLUMNS = ["user_id", "signup_date", "age", "gender", "region"]
 SILVER_ITEM_COLUMNS = ["item_id", "category", "brand", "price", "title", "active"]
 SILVER_COLUMNS = {"events": SILVER_EVENT_COLUMNS, "users": SILVER_USER_COLUMNS, "items": SILVER_ITEM_COLUMNS}
@@ -56,7 +79,9 @@ def text(column: Column) -> Column:
 
 
 def map_columns(
-    mapping: SourceMapping, source_columns: list[str], id_hash: Callable[[list[Column]], Column],
+    mapping: SourceMapping,
+    source_columns: list[str],
+    id_hash: Callable[[list[Column]], Column],
     max_field_bytes: int,
 ) -> Callable[[DataFrame], DataFrame]:
     """Source fields -> the entity's canonical columns as text (plus `ts` for events), `_excluded`: the
@@ -87,16 +112,22 @@ def map_columns(
             columns[canonical] = value
         if mapping.entity == "events" and mapping.source_of("ts") is None:
             ts_column = mapping.timestamp.column
-            columns["ts"] = text(F.col(f"`{ts_column}`")) if ts_column in available else F.lit(None).cast("string")
+            columns["ts"] = (
+                text(F.col(f"`{ts_column}`")) if ts_column in available else F.lit(None).cast("string")
+            )
         if mapping.entity == "events" and mapping.event_id:
             parts = [text(F.col(f"`{name}`")) for name in mapping.event_id]
             columns["event_id"] = F.when(F.coalesce(*parts).isNotNull(), id_hash(parts))
         excluded = F.lit(None).cast("string")
         for rule in reversed(mapping.exclude):  # the first matching rule names the reason
-            excluded = F.when(F.coalesce(F.expr(rule.when), F.lit(False)), F.lit(f"excluded:{rule.reason}")).otherwise(excluded)
+            excluded = F.when(
+                F.coalesce(F.expr(rule.when), F.lit(False)), F.lit(f"excluded:{rule.reason}")
+            ).otherwise(excluded)
         too_long = F.lit(None).cast("string")
         for name, value in reversed(columns.items()):  # the first long column names the reason
-            too_long = F.when(F.octet_length(value) > max_field_bytes, F.lit(f"field_too_long:{name}")).otherwise(too_long)
+            too_long = F.when(
+                F.octet_length(value) > max_field_bytes, F.lit(f"field_too_long:{name}")
+            ).otherwise(too_long)
         named = [value.alias(name) for name, value in columns.items()]
         return records.select(*META, *named, excluded.alias("_excluded"), too_long.alias("_too_long"))
 
@@ -167,7 +198,11 @@ def validate_events(
     def transform(mapped: DataFrame) -> DataFrame:
         event_type = F.lower(F.col("event_type"))
         event_ts = parse_timestamp(F.col("ts"), mapping)
-        quantity, price, rating = integral(F.col("quantity")), F.col("price").try_cast("double"), F.col("rating").try_cast("double")
+        quantity, price, rating = (
+            integral(F.col("quantity")),
+            F.col("price").try_cast("double"),
+            F.col("rating").try_cast("double"),
+        )
         buys = event_type.isin("purchase", "add_to_cart")
         reason = first_reason(
             *record_checks("malformed_json" if mapping.format == "json" else "malformed_record"),
@@ -185,20 +220,33 @@ def validate_events(
         )
         return mapped.select(
             *META,
-            "event_id", "user_id", "item_id", event_type.alias("event_type"), event_ts.alias("event_ts"),
-            F.to_date(event_ts).alias("event_date"), "session_id", "order_id", quantity.alias("quantity"),
+            "event_id",
+            "user_id",
+            "item_id",
+            event_type.alias("event_type"),
+            event_ts.alias("event_ts"),
+            F.to_date(event_ts).alias("event_date"),
+            "session_id",
+            "order_id",
+            quantity.alias("quantity"),
             price.alias("price"),
             F.when(event_type == "purchase", quantity * price).otherwise(F.lit(0.0)).alias("revenue"),
-            "channel", "campaign_id", "experiment_id", "variant", rating.alias("rating"),
+            "channel",
+            "campaign_id",
+            "experiment_id",
+            "variant",
+            rating.alias("rating"),
             reason.alias("_reason"),
-        )  # fmt: skip
+        )
 
     return transform
 
 
 def validate_users(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
     def transform(mapped: DataFrame) -> DataFrame:
-        signup = F.coalesce(F.try_to_date(F.col("signup_date")), F.to_date(F.try_to_timestamp(F.col("signup_date"))))
+        signup = F.coalesce(
+            F.try_to_date(F.col("signup_date")), F.to_date(F.try_to_timestamp(F.col("signup_date")))
+        )
         age = integral(F.col("age"))
         reason = first_reason(
             *record_checks("malformed_record"),
@@ -207,9 +255,14 @@ def validate_users(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
             (F.col("age").isNotNull() & (age.isNull() | (age < 0) | (age > 130)), "invalid:age"),
         )
         return mapped.select(
-            *META, "user_id", signup.alias("signup_date"), age.alias("age"), "gender", "region",
+            *META,
+            "user_id",
+            signup.alias("signup_date"),
+            age.alias("age"),
+            "gender",
+            "region",
             reason.alias("_reason"),
-        )  # fmt: skip
+        )
 
     return transform
 
@@ -227,10 +280,16 @@ def validate_items(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
             (F.col("active").isNotNull() & active.isNull(), "invalid:active"),
         )
         return mapped.select(
-            *META, "item_id", "category", "brand", price.alias("price"), "title",
+            *META,
+            "item_id",
+            "category",
+            "brand",
+            price.alias("price"),
+            "title",
             # An item is active unless the source says otherwise.
-            F.coalesce(active, F.lit(True)).alias("active"), reason.alias("_reason"),
-        )  # fmt: skip
+            F.coalesce(active, F.lit(True)).alias("active"),
+            reason.alias("_reason"),
+        )
 
     return transform
 
@@ -262,8 +321,11 @@ def key_facts(entity: str, existing: DataFrame | None) -> Callable[[DataFrame], 
         repeated = (
             valid.select(key, F.struct(*ARRIVAL).alias("_arrival"), content_hash(entity).alias("_hash"))
             .groupBy(key)
-            .agg(F.count("*").alias("_n"), F.min("_arrival").alias("_first_arrival"),
-                 F.min_by("_hash", "_arrival").alias("_first_hash"))  # fmt: skip
+            .agg(
+                F.count("*").alias("_n"),
+                F.min("_arrival").alias("_first_arrival"),
+                F.min_by("_hash", "_arrival").alias("_first_hash"),
+            )
             .filter(F.col("_n") > 1)
         )
         if existing is None:
@@ -276,7 +338,9 @@ def key_facts(entity: str, existing: DataFrame | None) -> Callable[[DataFrame], 
     return transform
 
 
-def classify(entity: str, facts: DataFrame, conflicts_with_existing: bool, broadcast: bool) -> Callable[[DataFrame], DataFrame]:
+def classify(
+    entity: str, facts: DataFrame, conflicts_with_existing: bool, broadcast: bool
+) -> Callable[[DataFrame], DataFrame]:
     """Adds `_outcome` to validated rows: blank lines are `blank`; invalid rows are rejected with their
     reason; of the valid rows sharing a key, the first to arrive is accepted, later ones with the same
     content are duplicates and later ones with other content are rejected as conflicting_duplicate.
@@ -302,8 +366,10 @@ def classify(entity: str, facts: DataFrame, conflicts_with_existing: bool, broad
             .otherwise(REJECTED)
         )
         reason = F.coalesce(F.col("_reason"), F.when(outcome == REJECTED, F.lit(CONFLICTING_DUPLICATE)))
-        return rows.withColumn("_outcome", outcome).withColumn("_reason", reason).drop(
-            "_n", "_first_arrival", "_first_hash", "_existing_hash"
+        return (
+            rows.withColumn("_outcome", outcome)
+            .withColumn("_reason", reason)
+            .drop("_n", "_first_arrival", "_first_hash", "_existing_hash")
         )
 
     return transform

@@ -29,7 +29,9 @@ def available_jobs() -> list[str]:
 
 def get_job(name: str) -> Job:
     if name not in ALL_JOBS or importlib.util.find_spec(f"marketlake.jobs.{name}") is None:
-        raise UsageError(f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER])])}")
+        raise UsageError(
+            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER])])}"
+        )
     job: Job = importlib.import_module(f"marketlake.jobs.{name}").JOB
     return job
 

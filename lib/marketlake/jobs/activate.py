@@ -48,16 +48,35 @@ from marketlake.segment import STRATEGIES
 
 FEATURES, SEGMENTS = catalog.USER_FEATURES.name, catalog.USER_SEGMENTS.name
 RECOMMENDATIONS, CROSS_SELL = catalog.USER_RECOMMENDATIONS.name, catalog.ITEM_CROSS_SELL.name
-AUDIENCE, EVENTS, USERS = catalog.CAMPAIGN_AUDIENCE.name, catalog.SILVER_EVENTS.name, catalog.SILVER_USERS.name
+AUDIENCE, EVENTS, USERS = (
+    catalog.CAMPAIGN_AUDIENCE.name,
+    catalog.SILVER_EVENTS.name,
+    catalog.SILVER_USERS.name,
+)
 EXPORT_FILE = "audience"
 # RFC 4180 (see the module docstring); Spark's defaults escape a quote as \" and trim whitespace. The line
 # separator stays "\n": with "\r\n" the writer also turns a "\n" inside a quoted value into "\r\n".
-CSV_OPTIONS = {
-    "header": True, "quote": '"', "escape": '"', "ignoreLeadingWhiteSpace": False, "ignoreTrailingWhiteSpace": False,
-    "nullValue": "", "emptyValue": '""', "lineSep": "\n", "encoding": "UTF-8",
-}  # fmt: skip
+CSV_OPTIONS: dict[str, bool | str] = {
+    "header": True,
+    "quote": '"',
+    "escape": '"',
+    "ignoreLeadingWhiteSpace": False,
+    "ignoreTrailingWhiteSpace": False,
+    "nullValue": "",
+    "emptyValue": '""',
+    "lineSep": "\n",
+    "encoding": "UTF-8",
+}
 # Columns every export has; a mapped export column may not take one of these names.
-EXPORT_BASE_COLUMNS = {"campaign_id", "user_id", "segment_name", "rfm_label", "offer", "channel", "audience_rank"}
+EXPORT_BASE_COLUMNS = {
+    "campaign_id",
+    "user_id",
+    "segment_name",
+    "rfm_label",
+    "offer",
+    "channel",
+    "audience_rank",
+}
 RFM_LABELS = [label for label, _, _ in RFM_GRID] + [PROSPECTS, INACTIVE]
 # Segment names are a base name, with " 2", " 3"... when KMeans makes two segments of the same kind.
 SEGMENT_NAME = re.compile(rf"^({'|'.join(re.escape(name) for name in STRATEGIES)})( [2-9]| [1-9][0-9]+)?$")
@@ -70,12 +89,18 @@ def validate(args: argparse.Namespace, config: Config) -> None:
         where = f"activate.campaigns[{campaign.id}]"
         for name in campaign.segments:
             if not SEGMENT_NAME.match(name):
-                raise UsageError(f"{where}.segments: {name!r} is not a segment name ({', '.join(STRATEGIES)})")
+                raise UsageError(
+                    f"{where}.segments: {name!r} is not a segment name ({', '.join(STRATEGIES)})"
+                )
         for label in campaign.rfm_labels:
             if label not in RFM_LABELS:
-                raise UsageError(f"{where}.rfm_labels: {label!r} is not an RFM label ({', '.join(RFM_LABELS)})")
+                raise UsageError(
+                    f"{where}.rfm_labels: {label!r} is not an RFM label ({', '.join(RFM_LABELS)})"
+                )
         clashing = sorted(set(campaign.export_columns) & EXPORT_BASE_COLUMNS)
-        flat = {f"item_{i + 1}" for i in range(campaign.items)} | {f"cross_sell_{i + 1}" for i in range(campaign.cross_sell)}
+        flat = {f"item_{i + 1}" for i in range(campaign.items)} | {
+            f"cross_sell_{i + 1}" for i in range(campaign.cross_sell)
+        }
         clashing += sorted(set(campaign.export_columns) & flat)
         if clashing:
             raise UsageError(f"{where}.export_columns: {', '.join(clashing)} is already an export column")
@@ -92,8 +117,12 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     with ctx.step(f"inputs: users of {run_date}, export columns") as step:
         users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date))
         if users.limit(1).count() == 0:
-            raise UsageError(f"{FEATURES} has no rows for {run_date}; run features and segment for that date first")
-        contact_columns = {c.id: contacts_for(ctx, c) for c in campaigns}  # checked before anything is written
+            raise UsageError(
+                f"{FEATURES} has no rows for {run_date}; run features and segment for that date first"
+            )
+        contact_columns = {
+            c.id: contacts_for(ctx, c) for c in campaigns
+        }  # checked before anything is written
         mapped = sorted({column for c in campaigns for column in c.export_columns})
         step.detail = f"{len(campaigns)} campaigns; mapped export columns: {', '.join(mapped) or 'none'}"
     if not campaigns:
@@ -106,7 +135,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         .persist()
     )
     try:
-        eligible_counts = {row.campaign_id: row["count"] for row in targeted.groupBy("campaign_id").count().collect()}
+        eligible_counts = {
+            row.campaign_id: row["count"] for row in targeted.groupBy("campaign_id").count().collect()
+        }
         audience = (
             capped(targeted)
             .transform(with_lists(*lists(ctx, campaigns)))
@@ -115,7 +146,11 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         )
         with ctx.step(AUDIENCE) as step:
             step.rows = lake.write(
-                AUDIENCE, audience, "overwrite", partition_by=["as_of_date"], partitions={"as_of_date": [run_date]}
+                AUDIENCE,
+                audience,
+                "overwrite",
+                partition_by=["as_of_date"],
+                partitions={"as_of_date": [run_date]},
             ).rows
     finally:
         targeted.unpersist()
@@ -132,7 +167,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
             cap = f" (cap {campaign.max_audience:,})" if campaign.max_audience else ""
             share = f"{control / kept:.1%}" if kept else "-"
             with ctx.step(f"{campaign.id}: export") as step:
-                folder = export_campaign(ctx, written.transform(export_frame(campaign, contact_columns[campaign.id])), campaign)
+                folder = export_campaign(
+                    ctx, written.transform(export_frame(campaign, contact_columns[campaign.id])), campaign
+                )
                 step.rows = treatment
                 step.detail = (
                     f"eligible {eligible_counts.get(campaign.id, 0):,}, kept {kept:,}{cap}, treatment {treatment:,}, "
@@ -142,7 +179,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         written.unpersist()
     treatment = sum(v for (_, group), v in sizes.items() if group == TREATMENT)
     control = sum(v for (_, group), v in sizes.items() if group == CONTROL)
-    ctx.counts.update(campaigns=len(campaigns), audience=treatment + control, treatment=treatment, control=control)
+    ctx.counts.update(
+        campaigns=len(campaigns), audience=treatment + control, treatment=treatment, control=control
+    )
 
 
 def lists(ctx: JobContext, campaigns: list[CampaignConfig]) -> tuple[DataFrame | None, DataFrame | None]:
@@ -179,10 +218,12 @@ def contacts_for(ctx: JobContext, campaign: CampaignConfig) -> DataFrame | None:
         return None
     lake = ctx.lake
     users = lake.read_if_exists(USERS)
-    from_users = {k: v for k, v in campaign.export_columns.items() if users is not None and v in users.columns}
+    from_users = {
+        k: v for k, v in campaign.export_columns.items() if users is not None and v in users.columns
+    }
     from_contacts = {k: v for k, v in campaign.export_columns.items() if k not in from_users}
     frames = []
-    if from_users:
+    if users is not None and from_users:  # from_users is empty without silver.users
         frames.append(users.select("user_id", *[F.col(v).alias(k) for k, v in from_users.items()]))
     if from_contacts:
         contacts = read_contacts(ctx)
@@ -214,7 +255,9 @@ def read_contacts(ctx: JobContext) -> DataFrame:
         else:
             contacts = reader.parquet(path)
     except Exception as exc:  # AnalysisException: path not found, not parquet ...
-        raise UsageError(f"activate.contacts: cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
+        raise UsageError(
+            f"activate.contacts: cannot read {path}: {str(exc).strip().splitlines()[0]}"
+        ) from None
     if "user_id" not in contacts.columns:
         raise UsageError(f"activate.contacts: {path} has no user_id column")
     contacts = contacts.withColumn("user_id", F.col("user_id").cast("string"))
@@ -222,7 +265,9 @@ def read_contacts(ctx: JobContext) -> DataFrame:
     if ingest.pseudonymise_user_ids:  # silver holds pseudonyms: key the contacts the same way
         from marketlake.ingest.pseudonym import keyed_hash, load_key
 
-        contacts = contacts.withColumn("user_id", keyed_hash(load_key(ingest.pseudonym_key_env))(F.col("user_id")))
+        contacts = contacts.withColumn(
+            "user_id", keyed_hash(load_key(ingest.pseudonym_key_env))(F.col("user_id"))
+        )
     return contacts
 
 
@@ -240,9 +285,10 @@ def export_campaign(ctx: JobContext, rows: DataFrame, campaign: CampaignConfig) 
         for kind in ("csv", "parquet"):
             spark_folder = f"{staging}/_{kind}"
             parts = [
-                e.uri for e in lake.files.list(spark_folder, recursive=False)
+                e.uri
+                for e in lake.files.list(spark_folder, recursive=False)
                 if e.relative.startswith("part-") and not e.is_dir
-            ]  # fmt: skip
+            ]
             if len(parts) != 1:
                 raise RuntimeError(
                     f"{campaign.id}: expected one {kind} part file in {spark_folder}, found {len(parts)}"
@@ -253,4 +299,3 @@ def export_campaign(ctx: JobContext, rows: DataFrame, campaign: CampaignConfig) 
 
 
 JOB = Job(name="activate", help=__doc__.strip(), run=run, validate=validate)
-

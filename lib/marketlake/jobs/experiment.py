@@ -15,12 +15,15 @@ import argparse
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from marketlake import catalog
+from marketlake.config import Config, ExperimentConfig
 from marketlake.errors import UsageError
 from marketlake.experiment import (
     CONVERSION,
@@ -29,6 +32,7 @@ from marketlake.experiment import (
     RESULT_COLUMNS,
     RESULT_SCHEMA,
     USER_COLUMNS,
+    Plan,
     collapse_exposure_log,
     experiment_rows,
     exposures,
@@ -47,7 +51,9 @@ EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TRUE_WORDS, FALSE_WORDS = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
 # Optional columns of an exposure log: (Spark type, what a cell must be).
 OPTIONAL_COLUMNS = {
-    "value": ("double", "a number"), "covariate": ("double", "a number"), "timestamp": ("timestamp", "a timestamp")
+    "value": ("double", "a number"),
+    "covariate": ("double", "a number"),
+    "timestamp": ("timestamp", "a timestamp"),
 }
 
 
@@ -57,23 +63,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an exposure log CSV (header: user_id, variant, converted[, value][, covariate][, timestamp]) "
         "instead of silver.events",
     )
-    parser.add_argument("--control", help="with --input: the control variant (default: the experiment's plan, else experiment.control)")
-    parser.add_argument("--experiment", help="with --input: the experiment id (default: the file name without .csv)")
+    parser.add_argument(
+        "--control",
+        help="with --input: the control variant (default: the experiment's plan, else experiment.control)",
+    )
+    parser.add_argument(
+        "--experiment", help="with --input: the experiment id (default: the file name without .csv)"
+    )
 
 
 def csv_experiment_id(args: argparse.Namespace) -> str:
     return args.experiment or Path(args.input.rstrip("/")).name.removesuffix(".csv")
 
 
-def validate(args: argparse.Namespace, config) -> None:
+def validate(args: argparse.Namespace, config: Config) -> None:
     if args.input is None:
         if args.control or args.experiment:
-            raise UsageError("--control and --experiment go with --input (silver mode takes them from the config)")
+            raise UsageError(
+                "--control and --experiment go with --input (silver mode takes them from the config)"
+            )
         return
     if "://" not in args.input and not os.path.exists(args.input):
         raise UsageError(f"--input: no such file: {args.input}")
     if not EXPERIMENT_ID.match(csv_experiment_id(args)):
-        raise UsageError(f"--experiment: {csv_experiment_id(args)!r} is not an experiment id (letters, digits, _ . -)")
+        raise UsageError(
+            f"--experiment: {csv_experiment_id(args)!r} is not an experiment id (letters, digits, _ . -)"
+        )
 
 
 def run(ctx: JobContext, args: argparse.Namespace) -> None:
@@ -85,9 +100,11 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     events = lake.read(catalog.SILVER_EVENTS)
     with ctx.step(f"exposures up to {run_date}") as step:
         first = first_exposures(events.transform(exposures(run_date, settings.lookback_days))).persist()
-        per_experiment = first.groupBy("experiment_id").agg(
-            F.count("*").alias("users"), F.sum((F.col("variants") > 1).cast("long")).alias("crossed")
-        ).collect()  # one row per experiment
+        per_experiment = (
+            first.groupBy("experiment_id")
+            .agg(F.count("*").alias("users"), F.sum((F.col("variants") > 1).cast("long")).alias("crossed"))
+            .collect()
+        )  # one row per experiment
         crossed = sum(row.crossed for row in per_experiment)
         step.rows = sum(row.users for row in per_experiment)
         step.detail = (
@@ -122,7 +139,8 @@ def run_csv(ctx: JobContext, args: argparse.Namespace) -> None:
             groups = (
                 collapsed.groupBy("variant", (F.col("variants") > 1).alias("crossed"))
                 .agg(
-                    F.count("*").alias("users"), F.sum("duplicate_rows").alias("duplicates"),
+                    F.count("*").alias("users"),
+                    F.sum("duplicate_rows").alias("duplicates"),
                     F.sum("repeat_rows").alias("repeats"),
                 )
                 .collect()
@@ -142,12 +160,19 @@ def run_csv(ctx: JobContext, args: argparse.Namespace) -> None:
                 f"out; optional columns: {', '.join(optional) or 'none'}"
             )
         if plan.control not in variants:
-            raise UsageError(f"--input {args.input}: no rows of the control variant {plan.control!r} (variants: {', '.join(sorted(variants))}); give --control")
+            raise UsageError(
+                f"--input {args.input}: no rows of the control variant {plan.control!r} (variants: {', '.join(sorted(variants))}); give --control"
+            )
         if len(variants) < 2:
-            raise UsageError(f"--input {args.input}: only the variant {plan.control!r}; an experiment needs two or more")
+            raise UsageError(
+                f"--input {args.input}: only the variant {plan.control!r}; an experiment needs two or more"
+            )
         csv_settings = settings.model_copy(
-            update={"value_metric": settings.value_metric and "value" in optional, "cuped": settings.cuped and "covariate" in optional}
-        )  # fmt: skip
+            update={
+                "value_metric": settings.value_metric and "value" in optional,
+                "cuped": settings.cuped and "covariate" in optional,
+            }
+        )
         users = collapsed.filter(F.col("variants") == 1).transform(per_user(experiment_id))
         rows = [{**r, **folded} for r in analyse(ctx, users, FROM_CSV, {experiment_id: plan}, csv_settings)]
     finally:
@@ -155,7 +180,9 @@ def run_csv(ctx: JobContext, args: argparse.Namespace) -> None:
             collapsed.unpersist()
     replaced = (F.col("source") == FROM_CSV) & (F.col("experiment_id") == experiment_id)
     written = write_results(ctx, rows, replaced)
-    ctx.counts.update({"experiments": 1, **folded, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))})
+    ctx.counts.update(
+        {"experiments": 1, **folded, "result_rows": written, "srm_flags": int(any(r["srm"] for r in rows))}
+    )
 
 
 def read_exposure_log(ctx: JobContext, path: str) -> tuple[DataFrame, int, list[str]]:
@@ -171,66 +198,100 @@ def read_exposure_log(ctx: JobContext, path: str) -> tuple[DataFrame, int, list[
     raw = raw.toDF(*columns)
     missing = [c for c in ("user_id", "variant", "converted") if c not in columns]
     if missing:
-        raise UsageError(f"{where}: no column {', '.join(missing)} (header: {', '.join(columns) or 'none'}; needs user_id, variant, converted[, value][, covariate][, timestamp])")
+        raise UsageError(
+            f"{where}: no column {', '.join(missing)} (header: {', '.join(columns) or 'none'}; needs user_id, variant, converted[, value][, covariate][, timestamp])"
+        )
     optional = [c for c in OPTIONAL_COLUMNS if c in columns]
     flag = F.lower(F.trim("converted"))
     # The row's place in the log: a file's lines get increasing ids (its splits are read in order).
     row_order = F.struct(F.col("_metadata.file_path"), F.monotonically_increasing_id())
     parsed = raw.select(
-        F.trim("user_id").alias("user_id"), F.trim("variant").alias("variant"),
+        F.trim("user_id").alias("user_id"),
+        F.trim("variant").alias("variant"),
         F.when(flag.isin(*TRUE_WORDS), 1.0).when(flag.isin(*FALSE_WORDS), 0.0).alias("converted"),
         F.col("converted").alias("converted_text"),
-        *[text(F.col(c)).try_cast(OPTIONAL_COLUMNS[c][0]).alias(c) for c in optional], *[F.col(c).alias(f"{c}_text") for c in optional],
+        *[text(F.col(c)).try_cast(OPTIONAL_COLUMNS[c][0]).alias(c) for c in optional],
+        *[F.col(c).alias(f"{c}_text") for c in optional],
         row_order.alias("row_order"),
-    )  # fmt: skip
+    )
     checks = {
         "rows": F.count("*"),
-        "no user_id or variant": F.sum((F.coalesce(F.length("user_id"), F.lit(0)) * F.coalesce(F.length("variant"), F.lit(0)) == 0).cast("long")),
+        "no user_id or variant": F.sum(
+            (F.coalesce(F.length("user_id"), F.lit(0)) * F.coalesce(F.length("variant"), F.lit(0)) == 0).cast(
+                "long"
+            )
+        ),
         "converted not 0/1/true/false": F.sum(F.col("converted").isNull().cast("long")),
-        **{f"{c} not {OPTIONAL_COLUMNS[c][1]}": F.sum((F.col(c).isNull() & (F.length(F.trim(f"{c}_text")) > 0)).cast("long")) for c in optional},
-    }  # fmt: skip
-    found = parsed.agg(*[expr.alias(name) for name, expr in checks.items()]).first().asDict()
+        **{
+            f"{c} not {OPTIONAL_COLUMNS[c][1]}": F.sum(
+                (F.col(c).isNull() & (F.length(F.trim(f"{c}_text")) > 0)).cast("long")
+            )
+            for c in optional
+        },
+    }
+    found_row = parsed.agg(*[expr.alias(name) for name, expr in checks.items()]).first()
+    assert found_row is not None  # an aggregate without groups has one row
+    found = found_row.asDict()
     if not found["rows"]:
         raise UsageError(f"{where}: no rows under the header")
     bad = [f"{found[name]:,} rows with {name}" for name in checks if name != "rows" and found[name]]
     if bad:
-        example = parsed.filter(F.col("converted").isNull()).select("converted_text").first() if found["converted not 0/1/true/false"] else None
+        example = (
+            parsed.filter(F.col("converted").isNull()).select("converted_text").first()
+            if found["converted not 0/1/true/false"]
+            else None
+        )
         shown = f" (e.g. converted={example[0]!r})" if example else ""
         raise UsageError(f"{where}: {'; '.join(bad)}{shown}")
     log = parsed.select(
-        "user_id", "variant", "converted",
+        "user_id",
+        "variant",
+        "converted",
         *[F.col(c) if c in optional else F.lit(None).cast("double").alias(c) for c in ("value", "covariate")],
-        (F.col("timestamp") if "timestamp" in optional else F.lit(None).cast("timestamp")).alias("exposed_at"),
+        (F.col("timestamp") if "timestamp" in optional else F.lit(None).cast("timestamp")).alias(
+            "exposed_at"
+        ),
         "row_order",
-    )  # fmt: skip
+    )
     return log.transform(collapse_exposure_log), found["rows"], optional
 
 
-def per_user(experiment_id: str):
+def per_user(experiment_id: str) -> Callable[[DataFrame], DataFrame]:
     """Collapsed log rows (one variant each) -> the per-user frame (USER_COLUMNS); a missing value or
     covariate is 0."""
 
     def transform(collapsed: DataFrame) -> DataFrame:
         return collapsed.select(
-            F.lit(experiment_id).alias("experiment_id"), "user_id", "variant", "converted",
+            F.lit(experiment_id).alias("experiment_id"),
+            "user_id",
+            "variant",
+            "converted",
             F.coalesce(F.col("value"), F.lit(0.0)).alias("value"),
             F.coalesce(F.col("covariate"), F.lit(0.0)).alias("pre_conversions"),
             F.coalesce(F.col("covariate"), F.lit(0.0)).alias("pre_value"),
-        ).select(*USER_COLUMNS)  # fmt: skip
+        ).select(*USER_COLUMNS)
 
     return transform
 
 
-def analyse(ctx: JobContext, users: DataFrame, source: str, plans: dict, settings=None) -> list[dict]:
+def analyse(
+    ctx: JobContext,
+    users: DataFrame,
+    source: str,
+    plans: dict[str, Plan],
+    settings: ExperimentConfig | None = None,
+) -> list[dict[str, Any]]:
     """Moments per experiment and variant in Spark (the per-user rows stay there; one aggregation, the
     experiment-wide moments are added up from it), then the statistics in the driver; one log line per
     experiment."""
     settings = settings or ctx.config.experiment
     with ctx.step("outcomes and moments per experiment and variant") as step:
-        by_variant = [row.asDict() for row in moment_sums(users, ["experiment_id", "variant"]).collect()]  # a handful of rows
+        by_variant = [
+            row.asDict() for row in moment_sums(users, ["experiment_id", "variant"]).collect()
+        ]  # a handful of rows
         pooled = {experiment_id: moments(sums) for experiment_id, sums in pooled_sums(by_variant).items()}
         step.rows = len(by_variant)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for experiment_id in sorted(pooled):
         arms = {row["variant"]: moments(row) for row in by_variant if row["experiment_id"] == experiment_id}
         plan = plans.get(experiment_id) or plan_for(experiment_id, settings)
@@ -242,20 +303,22 @@ def analyse(ctx: JobContext, users: DataFrame, source: str, plans: dict, setting
     return rows
 
 
-def summary(rows: list[dict], arms: dict, control: str) -> str:
+def summary(rows: list[dict[str, Any]], arms: dict[str, dict[str, float]], control: str) -> str:
     users = ", ".join(f"{v} {int(a['n']):,}" for v, a in sorted(arms.items()))
     parts = [f"users {users}"]
     for row in rows:
         if row["metric"] == CONVERSION and not row["is_control"] and not row["cuped"]:
             p = row["p_value_adjusted"]
             lift = "-" if row["lift"] is None else f"{row['lift']:+.4f}"
-            parts.append(f"{row['variant']} vs {control}: conversion {lift} (p {'-' if p is None else f'{p:.3g}'}) -> {row['decision']}")
+            parts.append(
+                f"{row['variant']} vs {control}: conversion {lift} (p {'-' if p is None else f'{p:.3g}'}) -> {row['decision']}"
+            )
     if rows:
         parts.append(f"SRM p {rows[0]['srm_p_value']:.3g}{' (MISMATCH)' if rows[0]['srm'] else ''}")
     return "; ".join(parts)
 
 
-def write_results(ctx: JobContext, rows: list[dict], replaced: Column) -> int:
+def write_results(ctx: JobContext, rows: list[dict[str, Any]], replaced: Column) -> int:
     """Replace the run date's rows that `replaced` selects (this source's, or this CSV experiment's) by
     `rows`, keeping the date's other rows: one overwrite of the run date's partition."""
     lake, run_date = ctx.lake, ctx.run_date
@@ -267,12 +330,18 @@ def write_results(ctx: JobContext, rows: list[dict], replaced: Column) -> int:
             F.col(f.name) if f.name in of_date.columns else F.lit(None).cast(f.dataType).alias(f.name)
             for f in RESULT_SCHEMA
         ]
-        kept = [tuple(row) for row in of_date.filter(~replaced).select(*columns).collect()]  # result rows: few
+        kept = [
+            tuple(row) for row in of_date.filter(~replaced).select(*columns).collect()
+        ]  # result rows: few
     new = [tuple(clean(row.get(c)) for c in RESULT_COLUMNS[:-1]) + (run_date,) for row in rows]
     frame = ctx.spark.createDataFrame(kept + new, RESULT_SCHEMA)
     with ctx.step(RESULTS) as step:
         lake.write(
-            RESULTS, frame, "overwrite", partition_by=["as_of_date"], partitions={"as_of_date": [run_date]},
+            RESULTS,
+            frame,
+            "overwrite",
+            partition_by=["as_of_date"],
+            partitions={"as_of_date": [run_date]},
             merge_schema=True,  # a table from before a column was added gains it
         )
         step.rows = len(new)
@@ -280,7 +349,7 @@ def write_results(ctx: JobContext, rows: list[dict], replaced: Column) -> int:
     return len(new)
 
 
-def clean(value):
+def clean(value: object) -> object:
     """Python scalars for Spark: numpy numbers to float/int/bool, NaN and infinities to None."""
     if value is None or isinstance(value, (str, bool)):
         return value

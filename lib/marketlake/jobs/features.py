@@ -15,7 +15,11 @@ TABLE = catalog.USER_FEATURES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lookback-days", type=int, help="days of events up to the run date (default: config features.lookback_days)")
+    parser.add_argument(
+        "--lookback-days",
+        type=int,
+        help="days of events up to the run date (default: config features.lookback_days)",
+    )
 
 
 def settings_for(args: argparse.Namespace, config: Config) -> FeaturesConfig:
@@ -36,7 +40,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         step.rows = lake.overwrite_as_of(TABLE, features, ctx.run_date).rows
     with ctx.step("RFM labels") as step:
         written = lake.read_as_of(TABLE, ctx.run_date)
-        labels = {row["rfm_label"]: row["count"] for row in written.groupBy("rfm_label").count().collect()}  # <= 12 rows
+        labels = {
+            row["rfm_label"]: row["count"] for row in written.groupBy("rfm_label").count().collect()
+        }  # <= 12 rows
         step.detail = ", ".join(f"{label}={n}" for label, n in sorted(labels.items(), key=lambda kv: -kv[1]))
     ctx.counts.update({"users": sum(labels.values()), **{f"label.{label}": n for label, n in labels.items()}})
 

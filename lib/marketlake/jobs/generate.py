@@ -17,20 +17,34 @@ OVERRIDES = ("users", "items", "events", "seed", "days", "dirty_rate")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, help="number of users (default: config generate.users)")
     parser.add_argument("--items", type=int, help="number of items (default: config generate.items)")
-    parser.add_argument("--events", type=int, help="number of event lines, dirty ones included (default: config)")
-    parser.add_argument("--seed", type=int, help="random seed; the same seed writes the same files (default: config)")
+    parser.add_argument(
+        "--events", type=int, help="number of event lines, dirty ones included (default: config)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="random seed; the same seed writes the same files (default: config)"
+    )
     parser.add_argument("--days", type=int, help="days of events, ending on the run date (default: config)")
-    parser.add_argument("--dirty-rate", type=float, help="share of dirty lines, 0-0.3 (default: config, 0.01)")
-    parser.add_argument("--out", help="output folder, a path or a URI such as s3a://bucket/shop "
-                        "(default: <landing root>/<generate.shop>, where ingest looks)")
+    parser.add_argument(
+        "--dirty-rate", type=float, help="share of dirty lines, 0-0.3 (default: config, 0.01)"
+    )
+    parser.add_argument(
+        "--out",
+        help="output folder, a path or a URI such as s3a://bucket/shop "
+        "(default: <landing root>/<generate.shop>, where ingest looks)",
+    )
 
 
 def spec_from(args: argparse.Namespace, config: Config) -> ShopSpec:
     shop = with_overrides(config.generate, {key: getattr(args, key) for key in OVERRIDES})
     return ShopSpec(
-        users=shop.users, items=shop.items, events=shop.events, seed=shop.seed, days=shop.days,
-        dirty_rate=shop.dirty_rate, end_date=args.run_date,
-    )  # fmt: skip
+        users=shop.users,
+        items=shop.items,
+        events=shop.events,
+        seed=shop.seed,
+        days=shop.days,
+        dirty_rate=shop.dirty_rate,
+        end_date=args.run_date,
+    )
 
 
 def validate(args: argparse.Namespace, config: Config) -> None:

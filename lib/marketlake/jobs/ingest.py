@@ -20,8 +20,12 @@ SHOP_LAYOUT = {"events": "events", "users": "users.csv", "items": "items.csv"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", help="a file or folder of raw files (default: the shop generate writes, all entities)")
-    parser.add_argument("--format", choices=["json", "csv", "parquet"], help="file format (default: the mapping's)")
+    parser.add_argument(
+        "--source", help="a file or folder of raw files (default: the shop generate writes, all entities)"
+    )
+    parser.add_argument(
+        "--format", choices=["json", "csv", "parquet"], help="file format (default: the mapping's)"
+    )
     parser.add_argument(
         "--mapping", help="source mapping: a YAML path, or a name in conf/sources (default: shop_<entity>)"
     )
@@ -33,12 +37,17 @@ def plan(args: argparse.Namespace, config: Config) -> list[IngestRequest]:
     """The (entity, source, mapping) to ingest, in order: dimensions before events."""
     if args.source is None and args.entity is None and args.mapping is None:
         shop = config.ingest.source or shop_root(config)
-        return [_request(entity, f"{shop}/{SHOP_LAYOUT[entity]}", None, args) for entity in ("items", "users", "events")]
+        return [
+            _request(entity, f"{shop}/{SHOP_LAYOUT[entity]}", None, args)
+            for entity in ("items", "users", "events")
+        ]
     source = args.source or config.ingest.source or shop_root(config)
     return [_request(args.entity, source, args.mapping, args)]
 
 
-def _request(entity: str | None, source: str, mapping_name: str | None, args) -> IngestRequest:
+def _request(
+    entity: str | None, source: str, mapping_name: str | None, args: argparse.Namespace
+) -> IngestRequest:
     mapping = load_mapping(mapping_name or f"shop_{entity or 'events'}")
     if entity is not None and entity != mapping.entity:
         raise UsageError(f"mapping {mapping.name} maps {mapping.entity}, not {entity}")
@@ -72,7 +81,7 @@ def results(counts: dict[str, int]) -> list[IngestResult]:
     found = []
     for entity in ENTITIES:
         prefix = f"{entity}."
-        own = {key[len(prefix):]: value for key, value in counts.items() if key.startswith(prefix)}
+        own = {key[len(prefix) :]: value for key, value in counts.items() if key.startswith(prefix)}
         if own:
             found.append(IngestResult(entity, own))
     return found
@@ -84,6 +93,11 @@ def print_conservation(ctx: JobContext) -> None:
 
 
 JOB = Job(
-    name="ingest", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate,
-    finish=print_conservation, accepts_force=True,
-)  # fmt: skip
+    name="ingest",
+    help=__doc__.strip(),
+    run=run,
+    add_arguments=add_arguments,
+    validate=validate,
+    finish=print_conservation,
+    accepts_force=True,
+)

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="re-run steps already done for this run date")
     parser.add_argument("--only", help="comma-separated subset of jobs to run, in pipeline order")
     parser.add_argument(
-        "--generate", action="store_true",
+        "--generate",
+        action="store_true",
         help="first write the synthetic demo shop into the landing folder (the generate job); demos and tests only",
     )
 
@@ -48,7 +49,9 @@ def done_for(ctx: JobContext) -> set[str]:
     rows = (
         ctx.lake.read(JOB_RUNS)
         .filter((F.col("run_date") == F.lit(ctx.run_date)) & (F.col("status") == "succeeded"))
-        .select("job").distinct().collect()  # at most one row per job name
+        .select("job")
+        .distinct()
+        .collect()  # at most one row per job name
     )
     return {row.job for row in rows}
 
@@ -64,7 +67,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
             continue
         job = get_job(name)
         # --force goes on to the jobs that have it (ingest re-reads its files).
-        job_args = job_arguments(job, run_date=ctx.run_date, lake=ctx.lake.root, config=args.config, force=args.force)
+        job_args = job_arguments(
+            job, run_date=ctx.run_date, lake=ctx.lake.root, config=args.config, force=args.force
+        )
         job.validate(job_args, ctx.config)
         code = run_job(job, job_args, ctx.spark, ctx.config, ctx.lake)
         if code:
@@ -75,7 +80,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
 
 def print_tables(ctx: JobContext) -> None:
     tables = ctx.lake.tables()
-    lines = [f"\nmarketlake: {len(tables)} Delta tables under {ctx.lake.root} (engine {ctx.lake.engine_name})"]
+    lines = [
+        f"\nmarketlake: {len(tables)} Delta tables under {ctx.lake.root} (engine {ctx.lake.engine_name})"
+    ]
     for table, version, rows in tables:
         lines.append(f"  {table:<28} version {version:<4} {rows:>12,} rows   {ctx.lake.path(table)}")
     example = ctx.lake.path(tables[0][0]) if tables else f"{ctx.lake.root}/ops/job_runs"
@@ -91,4 +98,11 @@ def print_tables(ctx: JobContext) -> None:
     print("\n".join(lines), flush=True)
 
 
-JOB = Job(name="pipeline", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate, finish=print_tables)
+JOB = Job(
+    name="pipeline",
+    help=__doc__.strip(),
+    run=run,
+    add_arguments=add_arguments,
+    validate=validate,
+    finish=print_tables,
+)

@@ -8,11 +8,14 @@ date's partitions and appends the model to ops.models."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -75,13 +78,34 @@ OVERRIDES = ("top_n", "split", "tune", "tuning_budget_seconds", "evaluate")
 
 log = logging.getLogger("marketlake")
 
+# Persists a frame and returns it; the run unpersists it at the end.
+Keep = Callable[[DataFrame], DataFrame]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--top-n", type=int, help="recommendations per user (default: config recommend.top_n)")
-    parser.add_argument("--split", choices=["random", "time"], help="held-out split for the evaluation (default: config)")
-    parser.add_argument("--no-tune", dest="tune", action="store_const", const=False, help="use the configured ALS params, no search")
-    parser.add_argument("--tuning-budget-seconds", type=float, help="time budget of the search (default: config)")
-    parser.add_argument("--no-evaluate", dest="evaluate", action="store_const", const=False, help="skip the held-out evaluation")
+    parser.add_argument(
+        "--top-n", type=int, help="recommendations per user (default: config recommend.top_n)"
+    )
+    parser.add_argument(
+        "--split", choices=["random", "time"], help="held-out split for the evaluation (default: config)"
+    )
+    parser.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_const",
+        const=False,
+        help="use the configured ALS params, no search",
+    )
+    parser.add_argument(
+        "--tuning-budget-seconds", type=float, help="time budget of the search (default: config)"
+    )
+    parser.add_argument(
+        "--no-evaluate",
+        dest="evaluate",
+        action="store_const",
+        const=False,
+        help="skip the held-out evaluation",
+    )
 
 
 def settings_for(args: argparse.Namespace, config: Config) -> RecommendConfig:
@@ -123,13 +147,17 @@ def read_inputs(ctx: JobContext, settings: RecommendConfig) -> Inputs:
         users = lake.read(USERS)
         signed_up = F.col("signup_date").isNull() | (F.col("signup_date") <= F.lit(run_date))
         audience = audience.unionByName(users.filter(signed_up).select(USER))
-    exclude = history.filter(F.col("event_type").isin(settings.exclude_event_types)).select(USER, ITEM).distinct()
+    exclude = (
+        history.filter(F.col("event_type").isin(settings.exclude_event_types)).select(USER, ITEM).distinct()
+    )
     inactive = None
     if lake.exists(ITEMS):
         inactive = lake.read(ITEMS).filter(F.col("active") == F.lit(False)).select(ITEM)
     segments = None
     if lake.exists(SEGMENTS):
-        segments = lake.read(SEGMENTS).filter(F.col("as_of_date") == F.lit(run_date)).select(USER, "segment_id")
+        segments = (
+            lake.read(SEGMENTS).filter(F.col("as_of_date") == F.lit(run_date)).select(USER, "segment_id")
+        )
         if segments.limit(1).count() == 0:
             segments = None
     return Inputs(pairs, windowed, audience.distinct(), exclude, inactive, segments)
@@ -141,8 +169,13 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         raise UsageError(f"{EVENTS} does not exist in this lake; run ingest first")
     inputs = read_inputs(ctx, settings)
     if inputs.segments is None:
-        log.info("recommend | %s has no rows for %s: users the model does not know get global_popular", SEGMENTS, ctx.run_date)
-    partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions"))
+        log.info(
+            "recommend | %s has no rows for %s: users the model does not know get global_popular",
+            SEGMENTS,
+            ctx.run_date,
+        )
+    # Never None: a SQL conf Spark gives its default (200) for when unset.
+    partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions") or 200)
     blocks = settings.blocks or ctx.spark.sparkContext.defaultParallelism
     cached: list[DataFrame] = []
 
@@ -158,11 +191,16 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
                 frame.unpersist()
 
 
-def fit_and_recommend(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, partitions: int, blocks: int, keep) -> None:
+def fit_and_recommend(
+    ctx: JobContext, settings: RecommendConfig, inputs: Inputs, partitions: int, blocks: int, keep: Keep
+) -> None:
     pairs = keep(inputs.pairs)
     with ctx.step("interactions") as step:
         step.rows = interactions_count = pairs.count()
-    users, items = keep(dense_index(pairs, USER, USER_INDEX, partitions)), keep(dense_index(pairs, ITEM, ITEM_INDEX, partitions))
+    users, items = (
+        keep(dense_index(pairs, USER, USER_INDEX, partitions)),
+        keep(dense_index(pairs, ITEM, ITEM_INDEX, partitions)),
+    )
     indexed = keep(to_indexes(pairs, users, items))
     with ctx.step("id numbering") as step:
         known_users, known_items = users.count(), items.count()
@@ -172,30 +210,53 @@ def fit_and_recommend(ctx: JobContext, settings: RecommendConfig, inputs: Inputs
     recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
 
 
-def evaluate_and_tune(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, pairs, users, items, indexed, blocks, keep) -> tuple[list[Evaluation] | None, Tuned]:
+def evaluate_and_tune(
+    ctx: JobContext,
+    settings: RecommendConfig,
+    inputs: Inputs,
+    pairs: DataFrame,
+    users: DataFrame,
+    items: DataFrame,
+    indexed: DataFrame,
+    blocks: int,
+    keep: Keep,
+) -> tuple[list[Evaluation] | None, Tuned]:
     """Tune on the training part of the held-out split (or on everything when evaluation is off), then
     evaluate the chosen params and the popularity baseline on the held-out part."""
     if not settings.evaluate:
         ctx.note("evaluation: off (recommend.evaluate: false)")
         return None, tune_logged(ctx, settings, indexed, blocks)
     split: Split = (
-        split_time(inputs.windowed, settings, ctx.run_date) if settings.split == "time"
+        split_time(inputs.windowed, settings, ctx.run_date)
+        if settings.split == "time"
         else split_random(pairs, settings.test_fraction, settings.seed)
-    )  # fmt: skip
+    )
     train = keep(to_indexes(split.train, users, items))
     known = train.select(USER_INDEX).distinct()
-    test = keep(to_indexes(split.test, users, items).select(USER_INDEX, ITEM_INDEX).join(known, USER_INDEX, "left_semi"))
+    test = keep(
+        to_indexes(split.test, users, items)
+        .select(USER_INDEX, ITEM_INDEX)
+        .join(known, USER_INDEX, "left_semi")
+    )
     tuned = tune_logged(ctx, settings, train, blocks)
     evaluated = test.select(USER_INDEX).distinct().count()
     if evaluated < settings.min_users:
-        ctx.note(f"evaluation skipped: {evaluated} users with held-out items, fewer than recommend.min_users={settings.min_users}")
+        ctx.note(
+            f"evaluation skipped: {evaluated} users with held-out items, fewer than recommend.min_users={settings.min_users}"
+        )
         return None, tuned
     catalogue = train.select(ITEM_INDEX).distinct().count()
     with ctx.step(f"evaluate on the {split.kind} split ({evaluated} users, k={settings.k})") as step:
         model = fit(train, tuned.chosen, settings.seed, blocks)
         als = evaluate("als", als_top(model, settings.k, exclude=train), test, settings.k, catalogue)
         popularity = item_popularity(train, ITEM_INDEX, USER_INDEX)
-        baseline = evaluate("popularity", popular_top(popularity, known, settings.k, exclude=train), test, settings.k, catalogue)
+        baseline = evaluate(
+            "popularity",
+            popular_top(popularity, known, settings.k, exclude=train),
+            test,
+            settings.k,
+            catalogue,
+        )
         step.detail = "; ".join(
             f"{e.model} " + " ".join(f"{m}={v:.4f}" for m, v in e.metrics.items()) for e in (als, baseline)
         )
@@ -208,17 +269,32 @@ def tune_logged(ctx: JobContext, settings: RecommendConfig, train: DataFrame, bl
         step.rows = len(tuned.trials)
         best = max((t.ndcg for t in tuned.trials), default=None)
         chosen = f"chose {tuned.chosen.describe()}"
-        step.detail = f"{chosen} (validation nDCG@{settings.k} {best:.4f})" if best is not None else f"{tuned.reason}; {chosen}"
+        step.detail = (
+            f"{chosen} (validation nDCG@{settings.k} {best:.4f})"
+            if best is not None
+            else f"{tuned.reason}; {chosen}"
+        )
     return tuned
 
 
-def recommend(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, pairs, users, items, indexed, tuned: Tuned,
-              evaluation: list[Evaluation] | None, blocks: int) -> None:
+def recommend(
+    ctx: JobContext,
+    settings: RecommendConfig,
+    inputs: Inputs,
+    pairs: DataFrame,
+    users: DataFrame,
+    items: DataFrame,
+    indexed: DataFrame,
+    tuned: Tuned,
+    evaluation: list[Evaluation] | None,
+    blocks: int,
+) -> None:
     lake, run_date = ctx.lake, ctx.run_date
     params = model_params(settings, tuned.chosen, blocks)
     version = model_version(run_date, params)
     this_date = {"as_of_date": [run_date]}
     als_candidates, path, train_seconds = None, None, 0.0
+    rows_version: str | None = version  # the model the rows name: none without interactions
     if indexed.limit(1).count():
         with ctx.step(f"fit ALS on all interactions ({tuned.chosen.describe()})") as step:
             started = time.perf_counter()
@@ -229,51 +305,89 @@ def recommend(ctx: JobContext, settings: RecommendConfig, inputs: Inputs, pairs,
             step.detail = f"saved {path}"
         als_candidates = Recommender(model, users, items).top(settings.top_n, inputs.exclude, inputs.inactive)
     else:
-        version = None
+        rows_version = None
         ctx.note("no interactions in the window: no model, popular items only")
     listed = settings.top_n + most_excluded(inputs.exclude, USER)
     active_pairs = pairs if inputs.inactive is None else pairs.join(inputs.inactive, ITEM, "left_anti")
-    segment_lists = segment_popular(active_pairs, inputs.segments, listed) if inputs.segments is not None else None
-    fallbacks = fallback_candidates(inputs.audience, global_popular(active_pairs, listed), segment_lists, inputs.segments)
-    rows = assemble(als_candidates, fallbacks, inputs.exclude, inputs.inactive, settings.top_n, version, run_date)
+    segment_lists = (
+        segment_popular(active_pairs, inputs.segments, listed) if inputs.segments is not None else None
+    )
+    fallbacks = fallback_candidates(
+        inputs.audience, global_popular(active_pairs, listed), segment_lists, inputs.segments
+    )
+    rows = assemble(
+        als_candidates, fallbacks, inputs.exclude, inputs.inactive, settings.top_n, rows_version, run_date
+    )
     with ctx.step(RECOMMENDATIONS) as step:
-        step.rows = lake.write(RECOMMENDATIONS, rows, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
+        step.rows = lake.write(
+            RECOMMENDATIONS, rows, "overwrite", partition_by=["as_of_date"], partitions=this_date
+        ).rows
     with ctx.step("sources") as step:
         written = lake.read(RECOMMENDATIONS).filter(F.col("as_of_date") == F.lit(run_date))
-        by_source = {r["source"]: r["count"] for r in written.groupBy("source").count().collect()}  # <= 3 rows
+        by_source = {
+            r["source"]: r["count"] for r in written.groupBy("source").count().collect()
+        }  # <= 3 rows
         step.detail = ", ".join(f"{s}={n}" for s, n in sorted(by_source.items()))
     with ctx.step(EVALUATION) as step:
-        frame = evaluation_frame(ctx.spark, evaluation or [], version, settings.split, run_date)
-        step.rows = lake.write(EVALUATION, frame, "overwrite", partition_by=["as_of_date"], partitions=this_date).rows
+        frame = evaluation_frame(ctx.spark, evaluation or [], rows_version, settings.split, run_date)
+        step.rows = lake.write(
+            EVALUATION, frame, "overwrite", partition_by=["as_of_date"], partitions=this_date
+        ).rows
     if path is not None:
         with ctx.step(catalog.MODELS.name):
             metrics = model_metrics(tuned, evaluation, settings.k, train_seconds)
-            record_model(ctx, MODEL_NAME, version, path, {**params, **tuning_params(settings, tuned)}, metrics,
-                         sorted(t for t, w in settings.event_weights.items() if w > 0))  # fmt: skip
+            record_model(
+                ctx,
+                MODEL_NAME,
+                version,
+                path,
+                {**params, **tuning_params(settings, tuned)},
+                metrics,
+                sorted(t for t, w in settings.event_weights.items() if w > 0),
+            )
     ctx.counts.update(
-        {"recommendations": sum(by_source.values()), **{f"source.{s}": n for s, n in by_source.items()}, "trials": len(tuned.trials)}
+        {
+            "recommendations": sum(by_source.values()),
+            **{f"source.{s}": n for s, n in by_source.items()},
+            "trials": len(tuned.trials),
+        }
     )
 
 
-def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> dict:
+def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> dict[str, Any]:
     """What determines the saved model (its version is a hash of these)."""
     return {
-        "model": "als-implicit", "rank": chosen.rank, "reg_param": chosen.reg_param, "alpha": chosen.alpha,
-        "max_iter": chosen.max_iter, "seed": settings.seed, "blocks": blocks, "event_weights": settings.event_weights,
-        "rating_value": settings.rating_value, "half_life_days": settings.half_life_days, "strength": settings.strength,
+        "model": "als-implicit",
+        "rank": chosen.rank,
+        "reg_param": chosen.reg_param,
+        "alpha": chosen.alpha,
+        "max_iter": chosen.max_iter,
+        "seed": settings.seed,
+        "blocks": blocks,
+        "event_weights": settings.event_weights,
+        "rating_value": settings.rating_value,
+        "half_life_days": settings.half_life_days,
+        "strength": settings.strength,
         "lookback_days": settings.lookback_days,
-    }  # fmt: skip
+    }
 
 
-def tuning_params(settings: RecommendConfig, tuned: Tuned) -> dict:
+def tuning_params(settings: RecommendConfig, tuned: Tuned) -> dict[str, Any]:
     return {
-        "tuned": bool(tuned.trials), "tuning_note": tuned.reason, "search": settings.search.model_dump(),
-        "tuning_budget_seconds": settings.tuning_budget_seconds, "split": settings.split, "k": settings.k,
-        "top_n": settings.top_n, "exclude_event_types": settings.exclude_event_types,
-    }  # fmt: skip
+        "tuned": bool(tuned.trials),
+        "tuning_note": tuned.reason,
+        "search": settings.search.model_dump(),
+        "tuning_budget_seconds": settings.tuning_budget_seconds,
+        "split": settings.split,
+        "k": settings.k,
+        "top_n": settings.top_n,
+        "exclude_event_types": settings.exclude_event_types,
+    }
 
 
-def model_metrics(tuned: Tuned, evaluation: list[Evaluation] | None, k: int, train_seconds: float) -> dict[str, float]:
+def model_metrics(
+    tuned: Tuned, evaluation: list[Evaluation] | None, k: int, train_seconds: float
+) -> dict[str, float]:
     metrics: dict[str, float] = {"train_seconds": round(train_seconds, 3), "trials": len(tuned.trials)}
     for number, trial in enumerate(tuned.trials, 1):
         metrics[f"trial{number}_validation_ndcg@{k}"] = trial.ndcg
@@ -283,14 +397,27 @@ def model_metrics(tuned: Tuned, evaluation: list[Evaluation] | None, k: int, tra
     for result in evaluation or []:
         metrics[f"{result.model}_users"] = result.users
         for name, value in result.metrics.items():
-            metrics[f"{result.model}_{name}@{k}" if name != "coverage" else f"{result.model}_coverage"] = value
+            metrics[f"{result.model}_{name}@{k}" if name != "coverage" else f"{result.model}_coverage"] = (
+                value
+            )
     return metrics
 
 
-def evaluation_frame(spark, evaluation: list[Evaluation], version: str | None, split: str, run_date) -> DataFrame:
+def evaluation_frame(
+    spark: SparkSession, evaluation: list[Evaluation], version: str | None, split: str, run_date: dt.date
+) -> DataFrame:
     # Rounded: Spark may sum the per-user values in another order on a re-run, which moves the last bits.
     rows = [
-        (run_date, version, result.model, metric, result.k, round(float(value), METRIC_DECIMALS), result.users, split)
+        (
+            run_date,
+            version,
+            result.model,
+            metric,
+            result.k,
+            round(float(value), METRIC_DECIMALS),
+            result.users,
+            split,
+        )
         for result in evaluation
         for metric, value in result.metrics.items()
     ]

@@ -26,7 +26,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     with ctx.step(f"write {path}") as step:
         ctx.lake.files.write_text(path, html)
         step.detail = f"{len(html) / 1024:,.0f} KiB"
-    ctx.counts.update(sections=len(sections), incomplete_sections=len(missing), charts=sum(len(s.charts) for s in sections))
+    ctx.counts.update(
+        sections=len(sections), incomplete_sections=len(missing), charts=sum(len(s.charts) for s in sections)
+    )
 
 
 def print_path(ctx: JobContext) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from marketlake import catalog
@@ -29,12 +30,20 @@ OVERRIDES = ("basket", "min_support", "min_confidence", "min_lift", "top_n", "ma
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--basket", choices=["order", "session"], help="one basket per order or per session (default: config rules.basket)")
-    parser.add_argument("--min-support", type=float, help="share of baskets a frequent itemset is in, 0-1 (default: config)")
+    parser.add_argument(
+        "--basket",
+        choices=["order", "session"],
+        help="one basket per order or per session (default: config rules.basket)",
+    )
+    parser.add_argument(
+        "--min-support", type=float, help="share of baskets a frequent itemset is in, 0-1 (default: config)"
+    )
     parser.add_argument("--min-confidence", type=float, help="lowest rule confidence, 0-1 (default: config)")
     parser.add_argument("--min-lift", type=float, help="lowest rule lift (default: config, 1.0)")
     parser.add_argument("--top-n", type=int, help="cross-sell items per item (default: config, 10)")
-    parser.add_argument("--max-itemsets", type=int, help="guard: most frequent itemsets allowed (default: config)")
+    parser.add_argument(
+        "--max-itemsets", type=int, help="guard: most frequent itemsets allowed (default: config)"
+    )
 
 
 def settings(args: argparse.Namespace, config: Config) -> RulesConfig:
@@ -52,14 +61,20 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     kind = "orders" if rules_config.basket == "order" else "sessions"
     with ctx.step(f"baskets: {kind} up to {ctx.run_date}") as step:
         events = lake.read(catalog.SILVER_EVENTS)
-        basket_frame = events.transform(baskets(ctx.run_date, rules_config.basket, rules_config.session_event_types)).persist()
+        basket_frame = events.transform(
+            baskets(ctx.run_date, rules_config.basket, rules_config.session_event_types)
+        ).persist()
         step.rows = n_baskets = basket_frame.count()
     try:
         with ctx.step("guard") as step:
-            estimate = estimate_itemsets(basket_frame, n_baskets, rules_config.min_support, rules_config.max_itemsets)
+            estimate = estimate_itemsets(
+                basket_frame, n_baskets, rules_config.min_support, rules_config.max_itemsets
+            )
             step.detail = estimate.describe()
         # Recorded in ops.job_runs even when the guard stops the run.
-        ctx.counts.update(baskets=n_baskets, frequent_items=estimate.frequent_items, itemsets_bound=estimate.bound)
+        ctx.counts.update(
+            baskets=n_baskets, frequent_items=estimate.frequent_items, itemsets_bound=estimate.bound
+        )
         if estimate.exceeded:
             raise TooManyItemsets(guard_message(estimate, rules_config.min_support))
         with ctx.step(
@@ -73,7 +88,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
                     n_rules = _overwrite(ctx, RULES, mined.rules.transform(as_of(ctx.run_date)))
             else:  # FPGrowth needs at least one basket
                 n_itemsets = 0
-                n_rules = _overwrite(ctx, RULES, ctx.spark.createDataFrame([], RULES_SCHEMA).transform(as_of(ctx.run_date)))
+                n_rules = _overwrite(
+                    ctx, RULES, ctx.spark.createDataFrame([], RULES_SCHEMA).transform(as_of(ctx.run_date))
+                )
             step.rows = n_rules
             step.detail = f"from {n_itemsets:,} frequent itemsets"
             if not n_rules:
@@ -88,9 +105,11 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     ctx.counts.update(itemsets=n_itemsets, rules=n_rules, cross_sell_rows=n_cross_sell)
 
 
-def _overwrite(ctx: JobContext, table: str, frame) -> int:
+def _overwrite(ctx: JobContext, table: str, frame: DataFrame) -> int:
     partitions = {"as_of_date": [ctx.run_date]}
-    return ctx.lake.write(table, frame, mode="overwrite", partition_by=["as_of_date"], partitions=partitions).rows
+    return ctx.lake.write(
+        table, frame, mode="overwrite", partition_by=["as_of_date"], partitions=partitions
+    ).rows
 
 
 JOB = Job(name="rules", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)

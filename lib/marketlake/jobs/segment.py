@@ -9,6 +9,7 @@ import argparse
 import logging
 import math
 
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from marketlake import catalog
@@ -30,7 +31,11 @@ from marketlake.segment import (
     profiles_frame,
 )
 
-FEATURES, SEGMENTS, PROFILES = catalog.USER_FEATURES.name, catalog.USER_SEGMENTS.name, catalog.SEGMENT_PROFILES.name
+FEATURES, SEGMENTS, PROFILES = (
+    catalog.USER_FEATURES.name,
+    catalog.USER_SEGMENTS.name,
+    catalog.SEGMENT_PROFILES.name,
+)
 MODEL_NAME = "segment_kmeans"
 ROWS_PER_PARTITION = 50_000
 MAX_PARALLEL_FITS = 8
@@ -39,7 +44,9 @@ log = logging.getLogger("marketlake")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k", type=int, help="a fixed number of segments (default: config segment.k, else by silhouette)")
+    parser.add_argument(
+        "--k", type=int, help="a fixed number of segments (default: config segment.k, else by silhouette)"
+    )
 
 
 def settings_for(args: argparse.Namespace, config: Config) -> SegmentConfig:
@@ -66,7 +73,9 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     if users == 0:
         raise UsageError(f"{FEATURES} has no rows for {run_date}; run features for that date first")
     # A fixed partitioning and order, so that the same rows and seeds give the same model on a re-run.
-    partitions = max(1, min(int(ctx.spark.conf.get("spark.sql.shuffle.partitions")), math.ceil(users / ROWS_PER_PARTITION)))
+    # Never None: a SQL conf Spark gives its default (200) for when unset.
+    shuffle_partitions = int(ctx.spark.conf.get("spark.sql.shuffle.partitions") or 200)
+    partitions = max(1, min(shuffle_partitions, math.ceil(users / ROWS_PER_PARTITION)))
     data = features.repartition(partitions, "user_id").sortWithinPartitions("user_id").persist()
     try:
         segment(ctx, settings, data, users)
@@ -77,15 +86,21 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
 def log_trials(ctx: JobContext, fitted: Fitted) -> None:
     for trial in fitted.trials:
         log.info(
-            "%s | kmeans k=%d | silhouette=%.4f cost=%.1f (lowest of %d runs: seed %d; costs %s)", ctx.job, trial.k,
-            trial.silhouette, trial.cost, len(trial.costs), trial.seed, ", ".join(f"{c:.1f}" for c in trial.costs),
-        )  # fmt: skip
+            "%s | kmeans k=%d | silhouette=%.4f cost=%.1f (lowest of %d runs: seed %d; costs %s)",
+            ctx.job,
+            trial.k,
+            trial.silhouette,
+            trial.cost,
+            len(trial.costs),
+            trial.seed,
+            ", ".join(f"{c:.1f}" for c in trial.costs),
+        )
 
 
-def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> None:
+def segment(ctx: JobContext, settings: SegmentConfig, data: DataFrame, users: int) -> None:
     lake, run_date = ctx.lake, ctx.run_date
     params = {"model": "kmeans", **settings.model_dump()}
-    version = model_version(run_date, params)
+    version: str | None = model_version(run_date, params)
     workers = min(MAX_PARALLEL_FITS, ctx.spark.sparkContext.defaultParallelism)
     with ctx.step(f"fit KMeans ({users} users; features {', '.join(settings.features)})") as step:
         fitted = fit(data, settings, workers)
@@ -97,7 +112,11 @@ def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> None:
         ctx.note(f"{why} ({fitted.distinct} distinct of {users}): one segment")
         predictions, version = data.select("user_id", F.lit(0).alias(CLUSTER)), None
     else:
-        with ctx.step(f"chose k={chosen.k} (silhouette {chosen.silhouette:.4f}); save model {version}") as step:
+        # fit() makes a model only for a chosen k; the version is None only without a model.
+        assert chosen is not None and version is not None
+        with ctx.step(
+            f"chose k={chosen.k} (silhouette {chosen.silhouette:.4f}); save model {version}"
+        ) as step:
             path = save_model(fitted.model, lake, MODEL_NAME, version)
             step.detail = path
         predictions = fitted.model.transform(data).select("user_id", F.col(CLUSTER).cast("int"))
@@ -121,17 +140,23 @@ def segment(ctx: JobContext, settings: SegmentConfig, data, users: int) -> None:
     finally:
         predictions.unpersist()
     if fitted.model is not None:
+        assert version is not None  # None only without a model
         with ctx.step(catalog.MODELS.name):
             record_model(ctx, MODEL_NAME, version, path, params, model_metrics(fitted), settings.features)
-    ctx.counts.update(users=users, segments=len(named), k=chosen.k if fitted.model is not None else 1)
+    # A model is fitted exactly when a k is chosen.
+    ctx.counts.update(users=users, segments=len(named), k=chosen.k if chosen is not None else 1)
 
 
-def model_metrics(fitted) -> dict[str, float]:
+def model_metrics(fitted: Fitted) -> dict[str, float]:
     chosen = fitted.chosen
+    assert chosen is not None  # called with a model, fitted only for a chosen k
     metrics = {
-        "k": chosen.k, "silhouette": chosen.silhouette, "cost": chosen.cost, "users": fitted.users,
+        "k": chosen.k,
+        "silhouette": chosen.silhouette,
+        "cost": chosen.cost,
+        "users": fitted.users,
         "distinct_users": fitted.distinct,
-    }  # fmt: skip
+    }
     for trial in fitted.trials:
         metrics[f"silhouette_k{trial.k}"] = trial.silhouette
         metrics[f"cost_k{trial.k}"] = trial.cost

@@ -42,9 +42,17 @@ from marketlake.lake.engine import (
 from marketlake.lake.files import Files, absolute
 
 __all__ = [
-    "NO_TABLE", "Engine", "Files", "Lake", "Layout", "TableSummary", "WriteOptions", "WriteResult",
-    "delta_spark_available", "resolve_engine",
-]  # fmt: skip
+    "NO_TABLE",
+    "Engine",
+    "Files",
+    "Lake",
+    "Layout",
+    "TableSummary",
+    "WriteOptions",
+    "WriteResult",
+    "delta_spark_available",
+    "resolve_engine",
+]
 
 log = logging.getLogger("marketlake.lake")
 T_ = TypeVar("T_")
@@ -131,7 +139,9 @@ class Lake(Layout):
         writes it."""
         table = table_name(table)
         if not self.exists(table):
-            raise UsageError(f"{table} does not exist in this lake; run {catalog.table(table).made_by()} first")
+            raise UsageError(
+                f"{table} does not exist in this lake; run {catalog.table(table).made_by()} first"
+            )
 
     def read_if_exists(self, table: TableRef) -> DataFrame | None:
         table = table_name(table)
@@ -142,7 +152,9 @@ class Lake(Layout):
         table = table_name(table)
         return self.read(table).filter(F.col(column) == F.lit(run_date))
 
-    def overwrite_as_of(self, table: TableRef, df: DataFrame, run_date: dt.date, column: str = "as_of_date") -> WriteResult:
+    def overwrite_as_of(
+        self, table: TableRef, df: DataFrame, run_date: dt.date, column: str = "as_of_date"
+    ) -> WriteResult:
         """Replace the run date's partition with `df` (every row of which belongs to it); other dates stay."""
         table = table_name(table)
         return self.write(table, df, "overwrite", partition_by=[column], partitions={column: [run_date]})
@@ -182,8 +194,12 @@ class Lake(Layout):
         if partitions is not None and mode != "overwrite":
             raise TableError(f"{table}: partitions= goes with mode='overwrite'")
         options = WriteOptions(
-            mode=mode, partition_by=partition_by, partitions=partitions, merge_schema=merge_schema,
-            overwrite_schema=overwrite_schema, operation=mode if partitions is None else f"{mode} partitions",
+            mode=mode,
+            partition_by=partition_by,
+            partitions=partitions,
+            merge_schema=merge_schema,
+            overwrite_schema=overwrite_schema,
+            operation=mode if partitions is None else f"{mode} partitions",
             expected_version=expected_version,
         )
         with self._storage_errors(table):
@@ -218,7 +234,9 @@ class Lake(Layout):
         table = table_name(table)
         return None if version == NO_TABLE else self.read(table, version)
 
-    def retry_on_conflict(self, table: TableRef, attempt: Callable[[int], T_], attempts: int | None = None) -> T_:
+    def retry_on_conflict(
+        self, table: TableRef, attempt: Callable[[int], T_], attempts: int | None = None
+    ) -> T_:
         """Optimistic concurrency: run `attempt(version)` with the table's current version; the attempt
         reads the table at that version and commits with `expected_version=version`. When another writer
         committed first, nothing was committed: run it again against the new version (jittered back-off).
@@ -235,8 +253,13 @@ class Lake(Layout):
                         f"{table}: {attempts} attempts lost to concurrent writers; nothing was committed "
                         f"by the last one, run it again ({exc})"
                     ) from exc
-                log.info("%s | version %s moved on under a concurrent writer; attempt %d of %d", table,
-                         version, tried + 1, attempts)
+                log.info(
+                    "%s | version %s moved on under a concurrent writer; attempt %d of %d",
+                    table,
+                    version,
+                    tried + 1,
+                    attempts,
+                )
                 time.sleep(random.uniform(0.05, 0.5) * tried)
         raise AssertionError("unreachable")
 

@@ -144,14 +144,22 @@ class DeltaRsEngine:
             return self._scan(schema, partition_columns, uri, files, relative, actions)
 
     def _scan(
-        self, schema: T.StructType, partition_columns: list[str], uri: str, files: list[str],
-        relative: list[str], actions: pa.Table,
+        self,
+        schema: T.StructType,
+        partition_columns: list[str],
+        uri: str,
+        files: list[str],
+        relative: list[str],
+        actions: pa.Table,
     ) -> DataFrame:
         if not partition_columns:
             return self.spark.read.schema(schema).parquet(*files)
         columns = {c: actions.column(f"partition.{c}").to_pylist() for c in partition_columns}
         values = [{c: columns[c][i] for c in partition_columns} for i in range(len(files))]
-        if all(_hive_values(path, partition_columns) == _as_hive(v) for path, v in zip(relative, values, strict=True)):
+        if all(
+            _hive_values(path, partition_columns) == _as_hive(v)
+            for path, v in zip(relative, values, strict=True)
+        ):
             frame = self.spark.read.schema(schema).option("basePath", uri).parquet(*files)
             return frame.select(*[F.col(f"`{f.name}`") for f in schema.fields])
         return self._read_by_partition(schema, partition_columns, files, values)
@@ -175,7 +183,10 @@ class DeltaRsEngine:
                 self.spark.conf.set(key, previous)
 
     def _read_by_partition(
-        self, schema: T.StructType, partition_columns: list[str], files: list[str],
+        self,
+        schema: T.StructType,
+        partition_columns: list[str],
+        files: list[str],
         values: list[dict[str, Any]],
     ) -> DataFrame:
         """Tables whose file paths do not spell their partition values: one scan per partition."""
@@ -187,7 +198,9 @@ class DeltaRsEngine:
         frames = [
             self.spark.read.schema(data_schema)
             .parquet(*paths)
-            .select("*", *[F.lit(v).cast(types[c]).alias(c) for c, v in zip(partition_columns, key, strict=True)])
+            .select(
+                "*", *[F.lit(v).cast(types[c]).alias(c) for c, v in zip(partition_columns, key, strict=True)]
+            )
             for key, paths in groups.items()
         ]
         result = frames[0]
@@ -205,15 +218,31 @@ class DeltaRsEngine:
         if current is not None:
             _check_features(table, current)
         schema, partition_by, df, new_columns = _plan_schema(
-            table, current, df, options.mode, options.partition_by, options.partitions, options.merge_schema,
+            table,
+            current,
+            df,
+            options.mode,
+            options.partition_by,
+            options.partitions,
+            options.merge_schema,
             options.overwrite_schema,
         )
         staged = self._stage(table, uri, df, schema, partition_by)
         try:
             filters = _partition_filters(table, options.partitions, partition_by, staged)
             return self._commit(
-                table, uri, current, schema, partition_by, staged, options.mode, filters, new_columns,
-                options.overwrite_schema, options.operation, checked=options.checked,
+                table,
+                uri,
+                current,
+                schema,
+                partition_by,
+                staged,
+                options.mode,
+                filters,
+                new_columns,
+                options.overwrite_schema,
+                options.operation,
+                checked=options.checked,
             )
         except BaseException:
             self._discard(uri, staged)
@@ -234,13 +263,14 @@ class DeltaRsEngine:
         found = [
             info
             for info in filesystem.get_file_info(pafs.FileSelector(staging_path, recursive=True))
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            if info.type == pafs.FileType.File
+            and info.base_name.endswith(".parquet")
             and not info.base_name.startswith((".", "_"))
         ]
         data_schema = T.StructType([f for f in schema.fields if f.name not in partition_by])
 
         def place(info: pafs.FileInfo) -> StagedFile | None:
-            relative = info.path[len(staging_path):].lstrip("/")
+            relative = info.path[len(staging_path) :].lstrip("/")
             metadata = pq.read_metadata(info.path, filesystem=filesystem)
             if metadata.num_rows == 0:
                 return None
@@ -277,9 +307,19 @@ class DeltaRsEngine:
         return snapshot
 
     def _commit(
-        self, table: str, uri: str, current: DeltaTable | None, schema: T.StructType, partition_by: list[str],
-        staged: list[StagedFile], mode: Literal["append", "overwrite"], filters: FilterConjunctionType | None,
-        new_columns: list[T.StructField], overwrite_schema: bool, operation: str, checked: bool,
+        self,
+        table: str,
+        uri: str,
+        current: DeltaTable | None,
+        schema: T.StructType,
+        partition_by: list[str],
+        staged: list[StagedFile],
+        mode: Literal["append", "overwrite"],
+        filters: FilterConjunctionType | None,
+        new_columns: list[T.StructField],
+        overwrite_schema: bool,
+        operation: str,
+        checked: bool,
     ) -> WriteResult:
         adds = [
             AddAction(s.relative_path, s.size, s.partition_values, s.modification_time, True, s.stats)
@@ -298,32 +338,45 @@ class DeltaRsEngine:
         if current is None and mode == "append":
             if checked:
                 self._create(table, uri, delta_schema, partition_by, adds, properties)
-                return WriteResult(self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged))
+                return WriteResult(
+                    self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged)
+                )
             current = self._create_or_join(table, uri, delta_schema, schema, partition_by, adds, properties)
             if current is None:
-                return WriteResult(self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged))
+                return WriteResult(
+                    self._open(table, uri).version(), len(adds), 0, sum(s.rows for s in staged)
+                )
         try:
             if current is None or (mode == "overwrite" and overwrite_schema and filters is None):
                 if current is not None:
                     removed = len(current.file_uris())
                 create_table_with_add_actions(
-                    store_uri(uri), delta_schema, adds, mode="overwrite" if current is not None else "append",
-                    partition_by=partition_by or None, storage_options=self.storage_options,
+                    store_uri(uri),
+                    delta_schema,
+                    adds,
+                    mode="overwrite" if current is not None else "append",
+                    partition_by=partition_by or None,
+                    storage_options=self.storage_options,
                     commit_properties=properties,
                 )
             else:
                 if new_columns:
                     current.alter.add_columns(
-                        [_delta_field(field) for field in new_columns], commit_properties=CommitProperties(
-                            max_commit_retries=retries, custom_metadata={"marketlake.operation": "add columns"}
+                        [_delta_field(field) for field in new_columns],
+                        commit_properties=CommitProperties(
+                            max_commit_retries=retries,
+                            custom_metadata={"marketlake.operation": "add columns"},
                         ),
                     )
                 if mode == "overwrite":
                     removed = _count_replaced(current, filters)
                 current.create_write_transaction(
                     list(adds),  # a new list, of deltalake's type list[AddAction | RemoveAction]
-                    mode, delta_schema, partition_by=partition_by or None,
-                    partition_filters=filters, commit_properties=properties,
+                    mode,
+                    delta_schema,
+                    partition_by=partition_by or None,
+                    partition_filters=filters,
+                    commit_properties=properties,
                 )
         except CommitFailedError as exc:
             raise ConcurrentWriteError(
@@ -334,14 +387,24 @@ class DeltaRsEngine:
         return WriteResult(version, len(adds), removed, sum(s.rows for s in staged))
 
     def _create(
-        self, table: str, uri: str, delta_schema: Schema, partition_by: list[str], adds: list[AddAction],
+        self,
+        table: str,
+        uri: str,
+        delta_schema: Schema,
+        partition_by: list[str],
+        adds: list[AddAction],
         properties: CommitProperties,
     ) -> None:
         """Create the table with these files; if another writer created it first, nothing is committed."""
         try:
             create_table_with_add_actions(
-                store_uri(uri), delta_schema, adds, mode="error", partition_by=partition_by or None,
-                storage_options=self.storage_options, commit_properties=properties,
+                store_uri(uri),
+                delta_schema,
+                adds,
+                mode="error",
+                partition_by=partition_by or None,
+                storage_options=self.storage_options,
+                commit_properties=properties,
             )
         except Exception as exc:
             if not self.exists(uri):
@@ -351,15 +414,26 @@ class DeltaRsEngine:
             ) from exc
 
     def _create_or_join(
-        self, table: str, uri: str, delta_schema: Schema, schema: T.StructType, partition_by: list[str],
-        adds: list[AddAction], properties: CommitProperties,
+        self,
+        table: str,
+        uri: str,
+        delta_schema: Schema,
+        schema: T.StructType,
+        partition_by: list[str],
+        adds: list[AddAction],
+        properties: CommitProperties,
     ) -> DeltaTable | None:
         """Create the table with this append; if another writer created it meanwhile, return it so the
         append lands there (when the schemas agree). None means the table was created here."""
         try:
             create_table_with_add_actions(
-                store_uri(uri), delta_schema, adds, mode="append", partition_by=partition_by or None,
-                storage_options=self.storage_options, commit_properties=properties,
+                store_uri(uri),
+                delta_schema,
+                adds,
+                mode="append",
+                partition_by=partition_by or None,
+                storage_options=self.storage_options,
+                commit_properties=properties,
             )
             return None
         except Exception:
@@ -368,10 +442,12 @@ class DeltaRsEngine:
                 raise
         _check_features(table, existing)
         theirs = _spark_schema(existing)
-        if [(f.name, f.dataType) for f in theirs] != [(f.name, f.dataType) for f in as_nullable(schema)] or list(
-            existing.metadata().partition_columns
-        ) != list(partition_by):
-            raise ConcurrentWriteError(f"{table}: another writer created the table meanwhile with another schema")
+        if [(f.name, f.dataType) for f in theirs] != [
+            (f.name, f.dataType) for f in as_nullable(schema)
+        ] or list(existing.metadata().partition_columns) != list(partition_by):
+            raise ConcurrentWriteError(
+                f"{table}: another writer created the table meanwhile with another schema"
+            )
         return existing
 
     def _discard(self, uri: str, staged: list[StagedFile]) -> None:
@@ -382,7 +458,12 @@ class DeltaRsEngine:
     # ---- upsert ----------------------------------------------------------------------------------
 
     def upsert(
-        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by: list[str] | None,
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        keys: list[str],
+        partition_by: list[str] | None,
         expected_version: int | None = None,
     ) -> WriteResult:
         """Rows of `df` replace the table's rows with the same keys; the rest are kept.
@@ -393,19 +474,34 @@ class DeltaRsEngine:
         """
         current = self._snapshot(table, uri, expected_version)
         if current is None:
-            return self.write(table, uri, df, WriteOptions(
-                mode="append", partition_by=partition_by, operation="upsert",
-                expected_version=NO_TABLE if expected_version is not None else None,
-            ))  # fmt: skip
+            return self.write(
+                table,
+                uri,
+                df,
+                WriteOptions(
+                    mode="append",
+                    partition_by=partition_by,
+                    operation="upsert",
+                    expected_version=NO_TABLE if expected_version is not None else None,
+                ),
+            )
         read_version = current.version()
         existing = self.read(table, uri, read_version)
         aligned, _ = align_to_table(table, df, existing.schema, merge_schema=True)
         kept = existing.join(aligned.select(*keys).distinct(), on=keys, how="left_anti")
         merged = kept.unionByName(aligned, allowMissingColumns=True)
-        return self.write(table, uri, merged, WriteOptions(
-            mode="overwrite", partition_by=list(current.metadata().partition_columns) or partition_by,
-            merge_schema=True, operation="upsert", expected_version=read_version,
-        ))  # fmt: skip
+        return self.write(
+            table,
+            uri,
+            merged,
+            WriteOptions(
+                mode="overwrite",
+                partition_by=list(current.metadata().partition_columns) or partition_by,
+                merge_schema=True,
+                operation="upsert",
+                expected_version=read_version,
+            ),
+        )
 
     # ---- vacuum ----------------------------------------------------------------------------------
 
@@ -506,8 +602,14 @@ def _hive_value(value: Any) -> str | None:
 
 
 def _plan_schema(
-    table: str, current: DeltaTable | None, df: DataFrame, mode: Literal["append", "overwrite"],
-    partition_by: list[str] | None, partitions: Partitions, merge_schema: bool, overwrite_schema: bool,
+    table: str,
+    current: DeltaTable | None,
+    df: DataFrame,
+    mode: Literal["append", "overwrite"],
+    partition_by: list[str] | None,
+    partitions: Partitions,
+    merge_schema: bool,
+    overwrite_schema: bool,
 ) -> tuple[T.StructType, list[str], DataFrame, list[T.StructField]]:
     """The schema to commit, the partition columns, the aligned DataFrame and any new columns."""
     if current is None or (mode == "overwrite" and overwrite_schema and partitions is None):
@@ -520,7 +622,7 @@ def _plan_schema(
     if partition_by is not None and list(partition_by) != table_partitions:
         raise TableError(f"{table}: the table is partitioned by {table_partitions}, not {list(partition_by)}")
     aligned, merged = align_to_table(table, df, table_schema, merge_schema)
-    new_columns = merged.fields[len(table_schema.fields):]
+    new_columns = merged.fields[len(table_schema.fields) :]
     return merged, table_partitions, aligned, new_columns
 
 
@@ -536,7 +638,9 @@ def _partition_filters(
         column = partition_by[0]
         present = sorted({s.partition_values[column] for s in staged}, key=str)
         if any(value is None for value in present):
-            raise TableError(f"{table}: a dynamic partition overwrite cannot replace the null partition of '{column}'")
+            raise TableError(
+                f"{table}: a dynamic partition overwrite cannot replace the null partition of '{column}'"
+            )
         if not present:
             return [(column, "in", ["\0none"])]  # nothing written, nothing replaced
         return [(column, "in", present)]

@@ -109,7 +109,9 @@ class DeltaSparkEngine:
         elif not (mode == "overwrite" and options.overwrite_schema and partitions is None):
             table_schema, table_partitions = current
             if partition_by is not None and list(partition_by) != table_partitions:
-                raise TableError(f"{table}: the table is partitioned by {table_partitions}, not {list(partition_by)}")
+                raise TableError(
+                    f"{table}: the table is partitioned by {table_partitions}, not {list(partition_by)}"
+                )
             partition_by = table_partitions
             df, _ = align_to_table(table, df, table_schema, options.merge_schema)
         writer = df.write.format("delta").mode(mode).option("userMetadata", options.operation)
@@ -119,7 +121,9 @@ class DeltaSparkEngine:
             # Delta's idempotent-write marker under one application id per table: a concurrent checked
             # write to the same table commits a transaction with the same id, which delta-spark's conflict
             # check refuses (ConcurrentTransactionException); a marker already at or past ours skips the write.
-            writer = writer.option("txnAppId", f"marketlake:{table}").option("txnVersion", expected_version + 2)
+            writer = writer.option("txnAppId", f"marketlake:{table}").option(
+                "txnVersion", expected_version + 2
+            )
         if options.merge_schema:
             writer = writer.option("mergeSchema", "true")
         if options.overwrite_schema and mode == "overwrite":
@@ -147,19 +151,33 @@ class DeltaSparkEngine:
             raise ConcurrentWriteError(f"{table}: at version {current}, not the expected {expected_version}")
 
     def upsert(
-        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by: list[str] | None,
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        keys: list[str],
+        partition_by: list[str] | None,
         expected_version: int | None = None,
     ) -> WriteResult:
         if not self.exists(uri):
-            return self.write(table, uri, df, WriteOptions(
-                mode="append", partition_by=partition_by, operation="upsert",
-                expected_version=expected_version,
-            ))  # fmt: skip
+            return self.write(
+                table,
+                uri,
+                df,
+                WriteOptions(
+                    mode="append",
+                    partition_by=partition_by,
+                    operation="upsert",
+                    expected_version=expected_version,
+                ),
+            )
         # MERGE reads the table: delta-spark refuses its commit when a concurrent one touched the same files.
         self._check_expected(table, uri, expected_version)
         target = self._open(table, uri)
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        merge = target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()  # new columns: this merge only
+        merge = (
+            target.alias("t").merge(df.alias("s"), condition).withSchemaEvolution()
+        )  # new columns: this merge only
         merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
         return self._result(table, uri)
 
@@ -205,4 +223,6 @@ def _replace_where(partitions: Mapping[str, Sequence[PartitionValue]]) -> str:
     def literal(value: PartitionValue) -> str:
         return "'" + str(value).replace("'", "\\'") + "'"
 
-    return " AND ".join(f"`{c}` IN ({', '.join(literal(v) for v in values)})" for c, values in partitions.items())
+    return " AND ".join(
+        f"`{c}` IN ({', '.join(literal(v) for v in values)})" for c, values in partitions.items()
+    )

@@ -79,7 +79,12 @@ class Engine(Protocol):
     def write(self, table: str, uri: str, df: DataFrame, options: WriteOptions) -> WriteResult: ...
 
     def upsert(
-        self, table: str, uri: str, df: DataFrame, keys: list[str], partition_by: list[str] | None,
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        keys: list[str],
+        partition_by: list[str] | None,
         expected_version: int | None = None,
     ) -> WriteResult: ...
 

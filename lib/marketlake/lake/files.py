@@ -24,7 +24,7 @@ FOLDER_RENAMES = {"local", "hdfs"}
 
 def store_uri(uri: str) -> str:
     """The form `deltalake` and pyarrow understand (Hadoop's s3a:// is plain s3:// to them)."""
-    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+    return "s3://" + uri[len("s3a://") :] if uri.startswith("s3a://") else uri
 
 
 def absolute(uri: str) -> str:
@@ -39,10 +39,15 @@ def s3_options(storage_options: dict[str, str]) -> dict[str, str]:
     AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, ...; any case). Options pyarrow has no use for (conditional puts,
     locking) are deltalake's alone and left out."""
     names = {
-        "access_key_id": "access_key", "secret_access_key": "secret_key", "session_token": "session_token",
-        "token": "session_token", "region": "region", "default_region": "region",
-        "endpoint": "endpoint_override", "endpoint_url": "endpoint_override",
-    }  # fmt: skip
+        "access_key_id": "access_key",
+        "secret_access_key": "secret_key",
+        "session_token": "session_token",
+        "token": "session_token",
+        "region": "region",
+        "default_region": "region",
+        "endpoint": "endpoint_override",
+        "endpoint_url": "endpoint_override",
+    }
     options: dict[str, str] = {}
     allow_http = False
     for key, value in storage_options.items():
@@ -88,7 +93,7 @@ class Files:
         key = f"{parsed.scheme}://{parsed.netloc}"
         if key in self._stores:  # one file system per bucket: building one may ask the store its region
             filesystem, prefix = self._stores[key]
-            return filesystem, store_uri(uri)[len(prefix):]
+            return filesystem, store_uri(uri)[len(prefix) :]
         if parsed.scheme == "s3" and self.storage_options:
             filesystem = pafs.S3FileSystem(**s3_options(self.storage_options))
             path = f"{parsed.netloc}{parsed.path}"
@@ -157,12 +162,17 @@ class Files:
         infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=recursive))
         entries = []
         for info in infos:
-            relative = info.path[len(base):].lstrip("/")
+            relative = info.path[len(base) :].lstrip("/")
             is_dir = info.type == pafs.FileType.Directory
-            entries.append(FileEntry(
-                uri=f"{uri.rstrip('/')}/{relative}", relative=relative, is_dir=is_dir,
-                size=None if is_dir else info.size, mtime=info.mtime,
-            ))  # fmt: skip
+            entries.append(
+                FileEntry(
+                    uri=f"{uri.rstrip('/')}/{relative}",
+                    relative=relative,
+                    is_dir=is_dir,
+                    size=None if is_dir else info.size,
+                    mtime=info.mtime,
+                )
+            )
         return sorted(entries, key=lambda e: e.relative)
 
     def write_bytes(self, uri: str, data: bytes) -> None:

@@ -8,9 +8,18 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from marketlake import catalog
 from marketlake.errors import TableError
 
-PARTITION_TYPES = (T.StringType, T.DateType, T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.BooleanType)
+PARTITION_TYPES = (
+    T.StringType,
+    T.DateType,
+    T.ByteType,
+    T.ShortType,
+    T.IntegerType,
+    T.LongType,
+    T.BooleanType,
+)
 
 
 @overload
@@ -24,7 +33,9 @@ def as_nullable(data_type: T.DataType) -> T.DataType: ...
 def as_nullable(data_type: T.DataType) -> T.DataType:
     """Delta tables created by marketlake declare every column nullable, as delta-spark does."""
     if isinstance(data_type, T.StructType):
-        return T.StructType([T.StructField(f.name, as_nullable(f.dataType), True, f.metadata) for f in data_type])
+        return T.StructType(
+            [T.StructField(f.name, as_nullable(f.dataType), True, f.metadata) for f in data_type]
+        )
     if isinstance(data_type, T.ArrayType):
         return T.ArrayType(as_nullable(data_type.elementType), True)
     if isinstance(data_type, T.MapType):
@@ -82,3 +93,43 @@ def align_to_table(
         for f in merged.fields
     ]
     return df.select(*columns), merged
+
+
+SIMPLE_TYPES: dict[str, T.DataType] = {
+    "string": T.StringType(),
+    "binary": T.BinaryType(),
+    "boolean": T.BooleanType(),
+    "int": T.IntegerType(),
+    "bigint": T.LongType(),
+    "double": T.DoubleType(),
+    "date": T.DateType(),
+    "timestamp": T.TimestampType(),
+}
+
+
+def parse_type(text: str) -> T.DataType:
+    """A catalog column type (Spark SQL: string, bigint, array<string>, map<string,bigint>, ...) as a
+    DataType, without a Spark session (the catalog's types only)."""
+    text = text.strip()
+    if text in SIMPLE_TYPES:
+        return SIMPLE_TYPES[text]
+    if text.startswith("array<") and text.endswith(">"):
+        return T.ArrayType(parse_type(text[len("array<") : -1]))
+    if text.startswith("map<") and text.endswith(">"):
+        key, value = _split_top_level(text[len("map<") : -1])
+        return T.MapType(parse_type(key), parse_type(value))
+    raise ValueError(f"catalog column type {text!r} is not one marketlake parses")
+
+
+def _split_top_level(text: str) -> tuple[str, str]:
+    depth = 0
+    for position, char in enumerate(text):
+        depth += {"<": 1, ">": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            return text[:position], text[position + 1 :]
+    raise ValueError(f"not a key,value pair of types: {text!r}")
+
+
+def spark_schema(table: catalog.Table) -> T.StructType:
+    """The catalog's columns of `table` as a Spark schema (all nullable, as Delta stores them)."""
+    return T.StructType([T.StructField(name, parse_type(kind)) for name, kind in table.columns])

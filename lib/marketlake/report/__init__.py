@@ -21,9 +21,18 @@ from marketlake.report.format import count
 from marketlake.report.sections import Section, Table, build, runs_table
 
 __all__ = [
-    "Absent", "Chart", "Frame", "ReportData", "Section", "Table",
-    "build", "gather", "render", "report_exists", "report_path",
-]  # fmt: skip
+    "Absent",
+    "Chart",
+    "Frame",
+    "ReportData",
+    "Section",
+    "Table",
+    "build",
+    "gather",
+    "render",
+    "report_exists",
+    "report_path",
+]
 
 # The headline cards after "customers": facts of the sections, by label.
 HEADLINE = ["segments", "rules", "campaigns", "to contact", "experiments"]
@@ -42,9 +51,12 @@ def report_exists(path: str) -> bool:
 def render(data: ReportData, sections: list[Section], generated_at: dt.datetime) -> str:
     """The report's HTML page."""
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("marketlake", "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
-    )  # fmt: skip
+        loader=jinja2.PackageLoader("marketlake", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     facts = {label: value for section in sections for label, value in section.facts}
     labels = data.rfm.labels
     headline = [
@@ -52,8 +64,11 @@ def render(data: ReportData, sections: list[Section], generated_at: dt.datetime)
         *[(label, facts.get(label, "-")) for label in HEADLINE],
     ]
     return environment.get_template("report.html.j2").render(
-        run_date=data.run_date.isoformat(), lake_root=data.lake_root,
-        generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"), sections=sections, headline=headline,
+        run_date=data.run_date.isoformat(),
+        lake_root=data.lake_root,
+        generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        sections=sections,
+        headline=headline,
         missing=[(section, message) for section in sections for message in section.missing],
         runs=None if isinstance(data.runs, Absent) else runs_table(data.runs),
-    )  # fmt: skip
+    )

@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 BLUE, GREY, GREEN, RED, ORANGE = "#2f6db5", "#9aa5b1", "#2e8b57", "#c0392b", "#e08e0b"
@@ -31,7 +32,7 @@ def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def tidy(ax) -> None:
+def tidy(ax: Axes) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(labelsize=9)
 
@@ -42,7 +43,12 @@ def segment_sizes(profiles: pd.DataFrame) -> Chart:
     figure = new_figure(8, 0.45 * len(profiles) + 1.0)
     ax = figure.subplots()
     bars = ax.barh(ordered.segment_name, ordered["size"], color=BLUE)
-    ax.bar_label(bars, labels=[f"{s:,} ({p:.1%})" for s, p in zip(ordered["size"], ordered.share, strict=True)], padding=4, fontsize=9)
+    ax.bar_label(
+        bars,
+        labels=[f"{s:,} ({p:.1%})" for s, p in zip(ordered["size"], ordered.share, strict=True)],
+        padding=4,
+        fontsize=9,
+    )
     ax.set_xlabel("customers")
     ax.set_xlim(0, ordered["size"].max() * 1.25)
     tidy(ax)
@@ -54,7 +60,13 @@ def segment_profiles(profiles: pd.DataFrame) -> Chart:
     figure = new_figure(9, 2.8)
     axes = figure.subplots(1, 3)
     for ax, (column, label) in zip(
-        axes, [("mean_recency_days", "days since last visit"), ("mean_frequency", "orders"), ("mean_monetary", "revenue")], strict=True
+        axes,
+        [
+            ("mean_recency_days", "days since last visit"),
+            ("mean_frequency", "orders"),
+            ("mean_monetary", "revenue"),
+        ],
+        strict=True,
     ):
         ax.bar(profiles.segment_name, profiles[column], color=BLUE)
         ax.set_title(f"average {label}", fontsize=10)
@@ -71,7 +83,16 @@ def silhouette_by_k(scores: pd.DataFrame) -> Chart:
     ax = figure.subplots()
     ax.plot(scores.k, scores.silhouette, marker="o", color=BLUE)
     chosen = scores[scores.chosen]
-    ax.scatter(chosen.k, chosen.silhouette, s=160, facecolors="none", edgecolors=ORANGE, linewidths=2, label="chosen", zorder=3)
+    ax.scatter(
+        chosen.k,
+        chosen.silhouette,
+        s=160,
+        facecolors="none",
+        edgecolors=ORANGE,
+        linewidths=2,
+        label="chosen",
+        zorder=3,
+    )
     ax.set_xlabel("k (number of segments)")
     ax.set_ylabel("silhouette")
     ax.set_xticks(list(scores.k))
@@ -102,9 +123,21 @@ def rfm_labels_and_grid(labels: pd.DataFrame, grid: pd.DataFrame) -> Chart:
     for i, r in enumerate(cells.index):
         for j, f in enumerate(cells.columns):
             value = cells.loc[r, f]
-            grid_ax.text(j, i, f"{value:,}", ha="center", va="center", fontsize=8, color="white" if value > peak / 2 else "black")
+            grid_ax.text(
+                j,
+                i,
+                f"{value:,}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if value > peak / 2 else "black",
+            )
     figure.colorbar(image, ax=grid_ax, shrink=0.7, label="buyers")
-    return Chart("RFM labels and score grid", "bars: customers per RFM label; heatmap: buyers by recency and frequency score", png(figure))
+    return Chart(
+        "RFM labels and score grid",
+        "bars: customers per RFM label; heatmap: buyers by recency and frequency score",
+        png(figure),
+    )
 
 
 def recommendation_quality(wide: pd.DataFrame) -> Chart:
@@ -114,13 +147,19 @@ def recommendation_quality(wide: pd.DataFrame) -> Chart:
     ax = figure.subplots()
     positions = list(range(len(wide)))
     als = ax.bar([p - 0.2 for p in positions], wide.als, width=0.4, color=BLUE, label="ALS")
-    base = ax.bar([p + 0.2 for p in positions], wide.popularity, width=0.4, color=GREY, label="popularity baseline")
+    base = ax.bar(
+        [p + 0.2 for p in positions], wide.popularity, width=0.4, color=GREY, label="popularity baseline"
+    )
     ax.bar_label(als, fmt="%.3f", fontsize=7, padding=2)
     ax.bar_label(base, fmt="%.3f", fontsize=7, padding=2)
     ax.set_xticks(positions, labels, rotation=30, ha="right")
     ax.legend(frameon=False)
     tidy(ax)
-    return Chart("ALS against the popularity baseline", "grouped bars: each metric at k for ALS and the baseline", png(figure))
+    return Chart(
+        "ALS against the popularity baseline",
+        "grouped bars: each metric at k for ALS and the baseline",
+        png(figure),
+    )
 
 
 def audience_sizes(audience: pd.DataFrame) -> Chart:
@@ -128,8 +167,12 @@ def audience_sizes(audience: pd.DataFrame) -> Chart:
     figure = new_figure(8, 0.55 * len(audience) + 1.2)
     ax = figure.subplots()
     treated = ax.barh(audience.campaign_id, audience.treatment, color=BLUE, label="treatment")
-    held = ax.barh(audience.campaign_id, audience.control, left=audience.treatment, color=GREY, label="control")
-    ax.bar_label(treated, labels=[f"{n:,}" for n in audience.treatment], label_type="center", color="white", fontsize=9)
+    held = ax.barh(
+        audience.campaign_id, audience.control, left=audience.treatment, color=GREY, label="control"
+    )
+    ax.bar_label(
+        treated, labels=[f"{n:,}" for n in audience.treatment], label_type="center", color="white", fontsize=9
+    )
     ax.bar_label(held, labels=[f"{n:,}" for n in audience.control], padding=4, fontsize=9)
     ax.set_xlabel("customers")
     ax.set_xlim(0, audience.audience.max() * 1.15)
@@ -143,9 +186,14 @@ def lift_forest(variants: pd.DataFrame) -> Chart:
     """A forest plot of each variant's lift over its control with the 95% interval: relative lift in % when
     every variant has one, else the absolute lift; green above 0, red below, grey across."""
     relative = variants.lift_relative.notna().all() and variants.rel_ci_low.notna().all()
-    point, low, high = (("lift_relative", "rel_ci_low", "rel_ci_high") if relative else ("lift", "ci_low", "ci_high"))
+    point, low, high = (
+        ("lift_relative", "rel_ci_low", "rel_ci_high") if relative else ("lift", "ci_low", "ci_high")
+    )
     scale = 100.0 if relative else 1.0
-    labels = [f"{e} · {m} · {v}" for e, m, v in zip(variants.experiment_id, variants.metric, variants.variant, strict=True)]
+    labels = [
+        f"{e} · {m} · {v}"
+        for e, m, v in zip(variants.experiment_id, variants.metric, variants.variant, strict=True)
+    ]
     figure = new_figure(8.5, 0.45 * len(variants) + 1.2)
     ax = figure.subplots()
     for i, row in enumerate(variants.itertuples(index=False)):
@@ -153,7 +201,14 @@ def lift_forest(variants: pd.DataFrame) -> Chart:
         color = GREEN if lo > 0 else RED if hi < 0 else GREY
         ax.plot([lo, hi], [i, i], color=color, linewidth=3, solid_capstyle="round")
         ax.plot(mid, i, "o", color=color, markersize=7)
-        ax.annotate(f"{mid:+.1f}%" if relative else f"{mid:+.4f}", (hi, i), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(
+            f"{mid:+.1f}%" if relative else f"{mid:+.4f}",
+            (hi, i),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_ylim(len(variants) - 0.5, -0.5)
     ax.set_yticks(range(len(variants)), labels)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from marketlake import catalog
+
+if TYPE_CHECKING:
+    from marketlake.lake import Lake
 
 SEGMENT_MODEL = "segment_kmeans"
 PROFILES, FEATURES = catalog.SEGMENT_PROFILES, catalog.USER_FEATURES
@@ -90,14 +94,18 @@ class ReportData:
     runs: Frame  # job, status, ended_at, seconds: the latest run of each job for the date
 
 
-def dated(lake, source: catalog.Table, run_date: dt.date) -> DataFrame | Absent:
+def dated(lake: Lake, source: catalog.Table, run_date: dt.date) -> DataFrame | Absent:
     """The table's rows for the run date, or why there are none."""
     table, job = source.name, source.written_by[0]
     if not lake.exists(table):
-        return Absent(f"{table} is absent from this lake: the {job} job makes it (./spark-submit.sh {job} --run-date {run_date}).")
+        return Absent(
+            f"{table} is absent from this lake: the {job} job makes it (./spark-submit.sh {job} --run-date {run_date})."
+        )
     frame = lake.read(table).filter(F.col("as_of_date") == F.lit(run_date))
     if frame.limit(1).count() == 0:
-        latest = lake.read(table).agg(F.max("as_of_date")).first()[0]
+        latest_row = lake.read(table).agg(F.max("as_of_date")).first()
+        assert latest_row is not None  # an aggregate without groups has one row
+        latest = latest_row[0]
         where = f"its latest date is {latest}" if latest else "it is empty"
         return Absent(f"{table} has no rows for {run_date} ({where}): run {job} for {run_date}.")
     return frame
@@ -108,7 +116,7 @@ def small(frame: DataFrame | Absent, make: Callable[[DataFrame], DataFrame]) -> 
     return frame if isinstance(frame, Absent) else make(frame).toPandas()
 
 
-def gather(lake, run_date: dt.date, top_rules: int = 15) -> ReportData:
+def gather(lake: Lake, run_date: dt.date, top_rules: int = 15) -> ReportData:
     """Every figure the report shows."""
     segments = gather_segments(lake, run_date)
     return ReportData(
@@ -125,75 +133,108 @@ def gather(lake, run_date: dt.date, top_rules: int = 15) -> ReportData:
     )
 
 
-def gather_segments(lake, run_date: dt.date) -> SegmentsData:
+def gather_segments(lake: Lake, run_date: dt.date) -> SegmentsData:
     return SegmentsData(small(dated(lake, PROFILES, run_date), lambda f: f.orderBy("segment_id")))
 
 
-def gather_rfm(lake, run_date: dt.date) -> RfmData:
+def gather_rfm(lake: Lake, run_date: dt.date) -> RfmData:
     features = dated(lake, FEATURES, run_date)
     labels = small(
         features,
         lambda f: f.groupBy("rfm_label").agg(
-            F.count("*").alias("users"), F.avg("frequency").alias("orders"), F.avg("monetary").alias("revenue")
+            F.count("*").alias("users"),
+            F.avg("frequency").alias("orders"),
+            F.avg("monetary").alias("revenue"),
         ),
     )
-    grid = small(features, lambda f: f.filter(F.col("r_score").isNotNull()).groupBy("r_score", "f_score").count())
+    grid = small(
+        features, lambda f: f.filter(F.col("r_score").isNotNull()).groupBy("r_score", "f_score").count()
+    )
     return RfmData(labels, grid)
 
 
-def gather_rules(lake, run_date: dt.date, top_rules: int) -> RulesData:
+def gather_rules(lake: Lake, run_date: dt.date, top_rules: int) -> RulesData:
     rules = dated(lake, RULES, run_date)
     top = small(
         rules,
-        lambda f: f.orderBy(F.desc("lift"), F.desc("confidence"), F.desc("support"), F.col("antecedent").cast("string"))
-        .limit(top_rules)
-        .select(F.array_join("antecedent", " + ").alias("antecedent"), F.array_join("consequent", " + ").alias("consequent"), "support", "confidence", "lift"),
-    )  # fmt: skip
+        lambda f: (
+            f.orderBy(
+                F.desc("lift"), F.desc("confidence"), F.desc("support"), F.col("antecedent").cast("string")
+            )
+            .limit(top_rules)
+            .select(
+                F.array_join("antecedent", " + ").alias("antecedent"),
+                F.array_join("consequent", " + ").alias("consequent"),
+                "support",
+                "confidence",
+                "lift",
+            )
+        ),
+    )
     summary = small(
-        rules, lambda f: f.agg(F.count("*").alias("rules"), F.max("lift").alias("max_lift"), F.avg("confidence").alias("mean_confidence"))
-    )  # fmt: skip
+        rules,
+        lambda f: f.agg(
+            F.count("*").alias("rules"),
+            F.max("lift").alias("max_lift"),
+            F.avg("confidence").alias("mean_confidence"),
+        ),
+    )
     cross_sell_items = small(
         dated(lake, CROSS_SELL, run_date), lambda f: f.agg(F.countDistinct("item_id").alias("items"))
     )
     return RulesData(top, summary, cross_sell_items, item_names(lake, top))
 
 
-def gather_recommendations(lake, run_date: dt.date) -> RecommendationsData:
+def gather_recommendations(lake: Lake, run_date: dt.date) -> RecommendationsData:
     evaluation = small(dated(lake, EVALUATION, run_date), lambda f: f.drop("as_of_date"))
     sources = small(
         dated(lake, RECOMMENDATIONS, run_date),
-        lambda f: f.groupBy("source").agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows")).orderBy("source"),
-    )  # fmt: skip
+        lambda f: (
+            f.groupBy("source")
+            .agg(F.countDistinct("user_id").alias("users"), F.count("*").alias("rows"))
+            .orderBy("source")
+        ),
+    )
     return RecommendationsData(evaluation, sources)
 
 
-def gather_audiences(lake, run_date: dt.date) -> AudiencesData:
+def gather_audiences(lake: Lake, run_date: dt.date) -> AudiencesData:
     audience = dated(lake, AUDIENCE, run_date)
     campaigns = small(
         audience,
-        lambda f: f.groupBy("campaign_id", "channel", "control_share").agg(
-            F.count("*").alias("audience"),
-            F.sum((F.col("group") == "treatment").cast("long")).alias("treatment"),
-            F.sum((F.col("group") == "control").cast("long")).alias("control"),
-            F.sum((F.size("items") > 0).cast("long")).alias("with_items"),
-            F.sum((F.size("cross_sell") > 0).cast("long")).alias("with_cross_sell"),
-        ).orderBy("campaign_id"),
+        lambda f: (
+            f.groupBy("campaign_id", "channel", "control_share")
+            .agg(
+                F.count("*").alias("audience"),
+                F.sum((F.col("group") == "treatment").cast("long")).alias("treatment"),
+                F.sum((F.col("group") == "control").cast("long")).alias("control"),
+                F.sum((F.size("items") > 0).cast("long")).alias("with_items"),
+                F.sum((F.size("cross_sell") > 0).cast("long")).alias("with_cross_sell"),
+            )
+            .orderBy("campaign_id")
+        ),
     )
     offers = small(
-        audience, lambda f: f.groupBy("campaign_id", "offer").agg(F.count("*").alias("users")).orderBy("campaign_id", F.desc("users"), "offer")
-    )  # fmt: skip
+        audience,
+        lambda f: (
+            f.groupBy("campaign_id", "offer")
+            .agg(F.count("*").alias("users"))
+            .orderBy("campaign_id", F.desc("users"), "offer")
+        ),
+    )
     return AudiencesData(campaigns, offers)
 
 
-def gather_experiments(lake, run_date: dt.date) -> ExperimentsData:
+def gather_experiments(lake: Lake, run_date: dt.date) -> ExperimentsData:
     return ExperimentsData(
         small(
-            dated(lake, EXPERIMENTS, run_date), lambda f: f.orderBy("experiment_id", "cuped", "metric", F.desc("is_control"), "variant")
+            dated(lake, EXPERIMENTS, run_date),
+            lambda f: f.orderBy("experiment_id", "cuped", "metric", F.desc("is_control"), "variant"),
         )
-    )  # fmt: skip
+    )
 
 
-def silhouettes(lake, profiles: Frame, run_date: dt.date) -> Frame:
+def silhouettes(lake: Lake, profiles: Frame, run_date: dt.date) -> Frame:
     """(k, silhouette, chosen) of the segment model the run date's profiles came from (ops.models)."""
     if isinstance(profiles, Absent):
         return profiles
@@ -210,29 +251,47 @@ def silhouettes(lake, profiles: Frame, run_date: dt.date) -> Frame:
         .first()
     )
     if row is None:
-        return Absent(f"{MODELS.name} has no row for model {SEGMENT_MODEL} {versions[0]}: run segment for {run_date}.")
-    metrics = row.metrics
-    ks = sorted(int(key[len("silhouette_k"):]) for key in metrics if key.startswith("silhouette_k"))
-    return pd.DataFrame(
-        {"k": ks, "silhouette": [metrics[f"silhouette_k{k}"] for k in ks], "chosen": [k == metrics.get("k") for k in ks]}
+        return Absent(
+            f"{MODELS.name} has no row for model {SEGMENT_MODEL} {versions[0]}: run segment for {run_date}."
+        )
+    metrics: dict[str, float] = row.metrics  # map<string,double>
+    ks = sorted(int(key[len("silhouette_k") :]) for key in metrics if key.startswith("silhouette_k"))
+    scores: pd.DataFrame = pd.DataFrame(
+        {
+            "k": ks,
+            "silhouette": [metrics[f"silhouette_k{k}"] for k in ks],
+            "chosen": [k == metrics.get("k") for k in ks],
+        }
     )
+    return scores
 
 
-def item_names(lake, rules: Frame) -> dict[str, str]:
+def item_names(lake: Lake, rules: Frame) -> dict[str, str]:
     """Titles (or category) of the items in the listed rules, from silver.items."""
     if isinstance(rules, Absent) or rules.empty or not lake.exists(ITEMS):
         return {}
-    ids = sorted({item for column in ("antecedent", "consequent") for text in rules[column] for item in text.split(" + ")})
+    ids = sorted(
+        {
+            item
+            for column in ("antecedent", "consequent")
+            for text in rules[column]
+            for item in text.split(" + ")
+        }
+    )
     items = lake.read(ITEMS).filter(F.col("item_id").isin(ids))
     title = F.coalesce(*[F.col(c) for c in ("title", "category") if c in items.columns], F.lit(""))
-    return {row.item_id: row.name for row in items.select("item_id", title.alias("name")).collect()}  # a few dozen
+    return {
+        row.item_id: row.name for row in items.select("item_id", title.alias("name")).collect()
+    }  # a few dozen
 
 
-def job_runs(lake, run_date: dt.date) -> Frame:
+def job_runs(lake: Lake, run_date: dt.date) -> Frame:
     """The latest run of each job for the run date."""
     table = JOB_RUNS.name
     if not lake.exists(table):
         return Absent(f"{table} is absent from this lake.")
     runs = lake.read(table).filter(F.col("run_date") == F.lit(run_date))
-    latest = runs.groupBy("job").agg(F.max_by(F.struct("status", "ended_at", "seconds"), "ended_at").alias("last"))
+    latest = runs.groupBy("job").agg(
+        F.max_by(F.struct("status", "ended_at", "seconds"), "ended_at").alias("last")
+    )
     return latest.select("job", "last.status", "last.ended_at", "last.seconds").orderBy("ended_at").toPandas()

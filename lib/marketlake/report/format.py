@@ -7,24 +7,25 @@ from typing import Any
 
 import pandas as pd
 
-Formatter = Callable[[Any], str]
+Value = Any  # a pandas cell: int, float, a numpy scalar, a Timestamp, None or NaN
+Formatter = Callable[[Value], str]
 
 
-def missing(value) -> bool:
-    return value is None or pd.isna(value)
+def missing(value: Value) -> bool:
+    return value is None or bool(pd.isna(value))  # a scalar gives a bool
 
 
-def count(value) -> str:
+def count(value: Value) -> str:
     """1,234"""
     return "-" if missing(value) else f"{int(value):,}"
 
 
-def share(value) -> str:
+def share(value: Value) -> str:
     """12.3%"""
     return "-" if missing(value) else f"{value:.1%}"
 
 
-def number(value, digits: int = 4) -> str:
+def number(value: Value, digits: int = 4) -> str:
     """1,234.5678"""
     return "-" if missing(value) else f"{value:,.{digits}f}"
 
@@ -32,29 +33,29 @@ def number(value, digits: int = 4) -> str:
 def fixed(digits: int) -> Formatter:
     """A `number` with this many digits."""
 
-    def format_(value) -> str:
+    def format_(value: Value) -> str:
         return number(value, digits)
 
     return format_
 
 
-def money(value) -> str:
+def money(value: Value) -> str:
     """1,234.50"""
     return number(value, 2)
 
 
-def signed(value, digits: int = 4) -> str:
+def signed(value: Value, digits: int = 4) -> str:
     """+0.0200"""
     return "-" if missing(value) else f"{value:+.{digits}f}"
 
 
-def signed_share(value) -> str:
+def signed_share(value: Value) -> str:
     """+20.0%"""
     return f"{value:+.1%}"
 
 
-def with_interval(value, low, high, format_: Formatter) -> str:
-    """"+0.0200 [+0.0080, +0.0320]"; "-" without a value."""
+def with_interval(value: Value, low: Value, high: Value, format_: Formatter) -> str:
+    """ "+0.0200 [+0.0080, +0.0320]"; "-" without a value."""
     if missing(value):
         return "-"
     if missing(low) or missing(high):
@@ -62,14 +63,14 @@ def with_interval(value, low, high, format_: Formatter) -> str:
     return f"{format_(value)} [{format_(low)}, {format_(high)}]"
 
 
-def p_value(value) -> str:
+def p_value(value: Value) -> str:
     """A `number`, without printing a tiny p-value as 0.0000."""
     if not missing(value) and value < 0.0001:
         return "<0.0001"
     return number(value)
 
 
-def probability(value) -> str:
+def probability(value: Value) -> str:
     """A `share`, without rounding a near-certainty to 100.0% (or a near-impossibility to 0.0%)."""
     if not missing(value):
         if value > 0.999:
@@ -79,13 +80,13 @@ def probability(value) -> str:
     return share(value)
 
 
-def number_or_count(value) -> str:
+def number_or_count(value: Value) -> str:
     """Conversions are counts for rate metrics and sums (revenue) for others."""
     if missing(value):
         return "-"
     return count(value) if float(value).is_integer() else number(value, 2)
 
 
-def timestamp(value) -> str:
+def timestamp(value: Value) -> str:
     """2024-06-30 03:00"""
     return "-" if missing(value) else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
