@@ -51,3 +51,16 @@ def test_a_missing_table_names_the_job_that_writes_it(spark, config, lake_root):
     lake = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), lake_root)
     with pytest.raises(UsageError, match="gold.user_segments does not exist in this lake; run segment first"):
         lake.require(catalog.USER_SEGMENTS.name)
+
+
+def test_py4j_and_engine_modules_stay_inside_the_lake():
+    """One module reaches into the JVM (lake/jvm.py); nothing outside lib/marketlake/lake imports an engine."""
+    jvm_calls, engine_imports = [], []
+    for path in sorted((ROOT / "lib").rglob("*.py")):
+        text = path.read_text()
+        relative = str(path.relative_to(ROOT))
+        if re.search(r"\._jvm\b|\._jsc\b", text) and not relative.endswith("lake/jvm.py"):
+            jvm_calls.append(relative)
+        if re.search(r"marketlake\.lake\.delta_(rs|spark)", text) and "/lake/" not in relative:
+            engine_imports.append(relative)
+    assert jvm_calls == [] and engine_imports == []

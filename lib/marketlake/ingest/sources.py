@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake.errors import ConfigError, UsageError
+from marketlake.lake.jvm import hadoop_files
 from marketlake.mapping import CANONICAL, CsvOptions, SourceMapping
 
 # Names Spark and Hadoop skip, and we too: _SUCCESS, .crc files, _staging folders, hidden files.
@@ -92,35 +93,13 @@ def check_local_source(source: str) -> None:
 def list_source_files(spark: SparkSession, source: str) -> list[SourceFile]:
     """The files under `source` (a file, or a folder searched recursively), with Hadoop's view of their
     size and modification time, sorted by path. Hidden names (_x, .x) are skipped, as Spark does."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None  # set once a classic session's context has started
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(source)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(hadoop_path):
+    listed = hadoop_files(spark, source, lambda part: bool(HIDDEN.match(part)))
+    if listed is None:
         raise UsageError(f"source not found: {source}")
-    root = fs.getFileStatus(hadoop_path)
-    found: list[SourceFile] = []
-    if root.isFile():
-        statuses = [root]
-    else:
-        statuses = []
-        iterator = fs.listFiles(hadoop_path, True)
-        base = len(fs.makeQualified(hadoop_path).toUri().getPath().rstrip("/"))
-        while iterator.hasNext():
-            status = iterator.next()
-            relative = status.getPath().toUri().getPath()[base:]
-            if not any(HIDDEN.match(part) for part in relative.split("/") if part):
-                statuses.append(status)
-    for status in statuses:
-        path = fs.makeQualified(status.getPath())
-        found.append(
-            SourceFile(
-                file_uri(path.toUri().toString()),
-                status.getLen(),
-                status.getModificationTime(),
-                GLOB_CHARACTERS.sub(r"\\\1", path.toString()),
-            )
-        )
+    found = [
+        SourceFile(file_uri(f.uri), f.size, f.modified_ms, GLOB_CHARACTERS.sub(r"\\\1", f.path))
+        for f in listed
+    ]
     if not found:
         raise UsageError(f"no input files under {source}")
     if all(f.size == 0 for f in found):

@@ -19,6 +19,7 @@ from marketlake.lake.engine import (
     table_folders,
 )
 from marketlake.lake.files import Files
+from marketlake.lake.jvm import class_loads
 from marketlake.lake.schema import align_to_table, check_partition_columns
 
 if TYPE_CHECKING:
@@ -28,12 +29,7 @@ if TYPE_CHECKING:
 def delta_spark_available(spark: SparkSession) -> tuple[bool, str]:
     """Whether the delta-spark classes load in this session's JVM and the session is set up for them."""
     no_jars = "the delta-spark jars (io.delta:delta-spark_2.13) are not on the session's classpath"
-    try:
-        jvm = spark._jvm  # noqa: SLF001
-        if jvm is None:
-            return False, no_jars
-        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-    except Exception:  # py4j wraps ClassNotFoundException; Spark Connect has no _jvm
+    if not class_loads(spark, "io.delta.tables.DeltaTable"):
         return False, no_jars
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if "io.delta.sql.DeltaSparkSessionExtension" not in extensions:
