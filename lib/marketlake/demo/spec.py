@@ -10,26 +10,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from marketlake.errors import UsageError
+from marketlake.mapping import CANONICAL
 
 DEFAULT_END_DATE = dt.date(2024, 6, 30)
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "exposure")
 VIEW, CLICK, CART, PURCHASE, EXPOSURE = range(5)
-EVENT_FIELDS = (
-    "event_id",
-    "user_id",
-    "item_id",
-    "event_type",
-    "ts",
-    "session_id",
-    "order_id",
-    "quantity",
-    "price",
-    "channel",
-    "campaign_id",
-    "experiment_id",
-    "variant",
-)
+# The shop writes every canonical event field but rating (a MovieLens field), in the mapping's order.
+EVENT_FIELDS = tuple(field for field in CANONICAL["events"] if field != "rating")
 REQUIRED_FIELDS = ("user_id", "item_id", "event_type", "ts")
 CHANNELS = ("web", "app", "email", "ads")
 CAMPAIGNS = (
