@@ -143,6 +143,7 @@ class Batch:
     # The silver version `classified` was decided against (duplicates, conflicts, updates): the silver write
     # commits only while silver is still at it, else the batch is decided again (see write_batch).
     silver_version: int = NO_TABLE
+    facts: DataFrame | None = None  # key_facts of that decision (cached)
     cached: list[DataFrame] = field(default_factory=list)
 
     @property
@@ -231,7 +232,10 @@ def decide(lake: Lake, batch: Batch, silver_version: int, lineage: Lineage) -> i
     entity, validated = batch.request.entity, batch.validated
     assert validated is not None  # read_and_validate sets it before any decision
     facts = validated.transform(key_facts(entity, lake.read_at(silver_table(entity), silver_version)))
-    facts = facts.persist(StorageLevel.MEMORY_AND_DISK)
+    if batch.facts is not None:  # an earlier decision's, against an older silver version
+        batch.facts.unpersist()
+        batch.cached.remove(batch.facts)
+    batch.facts = facts = facts.persist(StorageLevel.MEMORY_AND_DISK)
     batch.cached.append(facts)
     keys_to_decide = facts.count()
     batch.classified = validated.transform(
@@ -244,13 +248,21 @@ def decide(lake: Lake, batch: Batch, silver_version: int, lineage: Lineage) -> i
     ).withColumns(lineage.columns())
     # One row per file, outcome and reason: the counts, and the records of each file.
     batch.tally = batch.classified.groupBy("_source_file", "_outcome", "_reason").count().collect()
-    for stale in [
-        key for key in batch.counts if key.startswith("rejected.")
-    ]:  # reasons of an earlier decision
-        del batch.counts[stale]
+    stale_reasons = [key for key in batch.counts if key.startswith("rejected.")]  # an earlier decision's
+    for key in stale_reasons:
+        del batch.counts[key]
     batch.counts.update(summarise(batch.tally))
     batch.silver_version = silver_version
     return keys_to_decide
+
+
+def records_per_file(tally: list[Row], outcome: str | None = None) -> dict[str, int]:
+    """Records per source file in a tally: those with `outcome`, or all records (blank lines aside)."""
+    per_file: dict[str, int] = {}
+    for row in tally:
+        if (row["_outcome"] == outcome) if outcome else (row["_outcome"] != BLANK):
+            per_file[row["_source_file"]] = per_file.get(row["_source_file"], 0) + row["count"]
+    return per_file
 
 
 def check_reject_rate(batch: Batch, settings: IngestConfig, results: list[IngestResult]) -> None:
@@ -259,13 +271,7 @@ def check_reject_rate(batch: Batch, settings: IngestConfig, results: list[Ingest
     limit = settings.max_reject_rate if mapping.max_reject_rate is None else mapping.max_reject_rate
     if not batch.has_records or counts["rejected"] <= limit * counts["records_read"]:
         return
-    read: dict[str, int] = {}
-    rejected: dict[str, int] = {}
-    for row in batch.tally:
-        if row["_outcome"] != BLANK:
-            read[row["_source_file"]] = read.get(row["_source_file"], 0) + row["count"]
-        if row["_outcome"] == REJECTED:
-            rejected[row["_source_file"]] = rejected.get(row["_source_file"], 0) + row["count"]
+    read, rejected = records_per_file(batch.tally), records_per_file(batch.tally, REJECTED)
     worst = min(rejected, key=lambda uri: (-rejected[uri], uri))
     reasons = sorted(
         ((key.removeprefix("rejected."), n) for key, n in counts.items() if key.startswith("rejected.")),
@@ -319,14 +325,10 @@ def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
         )
         counts["quarantined_new"] = step.rows
     with ctx.step(f"{entity}: {MANIFEST}") as step:
-        per_file: dict[str, int] = {}
-        for row in batch.tally:
-            if row["_outcome"] != BLANK:
-                per_file[row["_source_file"]] = per_file.get(row["_source_file"], 0) + row["count"]
         step.rows = record_files(
             ctx.spark,
             lake,
-            per_file,
+            records_per_file(batch.tally),
             batch.files,
             entity,
             request.mapping.name,

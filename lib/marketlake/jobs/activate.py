@@ -145,17 +145,11 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
             .transform(as_audience(run_date))
         )
         with ctx.step(AUDIENCE) as step:
-            step.rows = lake.write(
-                AUDIENCE,
-                audience,
-                "overwrite",
-                partition_by=["as_of_date"],
-                partitions={"as_of_date": [run_date]},
-            ).rows
+            step.rows = lake.overwrite_as_of(AUDIENCE, audience, run_date).rows
     finally:
         targeted.unpersist()
 
-    written = lake.read(AUDIENCE).filter(F.col("as_of_date") == F.lit(run_date)).persist()
+    written = lake.read_as_of(AUDIENCE, run_date).persist()
     try:
         sizes = {
             (row.campaign_id, row.group): row["count"]
@@ -203,7 +197,7 @@ def has_date(ctx: JobContext, table: str, job: str) -> bool:
     """Whether `table` has rows for the run date; logs why the lists it feeds stay empty when it has not."""
     if not ctx.lake.exists(table):
         why = "does not exist"
-    elif ctx.lake.read(table).filter(F.col("as_of_date") == F.lit(ctx.run_date)).limit(1).count() == 0:
+    elif ctx.lake.read_as_of(table, ctx.run_date).limit(1).count() == 0:
         why = f"has no rows for {ctx.run_date}"
     else:
         return True

@@ -324,7 +324,7 @@ def write_results(ctx: JobContext, rows: list[dict[str, Any]], replaced: Column)
     lake, run_date = ctx.lake, ctx.run_date
     kept = []
     if lake.exists(RESULTS):
-        of_date = lake.read(RESULTS).filter(F.col("as_of_date") == F.lit(run_date))
+        of_date = lake.read_as_of(RESULTS, run_date)
         # A table written before a column was added lacks it: null there (the write below adds it).
         columns = [
             F.col(f.name) if f.name in of_date.columns else F.lit(None).cast(f.dataType).alias(f.name)
@@ -336,14 +336,8 @@ def write_results(ctx: JobContext, rows: list[dict[str, Any]], replaced: Column)
     new = [tuple(clean(row.get(c)) for c in RESULT_COLUMNS[:-1]) + (run_date,) for row in rows]
     frame = ctx.spark.createDataFrame(kept + new, RESULT_SCHEMA)
     with ctx.step(RESULTS) as step:
-        lake.write(
-            RESULTS,
-            frame,
-            "overwrite",
-            partition_by=["as_of_date"],
-            partitions={"as_of_date": [run_date]},
-            merge_schema=True,  # a table from before a column was added gains it
-        )
+        # merge_schema: a table from before a column was added gains it
+        lake.overwrite_as_of(RESULTS, frame, run_date, merge_schema=True)
         step.rows = len(new)
         step.detail = f"for {run_date} ({len(kept)} rows of other sources or experiments kept)"
     return len(new)

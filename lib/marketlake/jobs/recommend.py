@@ -155,9 +155,7 @@ def read_inputs(ctx: JobContext, settings: RecommendConfig) -> Inputs:
         inactive = lake.read(ITEMS).filter(F.col("active") == F.lit(False)).select(ITEM)
     segments = None
     if lake.exists(SEGMENTS):
-        segments = (
-            lake.read(SEGMENTS).filter(F.col("as_of_date") == F.lit(run_date)).select(USER, "segment_id")
-        )
+        segments = lake.read_as_of(SEGMENTS, run_date).select(USER, "segment_id")
         if segments.limit(1).count() == 0:
             segments = None
     return Inputs(pairs, windowed, audience.distinct(), exclude, inactive, segments)
@@ -292,7 +290,6 @@ def recommend(
     lake, run_date = ctx.lake, ctx.run_date
     params = model_params(settings, tuned.chosen, blocks)
     version = model_version(run_date, params)
-    this_date = {"as_of_date": [run_date]}
     als_candidates, path, train_seconds = None, None, 0.0
     rows_version: str | None = version  # the model the rows name: none without interactions
     if indexed.limit(1).count():
@@ -319,20 +316,16 @@ def recommend(
         als_candidates, fallbacks, inputs.exclude, inputs.inactive, settings.top_n, rows_version, run_date
     )
     with ctx.step(RECOMMENDATIONS) as step:
-        step.rows = lake.write(
-            RECOMMENDATIONS, rows, "overwrite", partition_by=["as_of_date"], partitions=this_date
-        ).rows
+        step.rows = lake.overwrite_as_of(RECOMMENDATIONS, rows, run_date).rows
     with ctx.step("sources") as step:
-        written = lake.read(RECOMMENDATIONS).filter(F.col("as_of_date") == F.lit(run_date))
+        written = lake.read_as_of(RECOMMENDATIONS, run_date)
         by_source = {
             r["source"]: r["count"] for r in written.groupBy("source").count().collect()
         }  # <= 3 rows
         step.detail = ", ".join(f"{s}={n}" for s, n in sorted(by_source.items()))
     with ctx.step(EVALUATION) as step:
         frame = evaluation_frame(ctx.spark, evaluation or [], rows_version, settings.split, run_date)
-        step.rows = lake.write(
-            EVALUATION, frame, "overwrite", partition_by=["as_of_date"], partitions=this_date
-        ).rows
+        step.rows = lake.overwrite_as_of(EVALUATION, frame, run_date).rows
     if path is not None:
         with ctx.step(catalog.MODELS.name):
             metrics = model_metrics(tuned, evaluation, settings.k, train_seconds)

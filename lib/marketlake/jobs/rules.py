@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from marketlake import catalog
 from marketlake.config import Config, RulesConfig, with_overrides
@@ -98,7 +97,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     finally:
         basket_frame.unpersist()
     with ctx.step(f"{CROSS_SELL}: top {rules_config.top_n} per item") as step:
-        written = lake.read(RULES).filter(F.col("as_of_date") == F.lit(ctx.run_date))
+        written = lake.read_as_of(RULES, ctx.run_date)
         step.rows = n_cross_sell = _overwrite(
             ctx, CROSS_SELL, written.transform(cross_sell(rules_config.top_n)).transform(as_of(ctx.run_date))
         )
@@ -106,10 +105,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
 
 
 def _overwrite(ctx: JobContext, table: str, frame: DataFrame) -> int:
-    partitions = {"as_of_date": [ctx.run_date]}
-    return ctx.lake.write(
-        table, frame, mode="overwrite", partition_by=["as_of_date"], partitions=partitions
-    ).rows
+    return ctx.lake.overwrite_as_of(table, frame, ctx.run_date).rows
 
 
 JOB = Job(name="rules", help=__doc__.strip(), run=run, add_arguments=add_arguments, validate=validate)

@@ -153,11 +153,23 @@ class Lake(Layout):
         return self.read(table).filter(F.col(column) == F.lit(run_date))
 
     def overwrite_as_of(
-        self, table: TableRef, df: DataFrame, run_date: dt.date, column: str = "as_of_date"
+        self,
+        table: TableRef,
+        df: DataFrame,
+        run_date: dt.date,
+        column: str = "as_of_date",
+        merge_schema: bool = False,
     ) -> WriteResult:
         """Replace the run date's partition with `df` (every row of which belongs to it); other dates stay."""
         table = table_name(table)
-        return self.write(table, df, "overwrite", partition_by=[column], partitions={column: [run_date]})
+        return self.write(
+            table,
+            df,
+            "overwrite",
+            partition_by=[column],
+            partitions={column: [run_date]},
+            merge_schema=merge_schema,
+        )
 
     def version(self, table: TableRef) -> int:
         table = table_name(table)

@@ -426,17 +426,9 @@ class DeltaRsEngine:
         """Create the table with this append; if another writer created it meanwhile, return it so the
         append lands there (when the schemas agree). None means the table was created here."""
         try:
-            create_table_with_add_actions(
-                store_uri(uri),
-                delta_schema,
-                adds,
-                mode="append",
-                partition_by=partition_by or None,
-                storage_options=self.storage_options,
-                commit_properties=properties,
-            )
+            self._create(table, uri, delta_schema, partition_by, adds, properties)
             return None
-        except Exception:
+        except ConcurrentWriteError:
             existing = self._table(uri)
             if existing is None:
                 raise

@@ -101,7 +101,7 @@ def dated(lake: Lake, source: catalog.Table, run_date: dt.date) -> DataFrame | A
         return Absent(
             f"{table} is absent from this lake: the {job} job makes it (./spark-submit.sh {job} --run-date {run_date})."
         )
-    frame = lake.read(table).filter(F.col("as_of_date") == F.lit(run_date))
+    frame = lake.read_as_of(table, run_date)
     if frame.limit(1).count() == 0:
         latest_row = lake.read(table).agg(F.max("as_of_date")).first()
         assert latest_row is not None  # an aggregate without groups has one row
