@@ -88,7 +88,7 @@ SILVER_EVENTS = Table(
     partition_by=("event_date",),
     keys=("event_id",),
     written_by=("ingest",),
-    read_by=("ingest", "features", "rules", "recommend", "activate", "experiment"),
+    read_by=("ingest", "features", "propensity", "rules", "recommend", "activate", "experiment"),
 )
 SILVER_USERS = Table(
     "silver.users",
@@ -103,7 +103,7 @@ SILVER_USERS = Table(
     ),
     keys=("user_id",),
     written_by=("ingest",),
-    read_by=("ingest", "features", "recommend", "activate"),
+    read_by=("ingest", "features", "propensity", "recommend", "activate"),
 )
 SILVER_ITEMS = Table(
     "silver.items",
@@ -299,6 +299,84 @@ RECOMMENDATION_EVALUATION = Table(
     written_by=("recommend",),
     read_by=("report",),
 )
+PURCHASE_PROPENSITY = Table(
+    "gold.purchase_propensity",
+    grain="one user known on the run date x as_of_date: probability of a purchase in the next horizon_days",
+    columns=(
+        ("user_id", "string"),
+        ("p_purchase", "double"),
+        ("decile", "int"),
+        ("expected_purchases", "double"),
+        ("p_alive", "double"),
+        ("model", "string"),
+        ("model_version", "string"),
+        ("horizon_days", "int"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("user_id", "as_of_date"),
+    written_by=("propensity",),
+    read_by=("activate", "report"),
+    about="p_purchase is calibrated (of users scored 0.2, about 1 in 5 buy); decile 1 holds the 10% most "
+    "likely buyers. expected_purchases and p_alive come from the BG/NBD model and are null for users who "
+    "have not bought yet.",
+)
+PROPENSITY_EVALUATION = Table(
+    "gold.propensity_evaluation",
+    grain="one model x as_of_date: out-of-time validation of each candidate (and the BG/NBD baseline)",
+    columns=(
+        ("as_of_date", "date"),
+        ("model", "string"),
+        ("chosen", "boolean"),
+        ("model_version", "string"),
+        ("horizon_days", "int"),
+        ("train_cutoff", "date"),
+        ("validation_cutoff", "date"),
+        ("users", "bigint"),
+        ("buyers", "bigint"),
+        ("base_rate", "double"),
+        ("auc", "double"),
+        ("average_precision", "double"),
+        ("brier", "double"),
+        ("log_loss", "double"),
+        ("lift_top_decile", "double"),
+        ("threshold", "double"),
+        ("accuracy", "double"),
+        ("precision", "double"),
+        ("recall", "double"),
+        ("f1", "double"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("model", "as_of_date"),
+    written_by=("propensity",),
+    read_by=("report",),
+    about="Each model is fitted on features as of train_cutoff with purchases in the next horizon as labels, "
+    "and judged on features as of validation_cutoff against the purchases that followed (calibrated "
+    "probabilities, cross-fitted). threshold is the probability that maximises F1; accuracy, precision, "
+    "recall and f1 are at it.",
+)
+PROPENSITY_DECILES = Table(
+    "gold.propensity_deciles",
+    grain="one model x decile x as_of_date: calibration and gain on the validation cutoff",
+    columns=(
+        ("as_of_date", "date"),
+        ("model", "string"),
+        ("decile", "int"),
+        ("users", "bigint"),
+        ("buyers", "bigint"),
+        ("mean_predicted", "double"),
+        ("observed_rate", "double"),
+        ("lift", "double"),
+        ("cumulative_buyer_share", "double"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("model", "decile", "as_of_date"),
+    written_by=("propensity",),
+    read_by=("report",),
+    about="Decile 1 holds the validation users the model ranked highest. mean_predicted against "
+    "observed_rate is the calibration plot; cumulative_buyer_share (buyers in deciles 1..d over all "
+    "buyers) is the gain chart.",
+)
 CAMPAIGN_AUDIENCE = Table(
     "gold.campaign_audience",
     grain="one user x campaign x as_of_date, with offer and group (treatment, control)",
@@ -433,6 +511,9 @@ TABLES: tuple[Table, ...] = (
     ITEM_CROSS_SELL,
     USER_RECOMMENDATIONS,
     RECOMMENDATION_EVALUATION,
+    PURCHASE_PROPENSITY,
+    PROPENSITY_EVALUATION,
+    PROPENSITY_DECILES,
     CAMPAIGN_AUDIENCE,
     EXPERIMENT_RESULTS,
     JOB_RUNS,

@@ -223,6 +223,29 @@ class RecommendConfig(Section):
     min_users: int = Field(default=10, ge=1)
 
 
+PropensityModel = Literal["logistic_regression", "random_forest", "gbt", "bgnbd"]
+PROPENSITY_MODELS: tuple[PropensityModel, ...] = ("logistic_regression", "random_forest", "gbt", "bgnbd")
+
+
+class PropensityConfig(Section):
+    """Who will buy within a horizon (issue 15): MLlib classifiers against a BG/NBD baseline."""
+
+    # Days after the run date the scores predict; training labels come from the same span before it.
+    horizon_days: int = Field(default=30, ge=1, le=3650)
+    # Models compared on the validation cutoff; the one with the best average precision scores users.
+    # bgnbd is the baseline and may win too.
+    models: list[PropensityModel] = Field(default_factory=lambda: list(PROPENSITY_MODELS), min_length=1)
+    calibration: Literal["isotonic", "platt"] = "isotonic"
+    seed: int = 42
+    reg_param: float = Field(default=0.01, ge=0)  # logistic regression (features standardised)
+    trees: int = Field(default=100, ge=1, le=1000)  # random forest
+    max_depth: int = Field(default=6, ge=1, le=20)  # random forest
+    gbt_iterations: int = Field(default=60, ge=1, le=1000)
+    gbt_depth: int = Field(default=3, ge=1, le=20)
+    gbt_step: float = Field(default=0.1, gt=0, le=1)
+    min_instances_per_node: int = Field(default=20, ge=1)  # both tree models
+
+
 class CampaignConfig(Section):
     """One campaign of `activate` (issue 6): who is targeted, with what offer, through which channel."""
 
@@ -343,6 +366,7 @@ class Config(Section):
     activate: ActivateConfig = Field(default_factory=ActivateConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    propensity: PropensityConfig = Field(default_factory=PropensityConfig)
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})

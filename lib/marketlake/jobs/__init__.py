@@ -10,7 +10,17 @@ from marketlake.errors import UsageError
 from marketlake.runner import Job, print_error, run_cli
 
 # What a production run does, in order: it starts from the files already in the landing folder.
-PIPELINE_ORDER = ["ingest", "features", "segment", "rules", "recommend", "activate", "experiment", "report"]
+PIPELINE_ORDER = [
+    "ingest",
+    "features",
+    "propensity",
+    "segment",
+    "rules",
+    "recommend",
+    "activate",
+    "experiment",
+    "report",
+]
 # The synthetic shop, written into the landing folder ingest reads: run only when asked for (`pipeline
 # --generate`, as `make demo` does, or `--only generate,...`), never by a default pipeline, since on a
 # real lake it would add a made-up shop to the real data.
