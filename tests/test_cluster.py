@@ -42,6 +42,7 @@ CONFIG = """\
 generate: {users: 200, items: 50, events: 20000, days: 10}
 segment: {k_max: 5, runs: 2}
 recommend: {tune: false}
+propensity: {horizon_days: 3, models: [logistic_regression, bgnbd]}
 """
 RUN_COLUMNS = ["batch_id", "ingested_at"]
 # Tables that are functions of the input, with the columns that order them.

@@ -256,6 +256,7 @@ def test_airflow_runs_the_dag_on_a_tiny_shop(airflow_dag, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "generate: {users: 40, items: 20, events: 1000, days: 5}\nspark: {master: 'local[1]'}\n"
+        "propensity: {horizon_days: 1, models: [logistic_regression]}\n"
     )
     # conftest points PySpark at this interpreter, which has Airflow but no marketlake: the tasks must use
     # the project's (spark-submit.sh picks .venv's).

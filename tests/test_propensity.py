@@ -181,3 +181,25 @@ def test_scores_are_calibrated_on_the_days_after_the_run_date(scored):
     )
     error = 3 * np.sqrt(by_decile.p * (1 - by_decile.p) / by_decile.n) + 0.03
     assert ((by_decile.rate - by_decile.p).abs() <= error).all(), by_decile
+
+
+@pytest.mark.slow
+def test_a_rerun_without_the_days_after_the_run_date_gives_the_same_scores(scored, tmp_path):
+    """Leakage and idempotency at once: the demo lake holds nine days after RUN; deleting them from a copy
+    of the scored lake and running again overwrites the run date's partition with the same rows."""
+    lake = tmp_path / "lake"
+    shutil.copytree(scored, lake)
+    DeltaTable(f"{lake}/silver/events").delete(f"event_date > '{RUN}'")
+    assert main("propensity", ["--lake", str(lake), "--run-date", RUN, "--horizon-days", str(HORIZON)]) == 0
+    for table in (catalog.PURCHASE_PROPENSITY, catalog.PROPENSITY_EVALUATION, catalog.PROPENSITY_DECILES):
+        before = _table(scored, table).sort_values(list(table.keys)).reset_index(drop=True)
+        after = _table(str(lake), table).sort_values(list(table.keys)).reset_index(drop=True)
+        pd.testing.assert_frame_equal(before, after)
+
+
+def test_without_purchases_before_the_training_cutoff_the_job_stops_with_one_line(scored, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    shutil.copytree(scored, lake)
+    assert main("propensity", ["--lake", str(lake), "--run-date", RUN, "--horizon-days", "15"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no purchases on or before 2024-05-22" in err[0], err

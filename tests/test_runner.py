@@ -25,7 +25,9 @@ def job_runs(lake_root):
 
 def test_pipeline_records_a_run(spark, lake_root, tmp_path, capsys):
     small = tmp_path / "small.yaml"
-    small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
+    small.write_text(
+        "generate: {users: 40, items: 20, events: 1000, days: 5}\npropensity: {horizon_days: 1, models: [logistic_regression]}\n"
+    )
     argv = ["--lake", lake_root, "--run-date", "2026-01-31", "--config", str(small), "--generate"]
     assert main("pipeline", argv) == 0
     runs = job_runs(lake_root).sort("ended_at")
@@ -212,7 +214,9 @@ def spark_submit(*argv: str, timeout: float = 300) -> subprocess.CompletedProces
 def test_spark_submit_script_runs_a_job(tmp_path):
     lake_root = str(tmp_path / "lake")
     small = tmp_path / "small.yaml"
-    small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
+    small.write_text(
+        "generate: {users: 40, items: 20, events: 1000, days: 5}\npropensity: {horizon_days: 1, models: [logistic_regression]}\n"
+    )
     out = spark_submit(
         "pipeline",
         "--master",
@@ -254,7 +258,9 @@ def test_the_pipeline_runs_generate_only_when_asked_for():
 def test_a_production_pipeline_writes_no_shop(spark, lake_root, tmp_path, capsys):
     """Default flags on a lake whose landing folder is empty: ingest finds nothing, and no shop is made up."""
     small = tmp_path / "small.yaml"
-    small.write_text("generate: {users: 40, items: 20, events: 1000, days: 5}\n")
+    small.write_text(
+        "generate: {users: 40, items: 20, events: 1000, days: 5}\npropensity: {horizon_days: 1, models: [logistic_regression]}\n"
+    )
     assert main("pipeline", ["--lake", lake_root, "--run-date", "2026-01-31", "--config", str(small)]) == 2
     assert not os.path.exists(os.path.join(lake_root, "landing"))
     missing = os.path.join(lake_root, "landing", "shop", "items.csv")
