@@ -1,6 +1,7 @@
 """report: one self-contained HTML file for the run date, at <lake root>/reports/<run date>/marketlake-report.html
 (replaced on a re-run): segment sizes and profiles, silhouette by k, the RFM distribution, top association
-rules, recommendation quality against the popularity baseline, campaign audiences and experiment results
+rules, recommendation quality against the popularity baseline, who will buy (purchase propensity: gain and
+calibration, the candidates' test metrics, scores by decile), campaign audiences and experiment results
 with confidence intervals. Every number comes from the gold tables of the run date; a section whose table
 is missing says so and names the job that makes it. Prints the file's path at the end."""
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # The headline cards after "customers": facts of the sections, by label.
-HEADLINE = ["segments", "rules", "campaigns", "to contact", "experiments"]
+HEADLINE = ["segments", "rules", "expected buyers", "campaigns", "to contact", "experiments"]
 
 
 def report_path(root: str, run_date: dt.date) -> str:

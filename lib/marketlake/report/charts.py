@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 BLUE, GREY, GREEN, RED, ORANGE = "#2f6db5", "#9aa5b1", "#2e8b57", "#c0392b", "#e08e0b"
 
@@ -218,5 +219,59 @@ def lift_forest(variants: pd.DataFrame) -> Chart:
     return Chart(
         "Lift with 95% confidence intervals",
         "forest plot: each variant's lift and interval; green above 0, red below, grey across",
+        png(figure),
+    )
+
+
+def gain_and_calibration(gains: pd.DataFrame, label: str, baseline: pd.DataFrame | None) -> Chart:
+    """Two panels from a model's deciles (decile 1 first). Left, the gain chart: the share of buyers reached
+    against the share of customers contacted, highest scores first, with the random diagonal (and the
+    baseline's curve when given). Right, calibration: each decile's observed buying rate against its mean
+    predicted probability, with the diagonal of perfect calibration."""
+    figure = new_figure(9.5, 4.0)
+    gain_ax, calibration_ax = figure.subplots(1, 2)
+
+    def curve(deciles: pd.DataFrame) -> tuple[list[float], list[float]]:
+        contacted = deciles.users.cumsum() / deciles.users.sum()
+        return [0.0, *contacted], [0.0, *deciles.cumulative_buyer_share]
+
+    gain_ax.plot([0, 1], [0, 1], linestyle="--", color=GREY, label="random")
+    if baseline is not None:
+        gain_ax.plot(*curve(baseline), marker=".", color=ORANGE, label="BG/NBD baseline")
+    x, y = curve(gains)
+    gain_ax.plot(x, y, marker="o", color=BLUE, label=label)
+    gain_ax.annotate(
+        f"top 10%: {y[1]:.0%} of buyers", (x[1], y[1]), xytext=(8, -4), textcoords="offset points", fontsize=8
+    )
+    gain_ax.set_xlim(0, 1)
+    gain_ax.set_ylim(0, 1.02)
+    gain_ax.set_xlabel("share of customers contacted (highest scores first)")
+    gain_ax.set_ylabel("share of buyers reached")
+    gain_ax.set_title("gain", fontsize=10)
+    gain_ax.legend(frameon=False, fontsize=8, loc="lower right")
+
+    top = max(gains.mean_predicted.max(), gains.observed_rate.max()) * 1.1 or 1.0
+    calibration_ax.plot([0, top], [0, top], linestyle="--", color=GREY, label="perfect calibration")
+    calibration_ax.plot(gains.mean_predicted, gains.observed_rate, marker="o", color=BLUE, label=label)
+    for decile, predicted, observed in zip(
+        gains.decile, gains.mean_predicted, gains.observed_rate, strict=True
+    ):
+        calibration_ax.annotate(
+            str(decile), (predicted, observed), xytext=(4, 4), textcoords="offset points", fontsize=7
+        )
+    calibration_ax.set_xlim(0, top)
+    calibration_ax.set_ylim(0, top)
+    calibration_ax.set_xlabel("predicted probability (decile mean)")
+    calibration_ax.set_ylabel("share who bought")
+    calibration_ax.set_title("calibration (points are deciles)", fontsize=10)
+    calibration_ax.legend(frameon=False, fontsize=8, loc="upper left")
+    for ax, decimals in ((gain_ax, 0), (calibration_ax, 0 if top >= 0.05 else None)):
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=decimals))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=decimals))
+        tidy(ax)
+    return Chart(
+        f"Gain and calibration of the chosen model ({label})",
+        "left: share of buyers reached against share of customers contacted, with the random diagonal; "
+        "right: observed buying rate against mean predicted probability per decile, with the diagonal",
         png(figure),
     )

@@ -27,6 +27,8 @@ RULES, CROSS_SELL = catalog.ASSOCIATION_RULES, catalog.ITEM_CROSS_SELL
 EVALUATION, RECOMMENDATIONS = catalog.RECOMMENDATION_EVALUATION, catalog.USER_RECOMMENDATIONS
 AUDIENCE, EXPERIMENTS = catalog.CAMPAIGN_AUDIENCE, catalog.EXPERIMENT_RESULTS
 MODELS, JOB_RUNS, ITEMS = catalog.MODELS, catalog.JOB_RUNS, catalog.SILVER_ITEMS
+SCORES = catalog.PURCHASE_PROPENSITY
+PROPENSITY_EVALUATION, PROPENSITY_DECILES = catalog.PROPENSITY_EVALUATION, catalog.PROPENSITY_DECILES
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,15 @@ class ExperimentsData:
 
 
 @dataclass(frozen=True)
+class PropensityData:
+    evaluation: Frame  # gold.propensity_evaluation of the date, one row per candidate, the chosen one first
+    deciles: Frame  # gold.propensity_deciles of the date (the validation cutoff's users), by model and decile
+    # Per decile of the run date's scores: model, horizon_days, decile, users, mean_p, min_p, max_p and
+    # expected_buyers (the sum of p_purchase).
+    scores: Frame
+
+
+@dataclass(frozen=True)
 class ReportData:
     run_date: dt.date
     lake_root: str
@@ -91,6 +102,7 @@ class ReportData:
     recommendations: RecommendationsData
     audiences: AudiencesData
     experiments: ExperimentsData
+    propensity: PropensityData
     runs: Frame  # job, status, ended_at, seconds: the latest run of each job for the date
 
 
@@ -129,6 +141,7 @@ def gather(lake: Lake, run_date: dt.date, top_rules: int = 15) -> ReportData:
         recommendations=gather_recommendations(lake, run_date),
         audiences=gather_audiences(lake, run_date),
         experiments=gather_experiments(lake, run_date),
+        propensity=gather_propensity(lake, run_date),
         runs=job_runs(lake, run_date),
     )
 
@@ -232,6 +245,32 @@ def gather_experiments(lake: Lake, run_date: dt.date) -> ExperimentsData:
             lambda f: f.orderBy("experiment_id", "cuped", "metric", F.desc("is_control"), "variant"),
         )
     )
+
+
+def gather_propensity(lake: Lake, run_date: dt.date) -> PropensityData:
+    evaluation = small(
+        dated(lake, PROPENSITY_EVALUATION, run_date),
+        lambda f: f.drop("as_of_date").orderBy(F.desc("chosen"), F.desc("average_precision"), "model"),
+    )
+    deciles = small(
+        dated(lake, PROPENSITY_DECILES, run_date), lambda f: f.drop("as_of_date").orderBy("model", "decile")
+    )
+    p = F.col("p_purchase")
+    scores = small(
+        dated(lake, SCORES, run_date),
+        lambda f: (
+            f.groupBy("model", "horizon_days", "decile")
+            .agg(
+                F.count("*").alias("users"),
+                F.avg(p).alias("mean_p"),
+                F.min(p).alias("min_p"),
+                F.max(p).alias("max_p"),
+                F.sum(p).alias("expected_buyers"),
+            )
+            .orderBy("decile")
+        ),
+    )
+    return PropensityData(evaluation, deciles, scores)
 
 
 def silhouettes(lake: Lake, profiles: Frame, run_date: dt.date) -> Frame:

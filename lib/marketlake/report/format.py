@@ -39,6 +39,31 @@ def fixed(digits: int) -> Formatter:
     return format_
 
 
+def percent(value: Value) -> str:
+    """A share for a sentence: 28% (one decimal below 10%: 3.1%)."""
+    if missing(value):
+        return "-"
+    return f"{value:.0%}" if abs(value) >= 0.095 else f"{value:.1%}"
+
+
+def times(value: Value) -> str:
+    """2.8x"""
+    return "-" if missing(value) else f"{value:.1f}x"
+
+
+def one_in(rate: Value) -> str:
+    """A rate as a marketer says it: "about 1 in 5", "about 7 in 10"."""
+    if missing(rate):
+        return "-"
+    if rate <= 0:
+        return "none"
+    if rate >= 0.95:
+        return "nearly all"
+    if rate >= 0.5:
+        return f"about {round(rate * 10)} in 10"
+    return f"about 1 in {round(1 / rate):,}"
+
+
 def money(value: Value) -> str:
     """1,234.50"""
     return number(value, 2)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from marketlake import catalog
+from marketlake.config import PropensityModel
 from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
 from marketlake.report import charts
 from marketlake.report.charts import Chart
@@ -27,13 +28,17 @@ from marketlake.report.data import (
     FEATURES,
     MODELS,
     PROFILES,
+    PROPENSITY_DECILES,
+    PROPENSITY_EVALUATION,
     RECOMMENDATIONS,
     RULES,
+    SCORES,
     SEGMENT_MODEL,
     Absent,
     AudiencesData,
     ExperimentsData,
     Frame,
+    PropensityData,
     RecommendationsData,
     ReportData,
     RfmData,
@@ -48,11 +53,14 @@ from marketlake.report.format import (
     money,
     number,
     number_or_count,
+    one_in,
     p_value,
+    percent,
     probability,
     share,
     signed,
     signed_share,
+    times,
     timestamp,
     with_interval,
 )
@@ -77,6 +85,7 @@ class Section:
     source: str
     missing: tuple[str, ...] = ()
     facts: tuple[tuple[str, str], ...] = ()
+    findings: tuple[str, ...] = ()
     charts: tuple[Chart, ...] = ()
     tables: tuple[Table, ...] = ()
     notes: tuple[str, ...] = ()
@@ -84,9 +93,11 @@ class Section:
 
 @dataclass(frozen=True)
 class Content:
-    """What one part of a section shows."""
+    """What one part of a section shows: findings are the plain sentences to read first, notes the fine
+    print."""
 
     facts: tuple[tuple[str, str], ...] = ()
+    findings: tuple[str, ...] = ()
     charts: tuple[Chart, ...] = ()
     tables: tuple[Table, ...] = ()
     notes: tuple[str, ...] = ()
@@ -117,6 +128,7 @@ class Heading:
             self.source,
             missing=tuple(p.message for p in parts if isinstance(p, Absent)),
             facts=tuple(fact for p in filled for fact in p.facts),
+            findings=tuple(line for p in filled for line in p.findings),
             charts=tuple(chart for p in filled for chart in p.charts),
             tables=tuple(t for p in filled for t in p.tables),
             notes=tuple(note for p in filled for note in p.notes),
@@ -508,6 +520,209 @@ def experiments_content(results: pd.DataFrame) -> Content:
     )
 
 
+# ---- who will buy (purchase propensity) --------------------------------------------------------------
+
+PROPENSITY = Heading(
+    "propensity",
+    "Who will buy",
+    "Each customer's chance of buying in the coming days. The models were trained on older data and tested "
+    "on a later period they had not seen, so the figures below are what the scores achieved on real past "
+    "purchases; the chosen model scored today's customers.",
+    source_note(SCORES, PROPENSITY_EVALUATION, PROPENSITY_DECILES),
+)
+# The propensity job's baseline (marketlake.propensity.models.BASELINE, not imported: that module pulls in
+# Spark ML and the BG/NBD fit, which the report does not need).
+BASELINE: PropensityModel = "bgnbd"
+MODEL_NAMES: dict[str, str] = {
+    "logistic_regression": "logistic regression",
+    "random_forest": "random forest",
+    "gbt": "gradient-boosted trees",
+    "bgnbd": "BG/NBD baseline",
+}
+METRICS_GLOSSARY = (
+    "AUC: the chance that a buyer is scored above a non-buyer (0.5 is a coin toss, 1 is perfect). "
+    "Average precision: how well buyers are packed at the top of the list (picking at random gives the "
+    "base rate, 1 is perfect). Brier score: the mean squared gap between the predicted chance and what "
+    "happened (lower is better); log-loss is its stricter cousin that punishes confident mistakes hardest. "
+    "Precision, recall and F1 are for calling everyone scored at or above the F1 threshold a buyer: "
+    "precision is the share of them who bought, recall the share of buyers they include."
+)
+
+
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
+def reached(deciles: pd.DataFrame, last: int) -> float:
+    """The share of buyers in deciles 1..last (NaN when none of them has rows)."""
+    shares = deciles[deciles.decile <= last].cumulative_buyer_share
+    return float(shares.max()) if len(shares) else math.nan
+
+
+def propensity_section(data: PropensityData) -> Section:
+    return PROPENSITY.section(
+        part(validation_content, data.evaluation, data.deciles), part(scores_content, data.scores)
+    )
+
+
+def validation_content(evaluation: pd.DataFrame, deciles: pd.DataFrame) -> Content:
+    flagged = evaluation[evaluation.chosen.fillna(False).astype(bool)]
+    best = (flagged if len(flagged) else evaluation).iloc[0]
+    chosen, horizon = str(best.model), int(best.horizon_days)
+    gains = deciles[deciles.model == chosen].sort_values("decile")
+    baseline = evaluation[evaluation.model == BASELINE]
+    candidates = evaluation.assign(
+        name=evaluation.model.map(model_name),
+        pick=evaluation.model.map(lambda m: "chosen" if m == chosen else ""),
+        top_10=[reached(deciles[deciles.model == m], 1) for m in evaluation.model],
+        top_30=[reached(deciles[deciles.model == m], 3) for m in evaluation.model],
+    )
+    tested = (
+        f"the customers of {best.validation_cutoff}: {count(best.users)}, of whom {count(best.buyers)} "
+        f"({percent(best.base_rate)}) bought in the {horizon} days after"
+    )
+    facts = (
+        ("chosen model", model_name(chosen)),
+        ("horizon", f"{horizon} days"),
+        ("AUC", number(best.auc, 3)),
+        ("top-decile lift", times(best.lift_top_decile)),
+    )
+    metrics = table(
+        "propensity-models",
+        candidates,
+        {
+            "name": ("model", None),
+            "pick": ("", None),
+            "auc": ("AUC", fixed(3)),
+            "average_precision": ("average precision", fixed(3)),
+            "brier": ("Brier", number),
+            "log_loss": ("log-loss", number),
+            "top_10": ("top 10% hold", percent),
+            "lift_top_decile": ("top-decile lift", times),
+            "top_30": ("top 30% hold", percent),
+            "threshold": ("F1 threshold", share),
+            "precision": ("precision", share),
+            "recall": ("recall", share),
+            "f1": ("F1", fixed(3)),
+        },
+        caption=f"Every candidate, tested on {tested}. "
+        "“Top 10% hold”: the share of those buyers among the tenth of customers the model ranked highest.",
+    )
+    if gains.empty:
+        return Content(
+            facts=facts,
+            findings=(choice_sentence(evaluation, chosen),),
+            tables=(metrics,),
+            notes=(f"{PROPENSITY_DECILES.name} has no deciles for {chosen} on this date.", METRICS_GLOSSARY),
+        )
+    top = gains.iloc[0]
+    middle = gains.iloc[(len(gains) - 1) // 2]
+    findings = (
+        f"In the test, the top 10% of customers by score held {percent(top.cumulative_buyer_share)} of the next {horizon} "
+        f"days' buyers ({top.lift:.1f} times the average); the top 30% held {percent(reached(gains, 3))}.",
+        f"Of customers scored about {percent(top.mean_predicted)} (decile 1), {one_in(top.observed_rate)} "
+        f"bought ({percent(top.observed_rate)}); of those scored about {percent(middle.mean_predicted)} "
+        f"(decile {middle.decile}), {one_in(middle.observed_rate)} ({percent(middle.observed_rate)}).",
+        choice_sentence(evaluation, chosen),
+        f"What to do: send reminders and offers to deciles 1-3 ({percent(reached(gains, 3))} of the buyers in "
+        f"30% of the customers) and leave deciles 9-10 out of paid channels (they held "
+        f"{percent(1 - reached(gains, 8))} of the buyers). Many in the top deciles would buy anyway: whether "
+        "a campaign adds purchases is for an experiment with a control group to tell.",
+    )
+    base_gains = None
+    if chosen != BASELINE and not baseline.empty:
+        base_gains = deciles[deciles.model == BASELINE].sort_values("decile")
+    return Content(
+        facts=facts,
+        findings=findings,
+        charts=(
+            charts.gain_and_calibration(
+                gains, model_name(chosen), None if base_gains is None or base_gains.empty else base_gains
+            ),
+        ),
+        tables=(
+            metrics,
+            table(
+                "propensity-deciles",
+                gains,
+                {
+                    "decile": ("decile", count),
+                    "users": ("customers", count),
+                    "buyers": ("bought", count),
+                    "mean_predicted": ("predicted", share),
+                    "observed_rate": ("bought (share)", share),
+                    "lift": ("lift", times),
+                    "cumulative_buyer_share": ("buyers reached", share),
+                },
+                caption=f"The chosen model ({model_name(chosen)}) by decile on the test period: predicted "
+                "chance against the share who bought, and the share of all buyers reached down to each decile.",
+            ),
+        ),
+        notes=(METRICS_GLOSSARY,),
+    )
+
+
+def choice_sentence(evaluation: pd.DataFrame, chosen: str) -> str:
+    """Which model scores the customers, against the BG/NBD baseline (which needs repeat buyers to be fitted)."""
+    by_model = evaluation.set_index("model")
+    best = by_model.loc[chosen]
+    tried = f"{len(evaluation)} model{'s' if len(evaluation) > 1 else ''} tried"
+    if chosen == BASELINE:
+        return (
+            f"Chosen: the BG/NBD baseline itself (average precision {number(best.average_precision, 3)}, "
+            f"{tried}): it ranks customers by their purchase history alone, and no classifier beat it."
+        )
+    against = (
+        f"the BG/NBD baseline, which ranks customers by purchase history alone, reached "
+        f"{number(by_model.loc[BASELINE].average_precision, 3)}"
+        if BASELINE in by_model.index
+        else "the BG/NBD baseline could not be fitted (too few repeat buyers)"
+    )
+    return (
+        f"Chosen: {model_name(chosen)}, the best at putting buyers first ({tried}; average precision "
+        f"{number(best.average_precision, 3)}, where picking at random gives {number(best.base_rate, 3)}); "
+        f"{against}."
+    )
+
+
+def scores_content(scores: pd.DataFrame) -> Content:
+    horizon = int(scores.horizon_days.iloc[0])
+    total = float(scores.expected_buyers.sum())
+    scores = scores.assign(
+        range=[f"{share(low)} - {share(high)}" for low, high in zip(scores.min_p, scores.max_p, strict=True)],
+        cumulative=scores.expected_buyers.cumsum(),
+    )
+    top = scores[scores.decile <= 3]
+    models = ", ".join(model_name(m) for m in sorted(set(scores.model)))
+    return Content(
+        facts=(
+            ("customers scored", count(scores.users.sum())),
+            ("expected buyers", count(round(total))),
+        ),
+        findings=(
+            f"Deciles 1-3 ({count(top.users.sum())} customers) should bring about "
+            f"{count(round(top.expected_buyers.sum()))} of the {count(round(total))} buyers expected in the "
+            f"next {horizon} days.",
+        ),
+        tables=(
+            table(
+                "propensity-scores",
+                scores,
+                {
+                    "decile": ("decile", count),
+                    "users": ("customers", count),
+                    "mean_p": ("mean chance", share),
+                    "range": ("range", str),
+                    "expected_buyers": ("expected buyers", fixed(1)),
+                    "cumulative": ("deciles 1 to this", fixed(1)),
+                },
+                caption=f"Today's scores ({models}) by decile: the expected number of buyers in the next "
+                f"{horizon} days is the sum of the customers' chances, to size a budget.",
+            ),
+        ),
+    )
+
+
 # ---- the whole report --------------------------------------------------------------------------------
 
 
@@ -519,6 +734,7 @@ def build(data: ReportData) -> list[Section]:
         rfm_section(data.rfm),
         rules_section(data.rules),
         recommendations_section(data.recommendations),
+        propensity_section(data.propensity),
         audiences_section(data.audiences),
         experiments_section(data.experiments),
     ]
