@@ -124,10 +124,11 @@ def test_the_graph_follows_the_tables_each_job_reads(load_dag):
     assert edges == {
         "ingest": [],
         "features": ["ingest"],
+        "propensity": ["ingest"],
         "segment": ["features"],
         "rules": ["ingest"],
         "recommend": ["segment"],
-        "activate": ["rules", "recommend"],
+        "activate": ["rules", "recommend", "propensity"],
         "experiment": ["ingest"],
         "report": ["activate", "experiment"],
     }
@@ -144,9 +145,10 @@ def test_missing_jobs_are_bridged_by_what_they_read(load_dag):
     assert module.dependencies(jobs) == {
         "ingest": [],
         "features": ["ingest"],
+        "propensity": ["ingest"],
         "segment": ["features"],
         "rules": ["ingest"],
-        "activate": ["segment", "rules"],
+        "activate": ["segment", "rules", "propensity"],
         "report": ["activate"],
     }
     # A job the DAG has no reads for waits for every job before it.
