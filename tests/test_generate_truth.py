@@ -69,6 +69,7 @@ def users(shop) -> pd.Series:
 def test_purchase_sessions_file(shop, sessions, users, purchases):
     assert list(sessions.columns) == COLUMNS
     assert sessions.session_id.is_unique and set(sessions.user_id) <= set(users)
+    assert sessions.user_id.is_monotonic_increasing  # the tasks' parts joined in order
     assert (sessions.first_date <= sessions.last_date).all()
     assert sessions.first_date.min() >= str(SPEC.start_date)
     assert sessions.last_date.max() <= str(SPEC.end_date)
