@@ -110,7 +110,8 @@ def test_layout_files_and_columns(shop):
     items = pd.read_csv(out / "items.csv")
     assert list(items.columns) == ["item_id", "category", "brand", "price", "title", "active"]
     assert len(items) == counts["items"] == SPEC.items and (items.price > 0).all()
-    for name in ("personas.csv", "taste_groups.csv", "bundles.csv", "experiment.json", "dirty_counts.json"):
+    truth = ("personas.csv", "taste_groups.csv", "bundles.csv", "experiment.json", "dirty_counts.json")
+    for name in (*truth, "purchase_sessions.csv"):
         assert (out / "truth" / name).is_file(), name
     assert list(out.glob("truth/dirty/date=*/part-*.json"))
     assert abs(counts["events"] - SPEC.events) <= 0.01 * SPEC.events

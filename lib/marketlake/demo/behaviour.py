@@ -144,13 +144,19 @@ class Sessions:
     exposure: np.ndarray  # bool: an exposure event opens the session
     first_exposure: int  # session index, -1: the user is not exposed
     treatment: bool
+    drew_exposure: bool  # the user drew exposure: exposed when a session falls in the experiment window
+
+
+def active_days(ctx: Context, u: int, persona: Persona) -> tuple[int, int]:
+    """The first and last day (indices, inclusive) on which the user's sessions start."""
+    lo = max(0, int(persona.active_from * ctx.days), int(ctx.signup_day[u]))
+    return lo, max(lo, math.ceil(persona.active_to * ctx.days) - 1)
 
 
 def draw_sessions(ctx: Context, rng: np.random.Generator, u: int, persona: Persona, n: int) -> Sessions:
     """More candidate sessions than the budget needs; session 0 carries the persona's recency."""
     count = max(2, math.ceil(1.5 * n / persona.events_per_session) + 1)
-    lo = max(0, int(persona.active_from * ctx.days), int(ctx.signup_day[u]))
-    hi = max(lo, math.ceil(persona.active_to * ctx.days) - 1)
+    lo, hi = active_days(ctx, u, persona)
     day = rng.integers(lo, hi + 1, count)
     if persona.recent_days:
         day[0] = rng.integers(max(lo, ctx.days - persona.recent_days), hi + 1)
@@ -159,7 +165,8 @@ def draw_sessions(ctx: Context, rng: np.random.Generator, u: int, persona: Perso
     channel = rng.choice(len(CHANNELS), count, p=persona.channel_p)
     campaign = np.where(channel >= 2, rng.integers(0, len(CAMPAIGNS), count), -1)
     in_window = day >= ctx.experiment_start_day
-    exposed = bool(rng.random() < EXPOSED_SHARE) and bool(in_window.any())
+    drew_exposure = bool(rng.random() < EXPOSED_SHARE)
+    exposed = drew_exposure and bool(in_window.any())
     treatment = bool(rng.random() < TREATMENT_SHARE)
     repeat = rng.random(count) < REPEAT_EXPOSURE_P
     p_convert = np.full(count, persona.p_convert)
@@ -170,7 +177,7 @@ def draw_sessions(ctx: Context, rng: np.random.Generator, u: int, persona: Perso
         exposure = in_window & repeat & (start > start[first])
         exposure[first] = True
         p_convert[first] = persona.p_convert * (1 + TRUE_RELATIVE_LIFT * treatment)
-    return Sessions(start, day, channel, campaign, p_convert, exposure, first, treatment)
+    return Sessions(start, day, channel, campaign, p_convert, exposure, first, treatment, drew_exposure)
 
 
 def forced_orders(sessions: Sessions, persona: Persona) -> np.ndarray:
@@ -311,10 +318,10 @@ def fit_budget(
     sessions: Sessions,
     events: Events,
     n: int,
-) -> tuple[Events, int]:
+) -> tuple[Events, int, np.ndarray]:
     """Keep session 0 (recency) and the first-exposure session, then whole sessions, forced orders first,
-    while they fit `n` events, and top up with a views-only session. Returns the events and the number of
-    sessions kept (the filler has index len(sessions.start))."""
+    while they fit `n` events, and top up with a views-only session. Returns the events, the number of
+    sessions kept (the filler has index len(sessions.start)) and which candidate sessions were kept."""
     count = len(sessions.start)
     per_session = np.bincount(events.session, minlength=count)
     mandatory = np.zeros(count, dtype=bool)
@@ -330,15 +337,50 @@ def fit_budget(
     keep[optional[fits]] = True
     kept = events.take(np.flatnonzero(keep[events.session]))
     filler = max(0, n - len(kept.t))
-    lo = max(0, int(persona.active_from * ctx.days), int(ctx.signup_day[u]))
-    hi = max(lo, math.ceil(persona.active_to * ctx.days) - 1)
+    lo, hi = active_days(ctx, u, persona)
     start = ctx.start_ms + int(rng.integers(lo, hi + 1)) * DAY_MS + int(rng.integers(6, 22)) * 3_600_000
     item = pick_items(ctx, rng, int(ctx.group[u]), filler)
     t = start + np.cumsum(rng.integers(5_000, 90_000, filler))
     filler_events = Events(
         t, np.full(filler, count), item, np.full(filler, VIEW), np.zeros(filler, np.int64), ctx.price[item]
     )
-    return Events.concat([kept, filler_events]), int(keep.sum()) + (filler > 0)
+    return Events.concat([kept, filler_events]), int(keep.sum()) + (filler > 0), keep
+
+
+def purchase_windows(
+    ctx: Context, u: int, persona: Persona, sessions: Sessions, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The planted purchase propensity: for each kept session that can convert, its index, the first and
+    last day (indices) its start day can fall on, and its conversion probability (1 for forced orders).
+
+    Conditional on this structure, sessions fall on independent uniform days of their ranges and convert
+    independently, so P(no purchase in days [a, b]) = prod_s (1 - p_s |[a, b] & [first_s, last_s]| /
+    (last_s - first_s + 1)); `marketlake.demo.truth` computes it. Which session is the first exposure
+    (mandatory, lifted, and shifting the forced orders) depends on the days drawn, so for a user who drew
+    exposure the structure includes each session's side of the experiment's start and the first exposure's
+    day (its exposure event's day): the first exposure is the earliest session in the window, so later
+    sessions in the window fall on or after that day. Ignored: a session in the window on the first
+    exposure's day must start after it (the range treats that day as a full day); a session crossing
+    midnight UTC buys on the next day; and which sessions fit the event budget depends a little on whether
+    they converted (a converting session has more events), while the kept ones are taken as given."""
+    lo, hi = active_days(ctx, u, persona)
+    first = np.full(len(sessions.start), lo)
+    last = np.full(len(sessions.start), hi)
+    if persona.recent_days:
+        first[0] = max(lo, ctx.days - persona.recent_days)
+    if sessions.drew_exposure:
+        cut = ctx.experiment_start_day
+        in_window = sessions.day >= cut
+        first = np.where(in_window, np.maximum(first, cut), first)
+        last = np.where(in_window, last, np.minimum(last, cut - 1))
+        f = sessions.first_exposure
+        if f >= 0:
+            first = np.where(in_window, np.maximum(first, sessions.day[f]), first)
+            first[f] = last[f] = sessions.day[f]
+    p = sessions.p_convert.copy()
+    p[forced_orders(sessions, persona)] = 1.0
+    index = np.flatnonzero(keep & (p > 0))
+    return index, first[index], last[index], p[index]
 
 
 def format_ts(t: np.ndarray, zone: int) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Executor side: the generator tasks. One user's output rows (event lines, then a truth row per dirty line)
-and counts, and the Arrow batches a `mapInArrow` task yields for a range of users."""
+"""Executor side: the generator tasks. One user's output rows (event lines, then a truth row per dirty line
+and per kept session that can convert) and counts, and the Arrow batches a `mapInArrow` task yields for a
+range of users."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from marketlake.demo.behaviour import (
     draw_sessions,
     fit_budget,
     format_ts,
+    purchase_windows,
     utc_date,
 )
 from marketlake.demo.dirty import CONFLICT, NULL, RESEND, corrupt, duplicate
@@ -33,15 +35,18 @@ from marketlake.demo.spec import (
 )
 
 LATE_RATE = 0.005
+PURCHASE_SESSIONS = "purchase_sessions"  # the target of the rows of truth/purchase_sessions.csv
+PURCHASE_SESSIONS_HEADER = "user_id,session_id,first_date,last_date,p_purchase"
 
 
 def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """One user's output rows (event lines, then a truth row per dirty line) and counts."""
+    """One user's output rows (event lines, then a truth row per dirty line and per kept session that can
+    convert) and counts."""
     rng = np.random.default_rng([ctx.seed, USER_STREAM, u])
     persona = PERSONAS[int(ctx.persona[u])]
     sessions = draw_sessions(ctx, rng, u, persona, int(ctx.budget[u]))
     candidates = browse_and_buy(ctx, rng, u, persona, sessions)
-    events, n_sessions = fit_budget(ctx, rng, u, persona, sessions, candidates, int(ctx.budget[u]))
+    events, n_sessions, keep = fit_budget(ctx, rng, u, persona, sessions, candidates, int(ctx.budget[u]))
     events = events.take(np.argsort(events.t, kind="stable"))
     events.t = np.minimum(events.t, ctx.end_ms - 1)
     n = len(events.t)
@@ -113,7 +118,9 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     rows["file"][bad] = [f"events/date={d}/part-{chunk:05d}.json" for d in rows["date"][bad]]
     truth = {k: v[bad] for k, v in rows.items()}
     truth["target"] = np.full(len(bad), "dirty", dtype=object)
-    rows = {k: np.concatenate([rows[k], truth[k]]) for k in rows}
+    index, first, last, p = purchase_windows(ctx, u, persona, sessions, keep)
+    planted = planted_rows(ctx, u, session_ids[index], first, last, p)
+    rows = {k: np.concatenate([rows[k], truth[k], planted[k]]) for k in rows}
 
     kinds = np.bincount(np.r_[dirty[dirty >= 0]], minlength=len(DIRTY_KINDS))
     in_first = events.session == sessions.first_exposure
@@ -135,6 +142,24 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
         stats[f"{variant}_conversions"] = int(converted)
         stats[f"{variant}_expected"] = persona.p_convert
     return rows, stats
+
+
+def planted_rows(
+    ctx: Context, u: int, session_id: np.ndarray, first: np.ndarray, last: np.ndarray, p: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A row per kept session that can convert, in session order, its line of truth/purchase_sessions.csv
+    (`PURCHASE_SESSIONS_HEADER`; days as UTC dates) in `override`."""
+    rows = blank_rows(PURCHASE_SESSIONS, len(session_id))
+    first_date = utc_date(ctx.start_ms + first * DAY_MS)
+    last_date = utc_date(ctx.start_ms + last * DAY_MS)
+    rows["override"][:] = [
+        f"{ctx.user_ids[u]},{s},{a},{b},{round(float(q), 6)!r}"
+        for s, a, b, q in zip(session_id, first_date, last_date, p, strict=True)
+    ]
+    rows["date"][:] = "all"
+    rows["user_idx"][:] = u
+    rows["seq"] = np.arange(len(session_id), dtype=np.int32)
+    return rows
 
 
 ROW_SCHEMA = pa.schema(
@@ -199,18 +224,22 @@ def chunk_batches(ctx: Context, chunk: int) -> Iterator[pa.RecordBatch]:
     yield to_batch([*parts, stats_row(totals)])
 
 
+def blank_rows(target: str, n: int) -> dict[str, np.ndarray]:
+    """n rows for `target` with every other column empty (0 in arrival, user_idx and seq)."""
+    rows = {f.name: np.full(n, None, dtype=object) for f in ROW_SCHEMA}
+    rows["target"][:] = target
+    for name in ("arrival", "user_idx", "seq"):
+        rows[name] = np.zeros(n, dtype=ROW_SCHEMA.field(name).type.to_pandas_dtype())
+    for name in ("quantity", "price", "cut"):
+        rows[name] = np.full(n, np.nan)
+    return rows
+
+
 def stats_row(totals: dict[str, float]) -> dict[str, np.ndarray]:
     """The row that carries a task's counts to the driver (written under target=stats)."""
-    row = {f.name: np.array([None], dtype=object) for f in ROW_SCHEMA}
-    row.update(
-        target=np.array(["stats"], dtype=object),
-        date=np.array(["all"], dtype=object),
-        override=np.array([json.dumps(totals, sort_keys=True)], dtype=object),
-    )
-    for name in ("arrival", "user_idx", "seq"):
-        row[name] = np.zeros(1, dtype=ROW_SCHEMA.field(name).type.to_pandas_dtype())
-    for name in ("quantity", "price", "cut"):
-        row[name] = np.full(1, np.nan)
+    row = blank_rows("stats", 1)
+    row["date"][:] = "all"
+    row["override"][:] = json.dumps(totals, sort_keys=True)
     return row
 
 

@@ -1,5 +1,6 @@
 """Driver side: run the generator tasks, render their rows as lines with Spark, move the part files into
-the shop's layout and write users.csv, items.csv and the truth files (`generate_shop`)."""
+the shop's layout (the tasks' purchase sessions joined into one file) and write users.csv, items.csv and
+the truth files (`generate_shop`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from marketlake.demo.behaviour import build_context
-from marketlake.demo.rows import ROW_DDL, generate_partition
+from marketlake.demo.rows import (
+    PURCHASE_SESSIONS,
+    PURCHASE_SESSIONS_HEADER,
+    ROW_DDL,
+    generate_partition,
+)
 from marketlake.demo.shop_catalog import (
     Bundles,
     Catalog,
@@ -78,13 +84,32 @@ def move_parts(files: Files, out_dir: str, source: str, target: str) -> list[str
     return moved
 
 
+PART = re.compile(r"part-(\d+)-.*?(?:\.c(\d+))?\.txt")
+
+
 def part_name(spark_name: str) -> str | None:
     """part-00003-<job uuid>.c000.txt -> part-00003.json (a second file of a task: part-00003-001.json)."""
-    match = re.fullmatch(r"part-(\d+)-.*?(?:\.c(\d+))?\.txt", spark_name)
+    match = PART.fullmatch(spark_name)
     if match is None:
         return None
     suffix = "" if not match.group(2) or int(match.group(2)) == 0 else f"-{match.group(2)}"
     return f"part-{match.group(1)}{suffix}.json"
+
+
+def join_parts(files: Files, folder: str, target: str, header: str) -> None:
+    """Write Spark's part files in `folder`, in task order, as the one file `target` after a `header` line,
+    a part at a time."""
+    parts = []
+    for entry in files.list(folder, recursive=False):
+        match = PART.fullmatch(entry.relative)
+        if not entry.is_dir and match is not None:
+            parts.append(((int(match.group(1)), int(match.group(2) or 0)), entry.uri))
+    filesystem, path = files.resolve(target)
+    files.make_dir(target.rpartition("/")[0])
+    with filesystem.open_output_stream(path) as out:
+        out.write(f"{header}\n".encode())
+        for _, uri in sorted(parts):
+            out.write(files.read_text(uri).encode())
 
 
 def _csv(frame: pd.DataFrame) -> str:
@@ -221,6 +246,12 @@ def generate_shop(
 
     move_parts(files, out_dir, "_staging/target=events", "events")
     move_parts(files, out_dir, "_staging/target=dirty", "truth/dirty")
+    join_parts(
+        files,
+        f"{out_dir}/_staging/target={PURCHASE_SESSIONS}/date=all",
+        f"{out_dir}/truth/{PURCHASE_SESSIONS}.csv",
+        PURCHASE_SESSIONS_HEADER,
+    )
     totals: dict[str, float] = {}
     for stats in files.list(f"{out_dir}/_staging/target=stats"):
         if not stats.is_dir and stats.relative.rpartition("/")[2].startswith("part-"):
