@@ -13,6 +13,7 @@ from deltalake import DeltaTable
 from sklearn import metrics as sk
 
 from marketlake import catalog
+from marketlake.demo import true_purchase_propensity
 from marketlake.jobs import main
 from marketlake.propensity import evaluation
 from marketlake.propensity.dataset import LABEL, propensity_set
@@ -203,3 +204,18 @@ def test_without_purchases_before_the_training_cutoff_the_job_stops_with_one_lin
     assert main("propensity", ["--lake", str(lake), "--run-date", RUN, "--horizon-days", "15"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no purchases on or before 2024-05-22" in err[0], err
+
+
+def test_the_chosen_model_ranks_buyers_about_as_well_as_the_planted_propensity(scored, demo_shop):
+    """AUC of p_purchase against the purchases of the HORIZON days after RUN is within 0.03 of the AUC of
+    the generator's planted propensities (truth/purchase_sessions.csv) against the same purchases."""
+    shop, _, _ = demo_shop
+    run = dt.date.fromisoformat(RUN)
+    scores = _table(scored, catalog.PURCHASE_PROPENSITY)
+    bought = scores.user_id.isin(_buyers_after(scored, run, HORIZON)).to_numpy()
+    sessions = pd.read_csv(f"{shop}/truth/purchase_sessions.csv", dtype={"user_id": str})
+    start, end = run + dt.timedelta(days=1), run + dt.timedelta(days=HORIZON)
+    oracle = true_purchase_propensity(sessions, scores.user_id, start, end).p_purchase.to_numpy()
+    model_auc = sk.roc_auc_score(bought, scores.p_purchase)
+    oracle_auc = sk.roc_auc_score(bought, oracle)
+    assert abs(model_auc - oracle_auc) <= 0.03, (model_auc, oracle_auc)
