@@ -1,6 +1,7 @@
-"""activate: audiences from hand-made gold inputs (so these tests do not depend on the recommend job): the
-control share, stability and independence of the groups, the cap, offers, item and cross-sell lists, the
-exports (treatment only, PII only there), idempotence, and bad configuration."""
+"""activate: audiences from hand-made gold inputs (so these tests do not depend on the recommend or propensity
+jobs): the control share, stability and independence of the groups, the cap, offers, item and cross-sell
+lists, the exports (treatment only, PII only there), idempotence, targeting by propensity decile and days
+without a purchase, and bad configuration."""
 
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def write_inputs(spark, lake: Lake, tmp_path) -> str:
         # Ties in recency on purpose: monetary, then user_id must break them.
         (F.col("id") % 97).cast("double").alias("recency_days"),
         ((F.col("id") * 7919) % 1000).cast("double").alias("monetary"),
+        # 0, 0.25, ... 60 days (30.0 and 30.25 around a 30-day filter); null (no purchase) for every 7th user.
+        F.when(F.col("id") % 7 != 0, (F.col("id") % 241) / 4).alias("days_since_purchase"),
     )
     partitions = {"partition_by": ["as_of_date"]}
     dated = users.withColumn("as_of_date", F.lit(RUN_DATE))
@@ -356,6 +359,31 @@ def test_group_draw_is_uniform_enough(spark):
         ),
         ({"id": "x", "segments": ["loyal"]}, "no offer for loyal and no default_offer"),
         ({"id": "Bad Id", "segments": ["loyal"], "default_offer": "o"}, "activate.campaigns.0.id"),
+        (
+            {"id": "x", "propensity_deciles": [0, 3], "default_offer": "o"},
+            "deciles run from 1 (the most likely buyers) to 10: 0 is not one",
+        ),
+        (
+            {"id": "x", "segments": ["loyal"], "propensity_deciles": [10, 11], "default_offer": "o"},
+            "deciles run from 1 (the most likely buyers) to 10: 11 is not one",
+        ),
+        (
+            {"id": "x", "propensity_deciles": [1]},
+            "targets by propensity_deciles only, so needs a default_offer",
+        ),
+        (
+            {"id": "x", "no_purchase_days": 30, "default_offer": "o"},
+            "targets nobody: give segments, rfm_labels or propensity_deciles",
+        ),
+        (
+            {"id": "x", "segments": ["loyal"], "no_purchase_days": 0, "default_offer": "o"},
+            "activate.campaigns.0.no_purchase_days",
+        ),
+        (
+            # The lake of `activated` has no scores: a campaign that needs them says which job to run.
+            {"id": "x", "propensity_deciles": [1, 2], "default_offer": "o"},
+            "gold.purchase_propensity does not exist in this lake; run propensity first",
+        ),
     ],
 )
 def test_bad_campaigns_exit_2_before_writing(activated, tmp_path, capsys, campaign, message):
@@ -380,3 +408,185 @@ def test_campaign_config_rejects_offers_for_untargeted_and_repeated_ids():
                 "MARKETLAKE__ACTIVATE__CAMPAIGNS": "[{id: x, segments: [loyal], default_offer: o}, {id: x, segments: [loyal], default_offer: o}]"
             },
         )
+
+
+SCORED_USERS = 2900  # users u02900.. have no score
+PROPENSITY_CAMPAIGNS = [
+    # Persuadables among two segments: the middle deciles, capped (the highest p_purchase first).
+    {
+        "id": "persuadables",
+        "segments": ["loyal", "at risk"],
+        "propensity_deciles": [4, 5, 6, 7],
+        "offers": {"loyal": "L"},
+        "default_offer": "D",
+        "max_audience": 150,
+        "control_share": 0.2,
+        "items": 2,
+        "cross_sell": 0,
+    },
+    # Lapsed members of a segment: no scores involved.
+    {
+        "id": "lapsed-loyal",
+        "segments": ["loyal"],
+        "no_purchase_days": 30,
+        "default_offer": "we miss you",
+        "items": 0,
+        "cross_sell": 0,
+    },
+    # Likely buyers who are lapsing, whatever their segment.
+    {
+        "id": "lapsing-likely",
+        "propensity_deciles": [3, 1, 2],
+        "no_purchase_days": 30,
+        "default_offer": "come back",
+        "items": 0,
+        "cross_sell": 0,
+    },
+    CAMPAIGNS[2],  # "capped": no propensity, same inputs: the same rows as without scores
+]
+
+
+def write_scores(spark, lake: Lake, date: dt.date = RUN_DATE) -> None:
+    """gold.purchase_propensity for the first SCORED_USERS users: deciles spread over the segments, and
+    five p_purchase levels per decile, so that ties are common (as isotonic calibration makes them)."""
+    decile = (F.floor(F.col("id") * 13 / 10) % 10 + 1).cast("int")
+    scores = spark.range(SCORED_USERS).select(
+        F.format_string("u%05d", "id").alias("user_id"),
+        ((F.lit(11) - decile) / 11 + F.col("id") % 5 / 1000).alias("p_purchase"),
+        decile.alias("decile"),
+        F.lit(None).cast("double").alias("expected_purchases"),
+        F.lit(None).cast("double").alias("p_alive"),
+        F.lit("gbt").alias("model"),
+        F.lit("p1").alias("model_version"),
+        F.lit(30).alias("horizon_days"),
+        F.lit(date).alias("as_of_date"),
+    )
+    lake.write("gold.purchase_propensity", scores, "append", partition_by=["as_of_date"])
+
+
+@pytest.fixture(scope="module")
+def scored(spark, config, tmp_path_factory):
+    """The job on a lake with scores and PROPENSITY_CAMPAIGNS: (lake, root, audience, users with their
+    segment, features and scores)."""
+    tmp_path = tmp_path_factory.mktemp("scored")
+    root = str(tmp_path / "lake")
+    lake = Lake(spark, config.lake, root)
+    contacts = write_inputs(spark, lake, tmp_path)
+    write_scores(spark, lake)
+    assert activate(root, write_config(tmp_path, contacts, PROPENSITY_CAMPAIGNS)) == 0
+    frame = lake.read("gold.campaign_audience").filter(F.col("as_of_date") == RUN_DATE).toPandas()
+    features = lake.read("gold.user_features").filter(F.col("as_of_date") == RUN_DATE).toPandas()
+    segments = lake.read("gold.user_segments").filter(F.col("as_of_date") == RUN_DATE).toPandas()
+    scores = lake.read("gold.purchase_propensity").toPandas()
+    users = features.merge(segments[["user_id", "segment_name"]], on="user_id").merge(
+        scores[["user_id", "p_purchase", "decile"]], on="user_id", how="left"
+    )
+    return lake, root, frame, users
+
+
+def lapsed(users: pd.DataFrame, days: int) -> pd.Series:
+    return users.days_since_purchase.isna() | (users.days_since_purchase > days)
+
+
+def cap_order(users: pd.DataFrame, by_score: bool) -> pd.DataFrame:
+    """`users` in the documented cap order."""
+    keys = pd.DataFrame(
+        {
+            "neg_p": -users.p_purchase if by_score else 0.0,
+            "recency_days": users.recency_days,
+            "neg_monetary": -users.monetary,
+            "user_id": users.user_id,
+        }
+    )
+    return users.loc[keys.sort_values(list(keys.columns)).index]
+
+
+def test_deciles_filter_the_targeted_segments_and_rank_the_cap_by_p_purchase(scored):
+    _, _, frame, users = scored
+    rows = by_campaign(frame, "persuadables").sort_values("audience_rank")
+    wanted = users[users.segment_name.isin(["loyal", "at risk"]) & users.decile.between(4, 7)]
+    assert len(wanted) > 150  # the cap bites
+    expected = cap_order(wanted, by_score=True).head(150)
+    assert rows.user_id.tolist() == expected.user_id.tolist()
+    assert rows.audience_rank.tolist() == list(range(1, 151))
+    assert rows.p_purchase.tolist() == expected.p_purchase.tolist()
+    # Ties in p_purchase are broken by recency, as the documented order says, and the cap keeps decile 4.
+    assert rows.p_purchase.duplicated().any() and set(expected.decile) == {4}
+    assert (rows.offer == rows.segment_name.map({"loyal": "L"}).fillna("D")).all()
+
+
+def test_no_purchase_days_keeps_those_without_a_purchase_in_the_last_n_days(scored):
+    _, _, frame, users = scored
+    rows = by_campaign(frame, "lapsed-loyal")
+    wanted = users[(users.segment_name == "loyal") & lapsed(users, 30)]
+    assert sorted(rows.user_id) == sorted(wanted.user_id)
+    kept = users.set_index("user_id").loc[rows.user_id]
+    # 30.25 days passes a 30-day filter, 30.0 does not; never bought passes.
+    assert (kept.days_since_purchase == 30.25).any() and kept.days_since_purchase.isna().any()
+    assert not (kept.days_since_purchase <= 30).any()
+    # No propensity in this campaign: no score, and the usual cap order.
+    assert rows.p_purchase.isna().all()
+    ordered = rows.sort_values("audience_rank")
+    assert ordered.user_id.tolist() == cap_order(wanted, by_score=False).user_id.tolist()
+
+
+def test_a_propensity_only_campaign_with_no_purchase_days_takes_lapsing_likely_buyers(scored):
+    _, _, frame, users = scored
+    rows = by_campaign(frame, "lapsing-likely")
+    wanted = users[users.decile.isin([1, 2, 3]) & lapsed(users, 30)]
+    assert sorted(rows.user_id) == sorted(wanted.user_id)
+    assert set(wanted.segment_name) == set(SEGMENT_NAMES)  # every segment: no segment targeted
+    assert (rows.user_id < user(SCORED_USERS)).all()  # a user without a score has no decile
+    assert set(rows.offer) == {"come back"}
+    scores = users.set_index("user_id").p_purchase
+    assert rows.set_index("user_id").p_purchase.equals(scores.loc[rows.user_id].rename("p_purchase"))
+    ordered = rows.sort_values("audience_rank")
+    assert ordered.user_id.tolist() == cap_order(wanted, by_score=True).user_id.tolist()
+
+
+def test_campaigns_without_propensity_are_unchanged_by_scores(activated, scored):
+    _, _, without, _ = activated
+    _, _, frame, _ = scored
+
+    def rows(audience: pd.DataFrame) -> pd.DataFrame:
+        rows = by_campaign(audience, "capped").sort_values("user_id").reset_index(drop=True)
+        return rows.assign(items=rows["items"].map(list), cross_sell=rows.cross_sell.map(list))
+
+    before, after = rows(without), rows(frame)
+    assert after.p_purchase.isna().all()
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_exports_of_propensity_campaigns_keep_the_export_columns(scored):
+    _, root, frame, _ = scored
+    folder = os.path.join(root, "exports", "persuadables", RUN_DATE.isoformat())
+    exported = pd.read_parquet(os.path.join(folder, "audience.parquet"))
+    assert list(exported.columns) == [
+        "campaign_id",
+        "user_id",
+        "segment_name",
+        "rfm_label",
+        "offer",
+        "channel",
+        "audience_rank",
+        "item_1",
+        "item_2",
+    ]
+    treatment = by_campaign(frame, "persuadables")
+    treatment = treatment[treatment.group == TREATMENT].sort_values("audience_rank")
+    assert exported.user_id.tolist() == treatment.user_id.tolist()
+
+
+def test_scores_missing_for_the_run_date_exit_2(spark, scored, tmp_path, capsys):
+    lake, root, _, _ = scored
+    later = RUN_DATE + dt.timedelta(days=1)
+    for table in ("gold.user_features", "gold.user_segments"):
+        rows = lake.read(table).filter(F.col("as_of_date") == RUN_DATE).limit(10)
+        lake.write(table, rows.withColumn("as_of_date", F.lit(later)), "append", partition_by=["as_of_date"])
+    before = lake.version("gold.campaign_audience")
+    contacts = os.path.join(os.path.dirname(root), "contacts.csv")
+    assert activate(root, write_config(tmp_path, contacts, PROPENSITY_CAMPAIGNS[2:3]), later) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gold.purchase_propensity has no rows for 2024-07-01; run propensity for that date first" in err
+    assert len(err.splitlines()) == 1, err
+    assert lake.version("gold.campaign_audience") == before

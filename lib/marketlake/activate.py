@@ -3,10 +3,20 @@
 Definitions (the README's "activate" section says the same for readers of the table):
 
 - Eligible: users of gold.user_features for the run date whose segment_name (gold.user_segments, same date)
-  is one of the campaign's `segments`, or whose rfm_label is one of its `rfm_labels`.
+  is one of the campaign's `segments`, or whose rfm_label is one of its `rfm_labels`; everyone when the
+  campaign has neither (it then has `propensity_deciles`). Two filters, both applied when given, narrow that:
+  `propensity_deciles` keeps the users whose decile of gold.purchase_propensity (same date; 1 = the 10% most
+  likely to buy) is listed, so a user without a score is left out; `no_purchase_days` = N keeps the users
+  with no purchase in the N days ending with the run date: days_since_purchase > N, or null (no purchase in
+  the features' lookback window).
+- p_purchase: the user's calibrated score for a campaign with `propensity_deciles`, null for any other
+  campaign (its audience does not depend on the scores, nor on whether the propensity job ran).
 - Offer: the offer of the user's segment name, else of their RFM label, else the campaign's default_offer.
-- Cap: with `max_audience`, the eligible users are ranked by recency_days (most recently active first),
-  then monetary (highest first), then user_id, and the first `max_audience` are kept (`audience_rank`).
+- Cap: with `max_audience`, the eligible users are ranked by p_purchase (highest first; campaigns with
+  `propensity_deciles` only, the key is null for the others), then recency_days (most recently active
+  first), then monetary (highest first), then user_id, and the first `max_audience` are kept
+  (`audience_rank`). Both first keys stand for "most likely to respond": where a calibrated score is at
+  hand it is the better estimate; recency breaks its ties (isotonic calibration makes many).
   The cap applies before the split, to treatment and control together, so both groups come from the same
   users and the comparison stays fair; the treatment is then about (1 - control_share) x max_audience.
 - Group: u = the first 13 hex digits of SHA-256("<salt>|<campaign id>|<user id>") read as a number and
@@ -37,6 +47,7 @@ AUDIENCE_COLUMNS = [
     "user_id",
     "segment_name",
     "rfm_label",
+    "p_purchase",
     "offer",
     "channel",
     "items",
@@ -57,6 +68,8 @@ CAMPAIGN_SCHEMA = T.StructType(
         T.StructField("cross_sell_n", T.IntegerType()),
         T.StructField("offers", T.MapType(T.StringType(), T.StringType())),
         T.StructField("default_offer", T.StringType()),
+        T.StructField("deciles", T.ArrayType(T.IntegerType())),
+        T.StructField("no_purchase_days", T.IntegerType()),
     ]
 )
 TARGET_SCHEMA = "campaign_id string, target_kind string, target string"
@@ -74,6 +87,8 @@ def campaigns_frame(spark: SparkSession, campaigns: list[CampaignConfig]) -> Dat
             c.cross_sell,
             dict(c.offers),
             c.default_offer,
+            sorted(set(c.propensity_deciles)),
+            c.no_purchase_days,
         )
         for c in campaigns
     ]
@@ -81,42 +96,70 @@ def campaigns_frame(spark: SparkSession, campaigns: list[CampaignConfig]) -> Dat
 
 
 def targets_frame(spark: SparkSession, campaigns: list[CampaignConfig]) -> DataFrame:
-    """(campaign_id, target_kind: segment | rfm, target) for every target of every campaign."""
-    rows = [(c.id, "segment", s) for c in campaigns for s in c.segments]
+    """(campaign_id, target_kind: segment | rfm | everyone, target) for every target of every campaign;
+    a campaign without segments and RFM labels has one `everyone` row (target null)."""
+    rows: list[tuple[str, str, str | None]] = [(c.id, "segment", s) for c in campaigns for s in c.segments]
     rows += [(c.id, "rfm", label) for c in campaigns for label in c.rfm_labels]
+    rows += [(c.id, "everyone", None) for c in campaigns if not c.segments and not c.rfm_labels]
     return spark.createDataFrame(rows, TARGET_SCHEMA)
 
 
-def users_as_of(segments: DataFrame, run_date: dt.date) -> Callable[[DataFrame], DataFrame]:
-    """gold.user_features -> (user_id, segment_name, rfm_label, recency_days, monetary) of the run date."""
+def users_as_of(
+    segments: DataFrame, run_date: dt.date, scores: DataFrame | None = None
+) -> Callable[[DataFrame], DataFrame]:
+    """gold.user_features -> (user_id, rfm_label, recency_days, monetary, days_since_purchase, segment_name,
+    p_purchase, decile) of the run date; the last two from `scores` (gold.purchase_propensity), null
+    without it."""
 
     def transform(features: DataFrame) -> DataFrame:
         of_date = F.col("as_of_date") == F.lit(run_date)
         named = segments.filter(of_date).select("user_id", "segment_name")
-        return (
+        users = (
             features.filter(of_date)
-            .select("user_id", "rfm_label", "recency_days", "monetary")
+            .select("user_id", "rfm_label", "recency_days", "monetary", "days_since_purchase")
             .join(named, "user_id", "left")
         )
+        if scores is None:
+            return users.withColumns(
+                {"p_purchase": F.lit(None).cast("double"), "decile": F.lit(None).cast("int")}
+            )
+        scored = scores.filter(of_date).select("user_id", "p_purchase", "decile")
+        return users.join(scored, "user_id", "left")
 
     return transform
 
 
 def eligible(targets: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """users -> one row per (campaign, user) whose segment name or RFM label the campaign targets."""
+    """users -> one row per (campaign, user) whose segment name or RFM label the campaign targets, and
+    every user for a campaign that targets everyone."""
 
     def transform(users: DataFrame) -> DataFrame:
+        def of_kind(kind: str) -> DataFrame:
+            return targets.filter(F.col("target_kind") == kind)
+
         def matching(kind: str, column: str) -> DataFrame:
-            wanted = targets.filter(F.col("target_kind") == kind).select(
-                "campaign_id", F.col("target").alias(column)
-            )
+            wanted = of_kind(kind).select("campaign_id", F.col("target").alias(column))
             return users.join(F.broadcast(wanted), column)
 
         by_segment = matching("segment", "segment_name")
         by_rfm = matching("rfm", "rfm_label")
-        return by_segment.unionByName(by_rfm).dropDuplicates(["campaign_id", "user_id"])
+        everyone = users.crossJoin(F.broadcast(of_kind("everyone").select("campaign_id")))
+        return by_segment.unionByName(by_rfm).unionByName(everyone).dropDuplicates(["campaign_id", "user_id"])
 
     return transform
+
+
+def filtered(audience: DataFrame) -> DataFrame:
+    """Keeps the users that pass their campaign's `deciles` and `no_purchase_days` filters (an empty list, a
+    null: no filter); p_purchase stays only where the campaign filters by decile."""
+    by_decile = F.size("deciles") > 0
+    # array_contains(.., null) is null, which drops a user without a score from a decile campaign.
+    in_deciles = ~by_decile | F.array_contains("deciles", F.col("decile"))
+    days = F.col("days_since_purchase")
+    lapsed = F.col("no_purchase_days").isNull() | days.isNull() | (days > F.col("no_purchase_days"))
+    return audience.filter(in_deciles & lapsed).withColumn(
+        "p_purchase", F.when(by_decile, F.col("p_purchase"))
+    )
 
 
 def with_settings(campaigns: DataFrame) -> Callable[[DataFrame], DataFrame]:
@@ -138,10 +181,13 @@ def with_settings(campaigns: DataFrame) -> Callable[[DataFrame], DataFrame]:
 
 
 def capped(audience: DataFrame) -> DataFrame:
-    """Ranks each campaign's users (most recently active, then highest monetary, then user_id) and keeps the
-    first max_audience of them (all when max_audience is null)."""
+    """Ranks each campaign's users (highest p_purchase, then most recently active, then highest monetary,
+    then user_id) and keeps the first max_audience of them (all when max_audience is null)."""
     order = Window.partitionBy("campaign_id").orderBy(
-        F.col("recency_days").asc_nulls_last(), F.col("monetary").desc_nulls_last(), F.col("user_id")
+        F.col("p_purchase").desc_nulls_last(),
+        F.col("recency_days").asc_nulls_last(),
+        F.col("monetary").desc_nulls_last(),
+        F.col("user_id"),
     )
     ranked = audience.withColumn("audience_rank", F.row_number().over(order))
     return ranked.filter(F.col("max_audience").isNull() | (F.col("audience_rank") <= F.col("max_audience")))

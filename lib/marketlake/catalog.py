@@ -385,6 +385,7 @@ CAMPAIGN_AUDIENCE = Table(
         ("user_id", "string"),
         ("segment_name", "string"),
         ("rfm_label", "string"),
+        ("p_purchase", "double"),
         ("offer", "string"),
         ("channel", "string"),
         ("items", "array<string>"),
@@ -398,6 +399,9 @@ CAMPAIGN_AUDIENCE = Table(
     keys=("campaign_id", "user_id", "as_of_date"),
     written_by=("activate",),
     read_by=("report",),
+    about="p_purchase is the user's score in gold.purchase_propensity of the same date, kept for campaigns "
+    "that target by propensity decile (it also ranks their cap) and null for the others; a partition "
+    "written before the column existed reads null.",
 )
 EXPERIMENT_RESULTS = Table(
     "gold.experiment_results",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from marketlake.errors import ConfigError, UsageError
 
@@ -255,6 +255,11 @@ class CampaignConfig(Section):
     # Targets: users whose segment_name (gold.user_segments) or rfm_label (gold.user_features) is listed.
     segments: list[str] = Field(default_factory=list)
     rfm_labels: list[str] = Field(default_factory=list)
+    # Filters over those users (or, without segments and rfm_labels, over everyone): their decile of
+    # gold.purchase_propensity is listed (1: the 10% most likely buyers ... 10), and no purchase in the
+    # no_purchase_days ending with the run date (days_since_purchase > N, or no purchase at all).
+    propensity_deciles: list[int] = Field(default_factory=list)
+    no_purchase_days: int | None = Field(default=None, ge=1)
     # Offer per target (a segment name or an RFM label; the segment's offer wins when both match).
     offers: dict[str, str] = Field(default_factory=dict)
     default_offer: str | None = None
@@ -267,17 +272,38 @@ class CampaignConfig(Section):
     # Export column -> source column, from silver.users or else from activate.contacts (PII lives only there).
     export_columns: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("propensity_deciles")
+    @classmethod
+    def _deciles(cls, deciles: list[int]) -> list[int]:
+        wrong = [d for d in deciles if not 1 <= d <= 10]
+        if wrong:
+            raise ValueError(
+                f"deciles run from 1 (the most likely buyers) to 10: {', '.join(map(str, wrong))} is not one"
+            )
+        return deciles
+
+    @property
+    def by_propensity(self) -> bool:
+        """Whether the campaign reads gold.purchase_propensity."""
+        return bool(self.propensity_deciles)
+
     @model_validator(mode="after")
     def _targets_and_offers(self) -> CampaignConfig:
         targets = [*self.segments, *self.rfm_labels]
-        if not targets:
-            raise ValueError(f"campaign {self.id} targets nobody: give segments or rfm_labels")
+        if not targets and not self.propensity_deciles:
+            raise ValueError(
+                f"campaign {self.id} targets nobody: give segments, rfm_labels or propensity_deciles"
+            )
         stray = [key for key in self.offers if key not in targets]
         if stray:
             raise ValueError(f"campaign {self.id}: offers for {', '.join(stray)}, which it does not target")
         bare = [target for target in targets if target not in self.offers]
         if bare and self.default_offer is None:
             raise ValueError(f"campaign {self.id}: no offer for {', '.join(bare)} and no default_offer")
+        if not targets and self.default_offer is None:
+            raise ValueError(
+                f"campaign {self.id}: targets by propensity_deciles only, so needs a default_offer"
+            )
         return self
 
 

@@ -1,6 +1,8 @@
-"""activate: for each campaign in the config's activate section, the targeted users (segment names or RFM
-labels) of the run date with their offer, top recommended items, cross-sell items for their last order,
-and a stable treatment/control group, into gold.campaign_audience (the run date's partition is replaced).
+"""activate: for each campaign in the config's activate section, the targeted users (segment names, RFM
+labels, purchase-propensity deciles, days without a purchase) of the run date with their offer, top
+recommended items, cross-sell items for their last order, and a stable treatment/control group, into
+gold.campaign_audience (the run date's partition is replaced). gold.purchase_propensity is read only when
+a campaign has propensity_deciles.
 Each campaign's treatment audience is exported as CSV and Parquet to
 <lake root>/exports/<campaign id>/<run date>/audience.{csv,parquet} (a re-run replaces that folder).
 
@@ -33,6 +35,7 @@ from marketlake.activate import (
     cross_sell_for,
     eligible,
     export_frame,
+    filtered,
     last_order_items,
     targets_frame,
     top_items,
@@ -48,6 +51,7 @@ from marketlake.segment import STRATEGIES
 
 FEATURES, SEGMENTS = catalog.USER_FEATURES.name, catalog.USER_SEGMENTS.name
 RECOMMENDATIONS, CROSS_SELL = catalog.USER_RECOMMENDATIONS.name, catalog.ITEM_CROSS_SELL.name
+PROPENSITY = catalog.PURCHASE_PROPENSITY.name
 AUDIENCE, EVENTS, USERS = (
     catalog.CAMPAIGN_AUDIENCE.name,
     catalog.SILVER_EVENTS.name,
@@ -111,20 +115,28 @@ def validate(args: argparse.Namespace, config: Config) -> None:
 
 def run(ctx: JobContext, args: argparse.Namespace) -> None:
     lake, run_date, settings = ctx.lake, ctx.run_date, ctx.config.activate
-    for table in (FEATURES, SEGMENTS):
-        lake.require(table)
     campaigns = settings.campaigns
+    by_propensity = any(c.by_propensity for c in campaigns)
+    for table in (FEATURES, SEGMENTS, *([PROPENSITY] if by_propensity else [])):
+        lake.require(table)
     with ctx.step(f"inputs: users of {run_date}, export columns") as step:
-        users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date))
+        scores = lake.read_as_of(PROPENSITY, run_date) if by_propensity else None
+        users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date, scores))
         if users.limit(1).count() == 0:
             raise UsageError(
                 f"{FEATURES} has no rows for {run_date}; run features and segment for that date first"
             )
+        if scores is not None and scores.limit(1).count() == 0:
+            raise UsageError(f"{PROPENSITY} has no rows for {run_date}; run propensity for that date first")
         contact_columns = {
             c.id: contacts_for(ctx, c) for c in campaigns
         }  # checked before anything is written
         mapped = sorted({column for c in campaigns for column in c.export_columns})
-        step.detail = f"{len(campaigns)} campaigns; mapped export columns: {', '.join(mapped) or 'none'}"
+        scored = [c.id for c in campaigns if c.by_propensity]
+        step.detail = (
+            f"{len(campaigns)} campaigns ({', '.join(scored) or 'none'} by propensity decile); "
+            f"mapped export columns: {', '.join(mapped) or 'none'}"
+        )
     if not campaigns:
         ctx.note("no campaigns in the config's activate section: empty partition")
 
@@ -132,6 +144,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     targeted = (
         users.transform(eligible(targets_frame(spark, campaigns)))
         .transform(with_settings(campaigns_frame(spark, campaigns)))
+        .transform(filtered)
         .persist()
     )
     try:
@@ -145,7 +158,8 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
             .transform(as_audience(run_date))
         )
         with ctx.step(AUDIENCE) as step:
-            step.rows = lake.overwrite_as_of(AUDIENCE, audience, run_date).rows
+            # merge_schema: a table written before p_purchase was added gains it (null in older partitions)
+            step.rows = lake.overwrite_as_of(AUDIENCE, audience, run_date, merge_schema=True).rows
     finally:
         targeted.unpersist()
 
