@@ -240,9 +240,9 @@ class PropensityConfig(Section):
     reg_param: float = Field(default=0.01, ge=0)  # logistic regression (features standardised)
     trees: int = Field(default=100, ge=1, le=1000)  # random forest
     max_depth: int = Field(default=6, ge=1, le=20)  # random forest
-    gbt_iterations: int = Field(default=60, ge=1, le=1000)
+    gbt_iterations: int = Field(default=30, ge=1, le=1000)
     gbt_depth: int = Field(default=3, ge=1, le=20)
-    gbt_step: float = Field(default=0.1, gt=0, le=1)
+    gbt_step: float = Field(default=0.2, gt=0, le=1)
     min_instances_per_node: int = Field(default=20, ge=1)  # both tree models
 
 
