@@ -20,10 +20,27 @@ Spark SQL expression over the source columns, or a constant:
 
 Every source column is read as text, so a mapping decides all typing; a column the mapping does not
 name is kept in bronze's raw record only.
+
+Files that are neither JSON lines, CSV nor Parquet (columns separated by runs of spaces, fixed widths)
+are read as lines of text that a regular expression splits into fields:
+
+    format: text
+    text:
+      # Java's regular expression syntax (Spark's); it must match the whole line. Each named group is a
+      # source column (names may hold underscores, which Java's own group names may not).
+      pattern: '\\s*(?<customer_id>\\S+)\\s+(?<date>\\d{8})\\s+(?<cds>\\S+)\\s+(?<dollars>\\S+)\\s*'
+      header_lines: 1            # the first lines of every file are not records (skipped, not counted)
+
+A line the pattern does not match is quarantined as `malformed_line`; the line as received is the
+record's raw text, as a JSON line is. A source that lists a repeated purchase as a repeated identical
+line (no line id to tell them apart) says `identical_records: distinct`: within one file, the second,
+third... record with equal `event_id` columns is another event (its derived id also hashes its rank),
+where by default it is the same event received again (a duplicate).
 """
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +51,7 @@ from marketlake.config import Problem, load_yaml
 from marketlake.errors import ConfigError
 
 Entity = Literal["events", "users", "items"]
-Format = Literal["json", "csv", "parquet"]
+Format = Literal["json", "csv", "parquet", "text"]
 
 # Canonical columns per entity, in the order silver stores them.
 EVENT_COLUMNS = (
@@ -85,6 +102,49 @@ class CsvOptions(Strict):
     names: list[str] | None = None
 
 
+# A named group of a text pattern, Java's `(?<name>` or Python's `(?P<name>`, or a backreference to one
+# (`\k<name>`); an escaped character is matched first so that `\(?<x>` is no group.
+NAMED_GROUP = re.compile(r"\\k<([A-Za-z_]\w*)>|\\.|\(\?P?<([A-Za-z_]\w*)>", re.DOTALL)
+
+
+class TextOptions(Strict):
+    # A Java regular expression that a whole line must match; its named groups are the source columns.
+    pattern: str
+    # Lines at the start of every file that are not records (a header): skipped, not counted.
+    header_lines: int = Field(default=0, ge=0)
+
+    @field_validator("pattern")
+    @classmethod
+    def _names_its_columns(cls, value: str) -> str:
+        names = [match.group(2) for match in NAMED_GROUP.finditer(value) if match.group(2)]
+        if not names:
+            raise ValueError("the pattern names no group: write (?<column>...) for each source column")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"the pattern names group {repeated[0]!r} twice")
+        return value
+
+    @property
+    def columns(self) -> list[str]:
+        """The source columns: the pattern's named groups, in order."""
+        return [match.group(2) for match in NAMED_GROUP.finditer(self.pattern) if match.group(2)]
+
+    def java_pattern(self) -> str:
+        """The pattern as Spark runs it: anchored to the whole line, its groups renamed g1, g2... (in the
+        order of `columns`), since Java's group names are letters and digits only."""
+        numbers = {name: index + 1 for index, name in enumerate(self.columns)}
+
+        def rename(match: re.Match[str]) -> str:
+            if match.group(1):
+                known = match.group(1) in numbers
+                return f"\\k<g{numbers[match.group(1)]}>" if known else match.group(0)
+            if match.group(2):
+                return f"(?<g{numbers[match.group(2)]}>"
+            return match.group(0)
+
+        return f"^(?:{NAMED_GROUP.sub(rename, self.pattern)})$"
+
+
 class TimestampOptions(Strict):
     column: str = "ts"
     # Spark datetime patterns tried in order; empty: ISO-8601 (with or without a zone).
@@ -112,11 +172,15 @@ class SourceMapping(Strict):
     entity: Entity = "events"
     format: Format = "json"
     csv: CsvOptions = Field(default_factory=CsvOptions)
+    text: TextOptions | None = None
     # Canonical column -> source. Canonical columns not named here are taken from a source column of the
     # same name when there is one.
     columns: dict[str, str | ColumnSource] = Field(default_factory=dict)
     # Source columns whose values, hashed, make the event id when the source has none.
     event_id: list[str] | None = None
+    # Records of one file with equal event_id columns: one event received again (duplicate), or as many
+    # events as records (distinct).
+    identical_records: Literal["duplicate", "distinct"] = "duplicate"
     timestamp: TimestampOptions = Field(default_factory=TimestampOptions)
     # Value translations per canonical column, e.g. event_type: {addtocart: add_to_cart}.
     values: dict[str, dict[str, str]] = Field(default_factory=dict)
@@ -134,6 +198,10 @@ class SourceMapping(Strict):
             )
         if self.event_id is not None and self.entity != "events":
             raise ValueError("event_id applies to events only")
+        if self.identical_records == "distinct" and not self.event_id:
+            raise ValueError("identical_records: distinct applies to an event_id derived from columns")
+        if self.format == "text" and self.text is None:
+            raise ValueError("format text needs text: {pattern: ...}")
 
     def source_of(self, canonical: str) -> ColumnSource | None:
         """Where a canonical column comes from, or None when the mapping does not say."""

@@ -1,9 +1,9 @@
 """Finding input files and reading them as records: the input edge of ingestion.
 
-A record is one line of newline-delimited JSON, or one row of CSV or Parquet. Every record keeps its text
-as received (`_raw`: the line; for CSV and Parquet rows the row as a JSON object), its file, and its
-arrival order (file path, then position in the file), which decides which of two records with one key
-came first.
+A record is one line of newline-delimited JSON or of text (split into fields by the mapping's pattern),
+or one row of CSV or Parquet. Every record keeps its text as received (`_raw`: the line; for CSV and
+Parquet rows the row as a JSON object), its file, and its arrival order (file path, then position in the
+file), which decides which of two records with one key came first.
 
 Bytes are data, and text is UTF-8 for every reader of the lake: `_raw` and the source fields are valid
 UTF-8 (invalid sequences replaced by U+FFFD, as Spark's make_valid_utf8 does), and a record whose bytes
@@ -19,13 +19,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake.errors import ConfigError, UsageError
 from marketlake.lake.jvm import hadoop_files
-from marketlake.mapping import CANONICAL, CsvOptions, SourceMapping
+from marketlake.mapping import CANONICAL, CsvOptions, SourceMapping, TextOptions
 
 # Names Spark and Hadoop skip, and we too: _SUCCESS, .crc files, _staging folders, hidden files.
 HIDDEN = re.compile(r"^[._]")
@@ -141,6 +142,10 @@ def read_records(
     Parquet row leaves out the columns named in `pii_columns` (any case)."""
     paths = [f.location for f in files]
     direct, loose = referenced_columns(mapping)
+    if fmt == "text":
+        if mapping.text is None:
+            raise ConfigError(f"mapping {mapping.name}: format text needs text: {{pattern: ...}}")
+        return _read_text(spark, paths, mapping.name, mapping.text, direct)
     if fmt == "json":
         fields = list(dict.fromkeys(direct + loose))
         schema = T.StructType(
@@ -171,12 +176,8 @@ def read_records(
         frame = frame.withColumn(CORRUPT, F.lit(None).cast("string"))
         field_bytes[CORRUPT] = F.col(CORRUPT).cast("binary")
     else:
-        raise UsageError(f"unknown format {fmt!r}; formats: json, csv, parquet")
-    missing = [name for name in direct if name not in names]
-    if missing:
-        raise ConfigError(
-            f"mapping {mapping.name}: column {missing[0]!r} is not in the source (columns: {', '.join(names)})"
-        )
+        raise UsageError(f"unknown format {fmt!r}; formats: json, csv, parquet, text")
+    _check_columns(mapping.name, direct, names)
     frame = _with_arrival(frame).select(
         *_meta_columns(), *[field_bytes[name].alias(name) for name in [*names, CORRUPT]]
     )  # every field as the bytes the file holds, for now
@@ -211,6 +212,69 @@ def read_records(
         *[F.make_valid_utf8(F.col(f"`{n}`").cast("string")).alias(n) for n in names],
     )
     return records, list(names)
+
+
+def _check_columns(mapping: str, direct: list[str], names: list[str]) -> None:
+    missing = [name for name in direct if name not in names]
+    if missing:
+        raise ConfigError(
+            f"mapping {mapping}: column {missing[0]!r} is not in the source (columns: {', '.join(names)})"
+        )
+
+
+def _read_text(
+    spark: SparkSession, paths: list[str], mapping: str, options: TextOptions, direct: list[str]
+) -> tuple[DataFrame, list[str]]:
+    """Lines of text, split into fields by the named groups of a pattern that must match the whole line
+    (a line it does not match is malformed); the first `header_lines` of every file are no records."""
+    names, pattern = options.columns, options.java_pattern()
+    _check_columns(mapping, direct, names)
+    _check_pattern(spark, mapping, options)
+    lines = _with_arrival(spark.read.text(paths))
+    if options.header_lines:
+        lines = _without_first_lines(lines, options.header_lines)
+    lines = lines.withColumn("_line", F.make_valid_utf8("value"))
+    matches = F.col("_line").rlike(pattern)
+    records = lines.select(
+        F.col("_line").alias("_raw"),
+        _bytes_if_invalid(F.col("value").cast("binary"), ~F.is_valid_utf8("value")),
+        *_meta_columns(),
+        (~matches).alias("_malformed"),
+        _blank(F.col("_line")),
+        # Each field is the line with the whole match replaced by the field's group (`${g1}`, ...).
+        *[
+            F.when(matches, F.regexp_replace("_line", pattern, f"${{g{number}}}")).alias(name)
+            for number, name in enumerate(names, start=1)
+        ],
+    )
+    return records, names
+
+
+def _check_pattern(spark: SparkSession, mapping: str, options: TextOptions) -> None:
+    """ConfigError, in one line, when Java does not take the pattern (tried on an empty string)."""
+    try:
+        spark.range(1).select(F.regexp_replace(F.lit(""), options.java_pattern(), "")).collect()
+    except PySparkException:  # Spark's message names the pattern, not Java's reason
+        raise ConfigError(
+            f"mapping {mapping}: text.pattern is not a valid Java regular expression: {options.pattern!r}"
+        ) from None
+
+
+def _without_first_lines(lines: DataFrame, count: int) -> DataFrame:
+    """`lines` (with arrival columns) less the first `count` lines of every file: the rows of the file's
+    first split (block 0) whose arrival row is below the split's first plus `count`. A task numbers its
+    rows one by one, so one split's rows carry consecutive arrival rows, whatever files share its task."""
+    firsts = (
+        lines.filter(F.col("_arrival_block") == 0)
+        .groupBy("_source_file")
+        .agg(F.min("_arrival_row").alias("_first_row"))
+    )
+    header = (F.col("_arrival_block") == 0) & (F.col("_arrival_row") < F.col("_first_row") + count)
+    return (
+        lines.join(F.broadcast(firsts), "_source_file", "left")
+        .filter(~F.coalesce(header, F.lit(False)))
+        .drop("_first_row")
+    )
 
 
 def _read_csv(
@@ -276,7 +340,7 @@ def _with_arrival(frame: DataFrame) -> DataFrame:
 
 
 def _blank(line: Column) -> Column:
-    """An empty line of a JSON file: not a record."""
+    """An empty line of a JSON or text file: not a record."""
     return (F.trim(line) == "").alias("_blank")
 
 

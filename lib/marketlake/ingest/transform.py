@@ -33,6 +33,8 @@ ARRIVAL = ["_source_file", "_arrival_block", "_arrival_row"]
 ACCEPTED, DUPLICATE, REJECTED, BLANK = "accepted", "duplicate", "rejected", "blank"
 CONFLICTING_DUPLICATE = "conflicting_duplicate"
 INVALID_UTF8 = "invalid_utf8"
+# The reason of a record its reader could not parse, by the mapping's format.
+MALFORMED = {"json": "malformed_json", "text": "malformed_line"}
 
 # Silver's columns per entity, in order (events: the text ts becomes event_ts and event_date).
 SILVER_EVENT_COLUMNS = [
@@ -129,7 +131,40 @@ def map_columns(
                 F.octet_length(value) > max_field_bytes, F.lit(f"field_too_long:{name}")
             ).otherwise(too_long)
         named = [value.alias(name) for name, value in columns.items()]
-        return records.select(*META, *named, excluded.alias("_excluded"), too_long.alias("_too_long"))
+        mapped = records.select(*META, *named, excluded.alias("_excluded"), too_long.alias("_too_long"))
+        if mapping.entity == "events" and mapping.event_id and mapping.identical_records == "distinct":
+            mapped = mapped.transform(rank_identical(id_hash))
+        return mapped
+
+    return transform
+
+
+def rank_identical(id_hash: Callable[[list[Column]], Column]) -> Callable[[DataFrame], DataFrame]:
+    """Gives the 2nd, 3rd... record of a file with one derived event_id an id of its own: the hash of the
+    id and its rank in arrival order. The first keeps its id, and a file read again gets the same ids.
+
+    Only the ids repeated within a file are gathered, with their arrivals, and joined back (a broadcast
+    when small), so the records themselves are not shuffled."""
+    arrival = F.struct("_arrival_block", "_arrival_row")
+
+    def transform(mapped: DataFrame) -> DataFrame:
+        repeated = (
+            mapped.filter(F.col("event_id").isNotNull())
+            .groupBy("_source_file", "event_id")
+            .agg(F.sort_array(F.collect_list(arrival)).alias("_arrivals"))
+            .filter(F.size("_arrivals") > 1)
+        )
+        rank = F.array_position("_arrivals", arrival)  # null for an id not repeated
+        return (
+            mapped.join(repeated, ["_source_file", "event_id"], "left")
+            .withColumn(
+                "event_id",
+                F.when(rank > 1, id_hash([F.col("event_id"), rank.cast("string")])).otherwise(
+                    F.col("event_id")
+                ),
+            )
+            .drop("_arrivals")
+        )
 
     return transform
 
@@ -178,11 +213,11 @@ def missing_checks(names: list[str]) -> list[tuple[Column, str]]:
     return [(F.col(name).isNull(), f"missing:{name}") for name in names]
 
 
-def record_checks(malformed: str) -> list[tuple[Column, Column | str]]:
+def record_checks(mapping: SourceMapping) -> list[tuple[Column, Column | str]]:
     """The checks of a record as a whole, before its fields' (every entity, in this order)."""
     return [
         (F.col("_raw_bytes").isNotNull(), INVALID_UTF8),
-        (F.col("_malformed"), malformed),
+        (F.col("_malformed"), MALFORMED.get(mapping.format, "malformed_record")),
         (F.col("_too_long").isNotNull(), F.col("_too_long")),
         (F.col("_excluded").isNotNull(), F.col("_excluded")),
     ]
@@ -205,7 +240,7 @@ def validate_events(
         )
         buys = event_type.isin("purchase", "add_to_cart")
         reason = first_reason(
-            *record_checks("malformed_json" if mapping.format == "json" else "malformed_record"),
+            *record_checks(mapping),
             *missing_checks(["event_id", "user_id", "item_id", "event_type", "ts"]),
             (~event_type.isin(*event_types), F.concat(F.lit("unknown_event_type:"), event_type)),
             (event_ts.isNull(), "unparseable_ts"),
@@ -249,7 +284,7 @@ def validate_users(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
         )
         age = integral(F.col("age"))
         reason = first_reason(
-            *record_checks("malformed_record"),
+            *record_checks(mapping),
             *missing_checks(["user_id"]),
             (F.col("signup_date").isNotNull() & signup.isNull(), "invalid:signup_date"),
             (F.col("age").isNotNull() & (age.isNull() | (age < 0) | (age > 130)), "invalid:age"),
@@ -273,7 +308,7 @@ def validate_items(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
         word = F.lower(F.col("active"))
         active = F.when(word.isin(*TRUE_WORDS), True).when(word.isin(*FALSE_WORDS), False)
         reason = first_reason(
-            *record_checks("malformed_record"),
+            *record_checks(mapping),
             *missing_checks(["item_id"]),
             (F.col("price").isNotNull() & (price.isNull() | F.isnan(price)), "invalid:price"),
             (price < 0, "negative_price"),

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--source", help="a file or folder of raw files (default: the shop generate writes, all entities)"
     )
     parser.add_argument(
-        "--format", choices=["json", "csv", "parquet"], help="file format (default: the mapping's)"
+        "--format", choices=["json", "csv", "parquet", "text"], help="file format (default: the mapping's)"
     )
     parser.add_argument(
         "--mapping", help="source mapping: a YAML path, or a name in conf/sources (default: shop_<entity>)"
@@ -51,7 +51,12 @@ def _request(
     mapping = load_mapping(mapping_name or f"shop_{entity or 'events'}")
     if entity is not None and entity != mapping.entity:
         raise UsageError(f"mapping {mapping.name} maps {mapping.entity}, not {entity}")
-    return IngestRequest(mapping.entity, source, mapping, args.format or mapping.format, args.force)
+    fmt = args.format or mapping.format
+    if fmt == "text" and mapping.text is None:
+        raise UsageError(
+            f"--format text needs a mapping with text: {{pattern: ...}}; {mapping.name} has none"
+        )
+    return IngestRequest(mapping.entity, source, mapping, fmt, args.force)
 
 
 def validate(args: argparse.Namespace, config: Config) -> None:
