@@ -225,6 +225,7 @@ class RecommendConfig(Section):
 
 PropensityModel = Literal["logistic_regression", "random_forest", "gbt", "bgnbd"]
 PROPENSITY_MODELS: tuple[PropensityModel, ...] = ("logistic_regression", "random_forest", "gbt", "bgnbd")
+PROPENSITY_BASELINE: PropensityModel = "bgnbd"
 
 
 class PropensityConfig(Section):

@@ -20,10 +20,10 @@ from pyspark.ml.regression import IsotonicRegression
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from marketlake.config import PropensityConfig
+from marketlake.config import PROPENSITY_BASELINE, PropensityConfig
 from marketlake.propensity.dataset import FEATURES, LABEL
 
-BASELINE = "bgnbd"
+BASELINE = PROPENSITY_BASELINE
 CLASSIFIERS = ("logistic_regression", "random_forest", "gbt")
 SCORE = "score"
 PROBABILITY = "probability_calibrated"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from marketlake import catalog
-from marketlake.config import PropensityModel
+from marketlake.config import PROPENSITY_BASELINE
 from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
 from marketlake.report import charts
 from marketlake.report.charts import Chart
@@ -530,14 +530,12 @@ PROPENSITY = Heading(
     "purchases; the chosen model scored today's customers.",
     source_note(SCORES, PROPENSITY_EVALUATION, PROPENSITY_DECILES),
 )
-# The propensity job's baseline (marketlake.propensity.models.BASELINE, not imported: that module pulls in
-# Spark ML and the BG/NBD fit, which the report does not need).
-BASELINE: PropensityModel = "bgnbd"
+BASELINE = PROPENSITY_BASELINE
 MODEL_NAMES: dict[str, str] = {
     "logistic_regression": "logistic regression",
     "random_forest": "random forest",
     "gbt": "gradient-boosted trees",
-    "bgnbd": "BG/NBD baseline",
+    PROPENSITY_BASELINE: "BG/NBD baseline",
 }
 METRICS_GLOSSARY = (
     "AUC: the chance that a buyer is scored above a non-buyer (0.5 is a coin toss, 1 is perfect). "
