@@ -212,8 +212,9 @@ def test_the_activate_job_exports_tricky_ids_offers_and_contacts_safely(spark, c
     lake = Lake(spark, config.lake, root)
     ids = [t for t in TRICKY if t]  # user_id is a key: no null or empty one
     users = spark.createDataFrame(
-        [(u, "Champions", float(i), 100.0, RUN_DATE) for i, u in enumerate(ids)],
-        "user_id string, rfm_label string, recency_days double, monetary double, as_of_date date",
+        [(u, "Champions", float(i), float(i), 100.0, RUN_DATE) for i, u in enumerate(ids)],
+        "user_id string, rfm_label string, recency_days double, days_since_purchase double, monetary double, "
+        "as_of_date date",
     )
     lake.write("gold.user_features", users, "append", partition_by=["as_of_date"])
     segments = users.select(
