@@ -167,9 +167,9 @@ def run(spark, config, settings, names: list[str], args, root: str) -> int:
         print("propensity_cdnow: BG/NBD could not be fitted on the calibration period", file=sys.stderr)
         return 1
     fold = F.pmod(F.xxhash64(F.lit("propensity-bench-fold"), F.col("user_id")), F.lit(args.folds))
-    frame = frame.withColumn("_fold", fold.cast("int"))
+    folded = frame.withColumn("_fold", fold.cast("int"))
 
-    results = {name: score_and_evaluate(name, frame, settings, args.folds) for name in names}
+    results = {name: score_and_evaluate(name, folded, settings, args.folds) for name in names}
     frame.unpersist()
 
     seconds = features_s + sum(r["seconds"] for r in results.values())
