@@ -151,7 +151,7 @@ def run(spark, config, settings, names: list[str], args, root: str) -> int:
 
     def features():
         found = propensity_set(spark, events, None, CUTOFF, HORIZON_DAYS, lookback, labelled=True)
-        frame = compact(found.frame).persist()
+        frame = compact(found.frame)
         counts = frame.agg(F.count("*").alias("users"), F.sum(LABEL).alias("buyers")).first()
         return found, frame, int(counts["users"]), int(counts["buyers"])
 

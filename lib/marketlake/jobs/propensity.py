@@ -99,9 +99,15 @@ def check_history(events: DataFrame, run_date: dt.date, horizon_days: int) -> No
 
 def compact(frame: DataFrame) -> DataFrame:
     """One row per user is small: few partitions keep MLlib's many passes over it cheap (each pass is a Spark
-    job whose cost is mostly per task). A fixed partitioning and order, so that a re-run fits the same model."""
-    partitions = max(1, math.ceil(frame.count() / ROWS_PER_PARTITION))
-    return frame.repartition(partitions, "user_id").sortWithinPartitions("user_id")
+    job whose cost is mostly per task). A fixed partitioning and order, so that a re-run fits the same model.
+    Returns the set persisted and materialised; the features are computed once (the count that sizes the
+    partitions reads them from the cache the repartition then reads too)."""
+    computed = frame.persist()
+    partitions = max(1, math.ceil(computed.count() / ROWS_PER_PARTITION))
+    compacted = computed.repartition(partitions, "user_id").sortWithinPartitions("user_id").persist()
+    compacted.count()
+    computed.unpersist()
+    return compacted
 
 
 def run(ctx: JobContext, args: argparse.Namespace) -> None:
@@ -130,7 +136,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
                 + (f", purchases in the next {horizon} days" if labelled else "")
             ) as step:
                 found = propensity_set(ctx.spark, events, users, cutoff, horizon, lookback, labelled)
-                found = PropensitySet(found.cutoff, compact(found.frame).persist(), found.bgnbd)
+                found = PropensitySet(found.cutoff, compact(found.frame), found.bgnbd)
                 frames.append(found.frame)
                 step.rows = found.frame.count()
                 if labelled:
