@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 # Base plus the dev extra (tests, benchmarks, lint).
 dev: $(STAMP)
 
+# gbstats (GrowthBook's stats engine) is the tests' reference for the sequential tests; it is pure Python but
+# pins pandas<2 and numpy<2, which pyspark 4 cannot use, so it goes in without its dependencies.
 $(STAMP): pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'gbstats==0.8.0'
 	@touch $@
 
 java-check: venv

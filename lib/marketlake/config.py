@@ -345,8 +345,28 @@ class ExperimentPlan(Section):
         return self
 
 
+class ValueCap(Section):
+    """Capping (winsorising) of each user's value before CUPED and the tests: one large basket must not
+    decide a revenue result. percentile: the `value` quantile of the experiment's users (all variants
+    together; with ignore_zeros, of the users with a non-zero value), computed per experiment; absolute:
+    `value` itself. Only the upper tail is capped."""
+
+    method: Literal["none", "percentile", "absolute"] = "none"
+    value: float | None = None
+    ignore_zeros: bool = False
+
+    @model_validator(mode="after")
+    def _value_fits_the_method(self) -> ValueCap:
+        if self.method == "percentile" and not (self.value is not None and 0 < self.value < 1):
+            raise ValueError("a percentile cap needs a value between 0 and 1 (for example 0.99)")
+        if self.method == "absolute" and not (self.value is not None and self.value > 0):
+            raise ValueError("an absolute cap needs a value above 0")
+        return self
+
+
 class ExperimentConfig(Section):
-    """A/B test results from exposures in silver.events or a CSV (issue 6)."""
+    """A/B test results from exposures in silver.events or a CSV (issue 6); sequential tests, capping
+    (issue 19)."""
 
     # A user converts when an event of this type follows their first exposure within window_hours and,
     # with same_session, in the exposure's session (the generator's metric: session conversion).
@@ -372,6 +392,13 @@ class ExperimentConfig(Section):
     min_users: int = Field(default=100, ge=2)
     min_detectable_lift: float = Field(default=0.1, gt=0)
     power: float = Field(default=0.8, gt=0, lt=1)
+    # The test behind the decision. sequential: always-valid p-values and intervals (safe to look every day);
+    # fixed: the fixed-horizon tests, valid only when read once at the planned end. Both are in the table.
+    test: Literal["sequential", "fixed"] = "sequential"
+    # The sequential interval is narrowest when the experiment has this many users (all variants together);
+    # GrowthBook's default. Set it near the planned size (the `plan` job gives it).
+    sequential_tuning_users: int = Field(default=5000, ge=1)
+    value_cap: ValueCap = Field(default_factory=ValueCap)
 
 
 class ReportConfig(Section):

@@ -49,7 +49,7 @@ from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_effectsize, proportions_ztest
 
 from marketlake import catalog
-from marketlake.config import ExperimentConfig
+from marketlake.config import ExperimentConfig, ValueCap
 from marketlake.lake.schema import spark_schema
 
 CONVERSION, REVENUE = "conversion", "revenue_per_user"
@@ -224,6 +224,50 @@ def collapse_exposure_log(log: DataFrame) -> DataFrame:
     )
 
 
+def value_caps(cap: ValueCap) -> Callable[[DataFrame], DataFrame]:
+    """The per-user frame -> per experiment_id: value_cap and pre_value_cap, the caps of the value and of
+    its CUPED covariate (each by the same rule over its own values: a percentile of the experiment's users,
+    all variants together, or the absolute cap)."""
+
+    def transform(users: DataFrame) -> DataFrame:
+        if cap.method == "absolute":
+            return (
+                users.select("experiment_id")
+                .distinct()
+                .select(
+                    "experiment_id",
+                    F.lit(cap.value).alias("value_cap"),
+                    F.lit(cap.value).alias("pre_value_cap"),
+                )
+            )
+
+        def quantile(column: str) -> Column:
+            counted = F.when(F.col(column) != 0, F.col(column)) if cap.ignore_zeros else F.col(column)
+            return F.percentile(counted, F.lit(cap.value))
+
+        return users.groupBy("experiment_id").agg(
+            quantile("value").alias("value_cap"), quantile("pre_value").alias("pre_value_cap")
+        )
+
+    return transform
+
+
+def capped(caps: DataFrame) -> Callable[[DataFrame], DataFrame]:
+    """The per-user frame -> the same with value and pre_value capped at their experiment's caps (value_caps)
+    and `capped` = 1 for a user whose value was above its cap (an experiment without caps: unchanged)."""
+
+    def transform(users: DataFrame) -> DataFrame:
+        joined = users.join(F.broadcast(caps), "experiment_id", "left")
+        return joined.select(
+            *[c for c in USER_COLUMNS if c not in ("value", "pre_value")],
+            F.least("value", "value_cap").alias("value"),
+            F.least("pre_value", "pre_value_cap").alias("pre_value"),
+            F.coalesce((F.col("value") > F.col("value_cap")).cast("long"), F.lit(0)).alias("capped"),
+        )
+
+    return transform
+
+
 MOMENTS = {
     CONVERSION: ("converted", "pre_conversions"),
     REVENUE: ("value", "pre_value"),
@@ -244,6 +288,8 @@ def moment_sums(users: DataFrame, by: Iterable[str]) -> DataFrame:
             "xy_sum": F.col(x) * F.col(y),
         }
         columns += [F.sum(term.cast(EXACT)).alias(f"{metric}_{name}") for name, term in terms.items()]
+    if "capped" in users.columns:
+        columns.append(F.sum("capped").alias("capped"))
     return users.groupBy(*by).agg(*columns)
 
 
@@ -295,6 +341,11 @@ class Arm:
     total: float
     mean: float
     var: float
+    unadjusted_mean: float | None = None  # CUPED arms: the observed mean (relative lifts divide by it)
+
+    @property
+    def observed_mean(self) -> float:
+        return self.mean if self.unadjusted_mean is None else self.unadjusted_mean
 
 
 @dataclass(frozen=True)
@@ -383,6 +434,68 @@ def compare_means(control: Arm, variant: Arm, alpha: float) -> Comparison:
     )
 
 
+@dataclass(frozen=True)
+class SequentialComparison:
+    p_value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    rel_ci_low: float | None = None
+    rel_ci_high: float | None = None
+
+
+def sequential_rho(alpha: float, tuning_users: float) -> float:
+    """The mixture parameter of the asymptotic confidence sequence that makes it narrowest at tuning_users
+    observations (Waudby-Smith et al. 2023, eq. 161; GrowthBook's sequential_tuning_parameter)."""
+    log_alpha = math.log(alpha)
+    return math.sqrt((-2 * log_alpha + math.log(-2 * log_alpha + 1)) / tuning_users)
+
+
+def _always_valid(estimate: float, variance: float, n: int, alpha: float, rho: float) -> tuple[float, float]:
+    """(half width of the always-valid interval, always-valid p-value of estimate = 0) for an estimate
+    with sampling variance `variance` after n observations: the asymptotic confidence sequence of
+    Waudby-Smith et al. 2023 (eq. 9) and its p-value (eq. 155), as GrowthBook computes them."""
+    n_rho2 = n * rho**2
+    half = math.sqrt(variance * n) * math.sqrt(
+        2 * (n_rho2 + 1) * math.log(math.sqrt(n_rho2 + 1) / alpha) / (n * rho) ** 2
+    )
+    z2n = estimate**2 * n / variance
+    log_evalue = rho**2 * z2n / (2 * (n_rho2 + 1)) - 0.5 * math.log(n_rho2 + 1)
+    return half, min(1.0, math.exp(-log_evalue))
+
+
+def compare_sequential(
+    control: Arm, variant: Arm, alpha: float, tuning_users: float, proportions: bool
+) -> SequentialComparison:
+    """Always-valid (sequential) p-value and interval of the difference of means, and interval of the
+    relative difference (delta method; over the control's observed mean): they stay valid however often
+    they are looked at, unlike the fixed-horizon ones. A proportion's variance is p (1 - p), a mean's its
+    sample variance. Nothing without spread in either arm; no relative interval when the control's mean is
+    not above 0."""
+    var_c = control.mean * (1 - control.mean) if proportions else control.var
+    var_t = variant.mean * (1 - variant.mean) if proportions else variant.var
+    variance = var_c / control.n + var_t / variant.n
+    if not variance > 0:
+        return SequentialComparison()
+    n = control.n + variant.n
+    rho = sequential_rho(alpha, tuning_users)
+    lift = variant.mean - control.mean
+    half, p_value = _always_valid(lift, variance, n, alpha, rho)
+    rel_low = rel_high = None
+    base, observed = control.observed_mean, variant.observed_mean
+    if base > 0:
+        rel_variance = var_t / (base**2 * variant.n) + var_c * observed**2 / (base**4 * control.n)
+        rel_lift = lift / base
+        rel_half, _ = _always_valid(rel_lift, rel_variance, n, alpha, rho)
+        rel_low, rel_high = rel_lift - rel_half, rel_lift + rel_half
+    return SequentialComparison(
+        p_value=_finite(p_value),
+        ci_low=lift - half,
+        ci_high=lift + half,
+        rel_ci_low=rel_low,
+        rel_ci_high=rel_high,
+    )
+
+
 def prob_beat_control(c_control: int, n_control: int, c_variant: int, n_variant: int) -> float:
     """P(rate_variant > rate_control) under independent Beta(1 + c, 1 + n - c) posteriors (uniform priors):
     E[P(variant > x)] over the control's posterior, integrated over its quantiles u in (0, 1) (a smooth
@@ -406,7 +519,14 @@ def cuped_arms(
         mean = row[f"{metric}_mean"] - theta * (row[f"{metric}_x_mean"] - pooled_x_mean)
         y_var, x_var, xy_cov = (row[f"{metric}_{name}"] or 0.0 for name in ("var", "x_var", "xy_cov"))
         var = y_var + theta**2 * x_var - 2 * theta * xy_cov
-        adjusted[variant] = Arm(variant, int(row["n"]), float(row[f"{metric}_sum"]), mean, max(var, 0.0))
+        adjusted[variant] = Arm(
+            variant,
+            int(row["n"]),
+            float(row[f"{metric}_sum"]),
+            mean,
+            max(var, 0.0),
+            unadjusted_mean=float(row[f"{metric}_mean"]),
+        )
     return adjusted
 
 
@@ -461,6 +581,16 @@ def users_needed(
         return float(TTestIndPower().solve_power(effect, alpha=alpha, power=settings.power, ratio=ratio))
 
 
+# Why a decision was taken, in words a marketer reads in the report.
+REASON_SRM = "the split of users between variants is off: the assignment is broken, fix it and restart"
+REASON_FEW_USERS = "too few users yet"
+REASON_NO_RESULT = "no result yet (no conversions or no spread)"
+REASON_WIN, REASON_LOSS = "significantly better than control", "significantly worse than control"
+REASON_POWERED = "no significant difference although large enough to see the minimum lift worth having"
+REASON_BELOW_MINIMUM = "the lift is smaller than the minimum worth having"
+REASON_RUNNING = "no significant difference yet"
+
+
 def decide(
     srm: bool,
     control: Arm,
@@ -469,20 +599,32 @@ def decide(
     p_adjusted: float | None,
     needed: float | None,
     settings: ExperimentConfig,
-) -> str:
-    """invalid: SRM when the split is off; keep running below min_users in either arm or without a
-    p-value; ship / do not ship when significant (adjusted p below alpha) upwards / downwards; do not ship
-    when not significant although powered for min_detectable_lift; else keep running."""
+    sequential: SequentialComparison | None = None,
+    sequential_p_adjusted: float | None = None,
+) -> tuple[str, str]:
+    """(decision, reason) by settings.test, never mixing the two tests. invalid: SRM when the split is off;
+    keep running below min_users in either arm or without a p-value; ship / do not ship when significant
+    (adjusted p below alpha) upwards / downwards. Not significant: do not ship when the fixed test was
+    powered for min_detectable_lift (`needed` control users reached), or when the sequential interval of
+    the relative lift lies below min_detectable_lift; else keep running."""
     if srm:
-        return INVALID_SRM
-    if min(control.n, variant.n) < settings.min_users or p_adjusted is None:
-        return KEEP_RUNNING
-    if p_adjusted < settings.alpha:
+        return INVALID_SRM, REASON_SRM
+    if min(control.n, variant.n) < settings.min_users:
+        return KEEP_RUNNING, REASON_FEW_USERS
+    use_sequential = settings.test == "sequential"
+    p_value = sequential_p_adjusted if use_sequential else p_adjusted
+    if p_value is None:
+        return KEEP_RUNNING, REASON_NO_RESULT
+    if p_value < settings.alpha:
         assert comparison.lift is not None  # compare_proportions and compare_means always set it
-        return SHIP if comparison.lift > 0 else DO_NOT_SHIP
-    if needed is not None and control.n >= needed:
-        return DO_NOT_SHIP
-    return KEEP_RUNNING
+        return (SHIP, REASON_WIN) if comparison.lift > 0 else (DO_NOT_SHIP, REASON_LOSS)
+    if use_sequential:
+        upper = sequential.rel_ci_high if sequential else None
+        if upper is not None and upper < settings.min_detectable_lift:
+            return DO_NOT_SHIP, REASON_BELOW_MINIMUM
+    elif needed is not None and control.n >= needed:
+        return DO_NOT_SHIP, REASON_POWERED
+    return KEEP_RUNNING, REASON_RUNNING
 
 
 @dataclass(frozen=True)
@@ -505,6 +647,17 @@ def _arm(variant: str, row: dict[str, float], metric: str) -> Arm:
     )
 
 
+def _sequential_columns(sequential: SequentialComparison, p_adjusted: float | None) -> dict[str, Any]:
+    return {
+        "sequential_p_value": sequential.p_value,
+        "sequential_p_value_adjusted": p_adjusted,
+        "sequential_ci_low": sequential.ci_low,
+        "sequential_ci_high": sequential.ci_high,
+        "sequential_rel_ci_low": sequential.rel_ci_low,
+        "sequential_rel_ci_high": sequential.rel_ci_high,
+    }
+
+
 def experiment_rows(
     experiment_id: str,
     source: str,
@@ -512,9 +665,12 @@ def experiment_rows(
     pooled: dict[str, float],
     plan: Plan,
     settings: ExperimentConfig,
+    caps: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Result rows (RESULT_COLUMNS but as_of_date) for one experiment from its moments per variant
-    (`arms`, keyed by variant) and over all its users (`pooled`); and notes on what could not be computed."""
+    (`arms`, keyed by variant) and over all its users (`pooled`); and notes on what could not be computed.
+    `caps`, per metric: the value_cap applied to it and capped_users per variant (none: not capped)."""
+    caps = caps or {}
     notes: list[str] = []
     users = {variant: int(row["n"]) for variant, row in arms.items()}
     planned = plan.split or {variant: 1 / len(users) for variant in users}
@@ -549,6 +705,14 @@ def experiment_rows(
             compare = compare_proportions if proportions else compare_means
             comparisons = [compare(control, metric_arms[v], settings.alpha) for v in others]
             adjusted = adjusted_p_values([c.p_value for c in comparisons], settings.correction)
+            sequentials = [
+                compare_sequential(
+                    control, metric_arms[v], settings.alpha, settings.sequential_tuning_users, proportions
+                )
+                for v in others
+            ]
+            sequential_adjusted = adjusted_p_values([c.p_value for c in sequentials], settings.correction)
+            cap = caps.get(metric, {})
             base = {
                 "experiment_id": experiment_id,
                 "source": source,
@@ -556,11 +720,14 @@ def experiment_rows(
                 "srm_p_value": srm_p,
                 "srm": srm,
                 "cuped": cuped,
+                "decision_test": settings.test,
+                "value_cap": cap.get("value_cap"),
             }
             rows.append(
                 {
                     **base,
                     **Comparison().__dict__,
+                    **_sequential_columns(SequentialComparison(), None),
                     "variant": plan.control,
                     "is_control": True,
                     "users": control.n,
@@ -568,22 +735,32 @@ def experiment_rows(
                     "rate": control.mean,
                     "p_value_adjusted": None,
                     "decision": INVALID_SRM if srm else None,
+                    "decision_reason": REASON_SRM if srm else None,
+                    "capped_users": cap.get("capped_users", {}).get(plan.control),
                 }
             )
-            for variant, comparison, p_adjusted in zip(others, comparisons, adjusted, strict=True):
+            for variant, comparison, p_adjusted, sequential, sequential_p in zip(
+                others, comparisons, adjusted, sequentials, sequential_adjusted, strict=True
+            ):
                 arm = metric_arms[variant]
                 needed = users_needed(control, arm, settings, len(others), proportions)
+                decision, reason = decide(
+                    srm, control, arm, comparison, p_adjusted, needed, settings, sequential, sequential_p
+                )
                 rows.append(
                     {
                         **base,
                         **comparison.__dict__,
+                        **_sequential_columns(sequential, sequential_p),
                         "variant": variant,
                         "is_control": False,
                         "users": arm.n,
                         "conversions": arm.total,
                         "rate": arm.mean,
                         "p_value_adjusted": p_adjusted,
-                        "decision": decide(srm, control, arm, comparison, p_adjusted, needed, settings),
+                        "decision": decision,
+                        "decision_reason": reason,
+                        "capped_users": cap.get("capped_users", {}).get(variant),
                     }
                 )
     return rows, notes

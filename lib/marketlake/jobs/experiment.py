@@ -31,8 +31,10 @@ from marketlake.experiment import (
     FROM_EVENTS,
     RESULT_COLUMNS,
     RESULT_SCHEMA,
+    REVENUE,
     USER_COLUMNS,
     Plan,
+    capped,
     collapse_exposure_log,
     experiment_rows,
     exposures,
@@ -42,6 +44,7 @@ from marketlake.experiment import (
     outcomes,
     plan_for,
     pooled_sums,
+    value_caps,
 )
 from marketlake.ingest.transform import text  # trimmed, the empty string as null
 from marketlake.runner import Job, JobContext
@@ -285,18 +288,53 @@ def analyse(
     experiment-wide moments are added up from it), then the statistics in the driver; one log line per
     experiment."""
     settings = settings or ctx.config.experiment
-    with ctx.step("outcomes and moments per experiment and variant") as step:
-        by_variant = [
-            row.asDict() for row in moment_sums(users, ["experiment_id", "variant"]).collect()
-        ]  # a handful of rows
-        pooled = {experiment_id: moments(sums) for experiment_id, sums in pooled_sums(by_variant).items()}
-        step.rows = len(by_variant)
+    cap = settings.value_cap
+    caps: dict[str, dict[str, float | None]] = {}
+    persisted = None
+    try:
+        if settings.value_metric and cap.method != "none":
+            persisted = users = users.persist()  # read twice: for the caps, then capped for the moments
+            with ctx.step(f"value caps ({cap.method} {cap.value:g})") as step:
+                found_caps = users.transform(value_caps(cap)).collect()  # one row per experiment
+                caps = {row.experiment_id: row.asDict() for row in found_caps}
+                step.rows = len(caps)
+                step.detail = "; ".join(
+                    f"{e}: revenue capped at {c['value_cap']}, pre-period revenue at {c['pre_value_cap']}"
+                    for e, c in sorted(caps.items())
+                )
+            schema = "experiment_id string, value_cap double, pre_value_cap double"
+            cap_frame = ctx.spark.createDataFrame(
+                [(e, c["value_cap"], c["pre_value_cap"]) for e, c in caps.items()], schema
+            )
+            users = users.transform(capped(cap_frame))
+        with ctx.step("outcomes and moments per experiment and variant") as step:
+            by_variant = [
+                row.asDict() for row in moment_sums(users, ["experiment_id", "variant"]).collect()
+            ]  # a handful of rows
+            pooled = {experiment_id: moments(sums) for experiment_id, sums in pooled_sums(by_variant).items()}
+            step.rows = len(by_variant)
+    finally:
+        if persisted is not None:
+            persisted.unpersist()
     rows: list[dict[str, Any]] = []
     for experiment_id in sorted(pooled):
         arms = {row["variant"]: moments(row) for row in by_variant if row["experiment_id"] == experiment_id}
         plan = plans.get(experiment_id) or plan_for(experiment_id, settings)
+        metric_caps = {}
+        if experiment_id in caps:
+            capped_users = {
+                row["variant"]: int(row["capped"])
+                for row in by_variant
+                if row["experiment_id"] == experiment_id
+            }
+            metric_caps[REVENUE] = {
+                "value_cap": caps[experiment_id]["value_cap"],
+                "capped_users": capped_users,
+            }
         with ctx.step(f"{experiment_id}: statistics") as step:
-            found, notes = experiment_rows(experiment_id, source, arms, pooled[experiment_id], plan, settings)
+            found, notes = experiment_rows(
+                experiment_id, source, arms, pooled[experiment_id], plan, settings, metric_caps
+            )
             rows += found
             step.rows = len(found)
             step.detail = "; ".join([summary(found, arms, plan.control), *notes])
