@@ -132,7 +132,9 @@ def test_sequential_figures_equal_gbstats(spark, seed, variants, alpha, tuning):
             r = rows[(metric, "treatment", cuped)]
             assert close(r["lift"], absolute.expected), (metric, cuped)
             assert close(r["sequential_p_value"], absolute.p_value), (metric, cuped)
-            assert close(r["sequential_ci_low"], absolute.ci[0]) and close(r["sequential_ci_high"], absolute.ci[1])
+            assert close(r["sequential_ci_low"], absolute.ci[0]) and close(
+                r["sequential_ci_high"], absolute.ci[1]
+            )
             assert close(r["sequential_rel_ci_low"], relative.ci[0]), (metric, cuped)
             assert close(r["sequential_rel_ci_high"], relative.ci[1]), (metric, cuped)
             assert close(r["sequential_p_value_adjusted"], r["sequential_p_value"])  # one comparison

@@ -447,6 +447,9 @@ EXPERIMENT_RESULTS = Table(
     keys=("experiment_id", "source", "metric", "variant", "as_of_date"),
     written_by=("experiment",),
     read_by=("report",),
+    about="On revenue_per_user rows `conversions` is the revenue total and `rate` the revenue per user. Both "
+    "tests' figures are on every row (p_value / ci_*: fixed horizon; sequential_*: always valid); "
+    "`decision_test` names the one `decision` used. Partitions written before a column existed read null.",
 )
 JOB_RUNS = Table(
     "ops.job_runs",

@@ -27,7 +27,12 @@ sample variance and covariances, computed by Spark); they run in the driver with
 - CUPED rows: y - theta (x - mean x), theta = cov(x, y) / var(x) over the experiment's users, then the
   same Welch test and intervals on the adjusted means;
 - multiple comparisons: statsmodels multipletests over a metric's comparisons with control;
-- sample-ratio mismatch: scipy chisquare of the users per variant against the planned split.
+- sample-ratio mismatch: scipy chisquare of the users per variant against the planned split;
+- sequential: always-valid p-values and intervals (the asymptotic confidence sequence of Waudby-Smith et
+  al. 2023, as GrowthBook computes it) on the same statistics; the decision uses the test settings.test
+  names, never a mix.
+
+Revenue may be capped per user (settings.value_cap, computed in Spark per experiment) before the moments.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ variant are merged (converted if any row converted, values summed, the covariate
 the earliest timestamp, else the first row in the file); users in several variants are left out. How
 many of each is in the log, ops.job_runs and the results table. Against the control: lift
 with 95% intervals, p-values (z-test; Welch's t-test for revenue per user), adjusted for several variants,
-the probability to beat control (Beta-Binomial), a sample-ratio check and a decision."""
+the probability to beat control (Beta-Binomial), always-valid (sequential) p-values and intervals, a
+sample-ratio check and a decision with its reason (by experiment.test: sequential, safe to read every day,
+or fixed). Revenue can be capped per user first (experiment.value_cap)."""
 
 from __future__ import annotations
 
