@@ -348,10 +348,12 @@ def summary(rows: list[dict[str, Any]], arms: dict[str, dict[str, float]], contr
     parts = [f"users {users}"]
     for row in rows:
         if row["metric"] == CONVERSION and not row["is_control"] and not row["cuped"]:
-            p = row["p_value_adjusted"]
+            sequential = row["decision_test"] == "sequential"
+            p = row["sequential_p_value_adjusted" if sequential else "p_value_adjusted"]
             lift = "-" if row["lift"] is None else f"{row['lift']:+.4f}"
             parts.append(
-                f"{row['variant']} vs {control}: conversion {lift} (p {'-' if p is None else f'{p:.3g}'}) -> {row['decision']}"
+                f"{row['variant']} vs {control}: conversion {lift} ({row['decision_test']} p "
+                f"{'-' if p is None else f'{p:.3g}'}) -> {row['decision']} ({row['decision_reason']})"
             )
     if rows:
         parts.append(f"SRM p {rows[0]['srm_p_value']:.3g}{' (MISMATCH)' if rows[0]['srm'] else ''}")
