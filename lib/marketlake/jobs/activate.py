@@ -5,6 +5,12 @@ gold.campaign_audience (the run date's partition is replaced). gold.purchase_pro
 a campaign has propensity_deciles.
 Each campaign's treatment audience is exported as CSV and Parquet to
 <lake root>/exports/<campaign id>/<run date>/audience.{csv,parquet} (a re-run replaces that folder).
+With gold.user_recommendations rows for the run date (and activate.profiles.enabled), one flat profile per
+user with recommendations (external_id, segment_name, rfm_label, p_purchase, propensity_decile,
+offer_<campaign id>, item_1..N, item_1_title..N_title) goes to
+<lake root>/exports/_profiles/<run date>/profiles-00001.csv, ... (each file with its header and at most
+activate.profiles.max_file_bytes) and, for cloud data ingestion, into gold.user_profile_sync (UPDATED_AT,
+EXTERNAL_ID, PAYLOAD as JSON), where only new or changed payloads get a new UPDATED_AT.
 
 audience.csv: RFC 4180 (UTF-8, comma, a header row, LF line ends; a cell with a comma, quote, CR or LF
 is quoted, a quote doubled as ""). Values are those of audience.parquet, whitespace kept; null is an
