@@ -5,8 +5,8 @@ A table named `layer.name` lives at `<lake root>/<layer>/<name>` and is a real D
 `Lake.read`, `Lake.write`, `Lake.upsert`; no job builds a path or names a format. What is not a table has
 its place too (`Layout`): models at `<root>/models/<name>/<version>`, ALS checkpoints at
 `<root>/_checkpoints/<run id>`, campaign exports at `<root>/exports/<campaign id>/<run date>`, user
-profiles at `<root>/exports/_profiles/<run date>`, the report
-at `<root>/reports/<run date>/marketlake-report.html`; `lake.files` does the file-system calls.
+profiles at `<root>/exports/_profiles/<run date>`, the report at
+`<root>/reports/<run date>/marketlake-report.html`; `lake.files` does the file-system calls.
 
 Engines (see docs/design.md): `delta-spark` (format("delta"), needs the io.delta jars), `delta-rs`
 (Spark's Parquet writer plus a commit through the `deltalake` package), `auto` (delta-spark when its
