@@ -119,7 +119,7 @@ SILVER_ITEMS = Table(
     ),
     keys=("item_id",),
     written_by=("ingest",),
-    read_by=("ingest", "features", "recommend", "report"),
+    read_by=("ingest", "features", "recommend", "activate", "report"),
 )
 
 
@@ -403,6 +403,25 @@ CAMPAIGN_AUDIENCE = Table(
     "that target by propensity decile (it also ranks their cap) and null for the others; a partition "
     "written before the column existed reads null.",
 )
+USER_PROFILE_SYNC = Table(
+    "gold.user_profile_sync",
+    grain="one user with recommendations (EXTERNAL_ID): their current profile attributes as JSON",
+    columns=(
+        ("UPDATED_AT", "timestamp"),
+        ("EXTERNAL_ID", "string"),
+        ("PAYLOAD", "string"),
+    ),
+    keys=("EXTERNAL_ID",),
+    written_by=("activate",),
+    about="The shape a marketing tool's cloud data ingestion reads from a warehouse table (Braze CDI: "
+    "EXTERNAL_ID, PAYLOAD, UPDATED_AT in UTC; a sync takes the rows whose UPDATED_AT is later than the last "
+    "one it synced). Not partitioned: one current row per user. EXTERNAL_ID is user_id as stored (a pseudonym "
+    "when ingest pseudonymises ids). PAYLOAD is a JSON object of the flat profile's attributes (segment_name, "
+    "rfm_label, p_purchase, propensity_decile, offer_<campaign id>, item_1.., item_1_title..), every key "
+    "present, null when unknown. activate merges the newest run date's profiles in: a user whose PAYLOAD is "
+    "unchanged keeps their row and UPDATED_AT, so a sync sends only new and changed profiles; UPDATED_AT is "
+    "the time of the run that changed the row. A user no longer in the profiles keeps their last row.",
+)
 EXPERIMENT_RESULTS = Table(
     "gold.experiment_results",
     grain="one experiment x metric x variant x as_of_date",
@@ -532,6 +551,7 @@ TABLES: tuple[Table, ...] = (
     PROPENSITY_EVALUATION,
     PROPENSITY_DECILES,
     CAMPAIGN_AUDIENCE,
+    USER_PROFILE_SYNC,
     EXPERIMENT_RESULTS,
     JOB_RUNS,
     MODELS,

@@ -308,6 +308,17 @@ class CampaignConfig(Section):
         return self
 
 
+class ProfileExportConfig(Section):
+    """The user-profile exports of `activate` (issue 20): one flat row per user with recommendations, as
+    size-limited CSV files and as a cloud-data-ingestion table (UPDATED_AT, EXTERNAL_ID, PAYLOAD)."""
+
+    enabled: bool = True
+    # item_1..item_N and item_1_title..item_N_title; null: recommend.top_n.
+    items: int | None = Field(default=None, ge=0, le=100)
+    # Each CSV file stays at or below this many bytes, its header included (500 MB, decimal).
+    max_file_bytes: int = Field(default=500_000_000, ge=1024)
+
+
 class ActivateConfig(Section):
     """Campaign audiences and their exports (issue 6)."""
 
@@ -317,6 +328,7 @@ class ActivateConfig(Section):
     # from; read only while exporting, never stored in the lake. Default: the shop's users.csv.
     contacts: str | None = None
     campaigns: list[CampaignConfig] = Field(default_factory=list)
+    profiles: ProfileExportConfig = Field(default_factory=ProfileExportConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ActivateConfig:

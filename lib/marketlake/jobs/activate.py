@@ -5,6 +5,12 @@ gold.campaign_audience (the run date's partition is replaced). gold.purchase_pro
 a campaign has propensity_deciles.
 Each campaign's treatment audience is exported as CSV and Parquet to
 <lake root>/exports/<campaign id>/<run date>/audience.{csv,parquet} (a re-run replaces that folder).
+With gold.user_recommendations rows for the run date (and activate.profiles.enabled), one flat profile per
+user with recommendations (external_id, segment_name, rfm_label, p_purchase, propensity_decile,
+offer_<campaign id>, item_1..N, item_1_title..N_title) goes to
+<lake root>/exports/_profiles/<run date>/profiles-00001.csv, ... (each file with its header and at most
+activate.profiles.max_file_bytes) and, for cloud data ingestion, into gold.user_profile_sync (UPDATED_AT,
+EXTERNAL_ID, PAYLOAD as JSON), where only new or changed payloads get a new UPDATED_AT.
 
 audience.csv: RFC 4180 (UTF-8, comma, a header row, LF line ends; a cell with a comma, quote, CR or LF
 is quoted, a quote doubled as ""). Values are those of audience.parquet, whitespace kept; null is an
@@ -16,9 +22,11 @@ map or struct column is written as JSON text (e.g. ["i01","i02"]), as-is in Parq
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import re
+from typing import Literal
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -46,6 +54,16 @@ from marketlake.activate import (
 from marketlake.config import CampaignConfig, Config, shop_root
 from marketlake.errors import UsageError
 from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
+from marketlake.lake import Lake
+from marketlake.profiles import (
+    EXTERNAL_ID,
+    FILE_NUMBER,
+    SYNC_ID,
+    changed_since,
+    split_into_files,
+    sync_rows,
+    user_profiles,
+)
 from marketlake.runner import Job, JobContext
 from marketlake.segment import STRATEGIES
 
@@ -57,7 +75,8 @@ AUDIENCE, EVENTS, USERS = (
     catalog.SILVER_EVENTS.name,
     catalog.SILVER_USERS.name,
 )
-EXPORT_FILE = "audience"
+ITEMS, PROFILE_SYNC = catalog.SILVER_ITEMS.name, catalog.USER_PROFILE_SYNC.name
+EXPORT_FILE, PROFILE_FILE = "audience", "profiles"
 # RFC 4180 (see the module docstring); Spark's defaults escape a quote as \" and trim whitespace. The line
 # separator stays "\n": with "\r\n" the writer also turns a "\n" inside a quoted value into "\r\n".
 CSV_OPTIONS: dict[str, bool | str] = {
@@ -190,6 +209,74 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     ctx.counts.update(
         campaigns=len(campaigns), audience=treatment + control, treatment=treatment, control=control
     )
+    if settings.profiles.enabled:
+        export_profiles(ctx)
+
+
+def export_profiles(ctx: JobContext) -> None:
+    """The run date's user profiles (`marketlake.profiles`): CSV files in `lake.profile_export_dir`, split
+    below activate.profiles.max_file_bytes, and the changed ones merged into gold.user_profile_sync. Skipped,
+    with a note, when gold.user_recommendations has no rows for the run date."""
+    lake, run_date, config = ctx.lake, ctx.run_date, ctx.config
+    settings = config.activate.profiles
+    if not has_date(ctx, RECOMMENDATIONS, "recommend", "no user profiles"):
+        return
+    n_items = config.recommend.top_n if settings.items is None else settings.items
+    campaign_ids = [c.id for c in config.activate.campaigns]
+    scores = lake.read_as_of(PROPENSITY, run_date) if lake.exists(PROPENSITY) else None
+    users = lake.read(FEATURES).transform(users_as_of(lake.read(SEGMENTS), run_date, scores))
+    profiles = (
+        lake.read(RECOMMENDATIONS)
+        .transform(
+            user_profiles(
+                run_date, users, lake.read_if_exists(ITEMS), lake.read(AUDIENCE), n_items, campaign_ids
+            )
+        )
+        .persist()
+    )
+    try:
+        with ctx.step("user profiles: CSV files") as step:
+            folder = lake.profile_export_dir(run_date)
+            cells = split_into_files(profiles.transform(as_csv_cells), EXTERNAL_ID, settings.max_file_bytes)
+            ordered = cells.repartition(FILE_NUMBER).sortWithinPartitions(FILE_NUMBER, EXTERNAL_ID)
+            with lake.files.staged_replace(folder) as staging:
+                files = write_files(lake, ordered, staging, PROFILE_FILE, "csv", split_by=FILE_NUMBER)
+            step.rows = ctx.counts["profiles"] = profiles.count()
+            ctx.counts["profile_files"] = len(files)
+            step.detail = (
+                f"{n_items} items, {len(campaign_ids)} offer columns; {len(files)} files of at most "
+                f"{settings.max_file_bytes:,} bytes -> {folder}"
+            )
+        with ctx.step(PROFILE_SYNC) as step:
+            newest = lake.read(AUDIENCE).agg(F.max("as_of_date")).first()
+            if newest is not None and newest[0] is not None and newest[0] > run_date:
+                # The profiles of an older date must not replace newer ones in the marketing tool.
+                step.detail = f"left as it is: {AUDIENCE} has a newer run date, {newest[0]}"
+                return
+            step.rows = ctx.counts["profiles_changed"] = merge_changed(ctx, profiles.transform(sync_rows))
+            step.detail = "new or changed payloads merged (UPDATED_AT of the others kept)"
+    finally:
+        profiles.unpersist()
+
+
+def merge_changed(ctx: JobContext, payloads: DataFrame) -> int:
+    """Upserts the (EXTERNAL_ID, PAYLOAD) rows whose payload is new or differs from gold.user_profile_sync's,
+    with UPDATED_AT = now (UTC), deciding against the table's snapshot (`retry_on_conflict`); returns how
+    many. Nothing is committed when nothing changed, so a re-run leaves the table's version as it was."""
+    lake = ctx.lake
+    updated_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+    def attempt(version: int) -> int:
+        changed = payloads.transform(changed_since(lake.read_at(PROFILE_SYNC, version), updated_at)).persist()
+        try:
+            count = changed.count()
+            if count:
+                lake.upsert(PROFILE_SYNC, changed, keys=[SYNC_ID], expected_version=version)
+            return count
+        finally:
+            changed.unpersist()
+
+    return lake.retry_on_conflict(PROFILE_SYNC, attempt)
 
 
 def lists(ctx: JobContext, campaigns: list[CampaignConfig]) -> tuple[DataFrame | None, DataFrame | None]:
@@ -207,15 +294,15 @@ def lists(ctx: JobContext, campaigns: list[CampaignConfig]) -> tuple[DataFrame |
     return items, cross_sell
 
 
-def has_date(ctx: JobContext, table: str, job: str) -> bool:
-    """Whether `table` has rows for the run date; logs why the lists it feeds stay empty when it has not."""
+def has_date(ctx: JobContext, table: str, job: str, consequence: str = "its lists stay empty") -> bool:
+    """Whether `table` has rows for the run date; logs why (and `consequence`) when it has not."""
     if not ctx.lake.exists(table):
         why = "does not exist"
     elif ctx.lake.read_as_of(table, ctx.run_date).limit(1).count() == 0:
         why = f"has no rows for {ctx.run_date}"
     else:
         return True
-    ctx.note(f"{table} {why}: its lists stay empty (run {job} first)")
+    ctx.note(f"{table} {why}: {consequence} (run {job} first)")
     return False
 
 
@@ -288,22 +375,50 @@ def export_campaign(ctx: JobContext, rows: DataFrame, campaign: CampaignConfig) 
     single = rows.repartition(1).sortWithinPartitions("audience_rank")
     csv_cells = rows.transform(as_csv_cells).repartition(1).sortWithinPartitions("audience_rank")
     with lake.files.staged_replace(folder) as staging:
-        csv_cells.write.options(**CSV_OPTIONS).csv(f"{staging}/_csv")
-        single.write.parquet(f"{staging}/_parquet")
-        for kind in ("csv", "parquet"):
-            spark_folder = f"{staging}/_{kind}"
-            parts = [
-                e.uri
-                for e in lake.files.list(spark_folder, recursive=False)
-                if e.relative.startswith("part-") and not e.is_dir
-            ]
-            if len(parts) != 1:
-                raise RuntimeError(
-                    f"{campaign.id}: expected one {kind} part file in {spark_folder}, found {len(parts)}"
-                )
-            lake.files.move(parts[0], f"{staging}/{EXPORT_FILE}.{kind}")
-            lake.files.delete(spark_folder)
+        write_files(lake, csv_cells, staging, EXPORT_FILE, "csv")
+        write_files(lake, single, staging, EXPORT_FILE, "parquet")
     return folder
+
+
+def write_files(
+    lake: Lake,
+    frame: DataFrame,
+    folder: str,
+    name: str,
+    kind: Literal["csv", "parquet"],
+    split_by: str | None = None,
+) -> list[str]:
+    """Write `frame` with Spark's writer (csv: CSV_OPTIONS) into `folder` as `<name>.<kind>`, one file (the
+    frame must be in one partition), or, with `split_by` (an integer column, not written), one file per value
+    v, `<name>-<v, 5 digits>.<kind>` (each value must be in one partition); rows keep their order within a
+    partition. Returns the file names."""
+    spark_folder = f"{folder}/_{name}_{kind}"
+    writer = frame.write if split_by is None else frame.write.partitionBy(split_by)
+    if kind == "csv":
+        writer.options(**CSV_OPTIONS).csv(spark_folder)
+    else:
+        writer.parquet(spark_folder)
+    parts: dict[str, list[str]] = {}
+    for entry in lake.files.list(spark_folder):
+        parent, _, file_name = entry.relative.rpartition("/")
+        if not entry.is_dir and file_name.startswith("part-"):
+            parts.setdefault(parent, []).append(entry.uri)
+    names = []
+    for parent, uris in sorted(parts.items()):
+        if len(uris) != 1:
+            raise RuntimeError(
+                f"{name}: expected one {kind} part file in {spark_folder}/{parent}, found {len(uris)}"
+            )
+        if split_by is None:
+            target = f"{name}.{kind}"
+        else:  # Spark's partition folder: <split_by>=<value>
+            target = f"{name}-{int(parent.partition('=')[2]):05d}.{kind}"
+        lake.files.move(uris[0], f"{folder}/{target}")
+        names.append(target)
+    lake.files.delete(spark_folder)
+    if split_by is None and len(names) != 1:
+        raise RuntimeError(f"{name}: expected one {kind} part file in {spark_folder}, found {len(names)}")
+    return sorted(names)
 
 
 JOB = Job(name="activate", help=__doc__.strip(), run=run, validate=validate)

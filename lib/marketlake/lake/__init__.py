@@ -4,8 +4,9 @@ where everything else under the lake root goes.
 A table named `layer.name` lives at `<lake root>/<layer>/<name>` and is a real Delta table. Jobs call
 `Lake.read`, `Lake.write`, `Lake.upsert`; no job builds a path or names a format. What is not a table has
 its place too (`Layout`): models at `<root>/models/<name>/<version>`, ALS checkpoints at
-`<root>/_checkpoints/<run id>`, campaign exports at `<root>/exports/<campaign id>/<run date>`, the report
-at `<root>/reports/<run date>/marketlake-report.html`; `lake.files` does the file-system calls.
+`<root>/_checkpoints/<run id>`, campaign exports at `<root>/exports/<campaign id>/<run date>`, user
+profiles at `<root>/exports/_profiles/<run date>`, the report at
+`<root>/reports/<run date>/marketlake-report.html`; `lake.files` does the file-system calls.
 
 Engines (see docs/design.md): `delta-spark` (format("delta"), needs the io.delta jars), `delta-rs`
 (Spark's Parquet writer plus a commit through the `deltalake` package), `auto` (delta-spark when its
@@ -57,6 +58,7 @@ __all__ = [
 log = logging.getLogger("marketlake.lake")
 T_ = TypeVar("T_")
 REPORT_FILE = "marketlake-report.html"
+PROFILE_EXPORTS = "_profiles"
 TableRef = str | catalog.Table
 
 
@@ -100,6 +102,11 @@ class Layout:
     def export_dir(self, campaign_id: str, run_date: dt.date) -> str:
         """A campaign's exported files for a run date (replaced whole by a re-run)."""
         return f"{self.root}/exports/{campaign_id}/{run_date.isoformat()}"
+
+    def profile_export_dir(self, run_date: dt.date) -> str:
+        """The user-profile CSV files of a run date (replaced whole by a re-run); the leading _ keeps the
+        folder apart from every campaign's (campaign ids start with a letter or digit)."""
+        return f"{self.root}/exports/{PROFILE_EXPORTS}/{run_date.isoformat()}"
 
     def report_path(self, run_date: dt.date) -> str:
         """The HTML report of a run date."""
