@@ -164,8 +164,12 @@ def file_numbers(cells: DataFrame, order: str, budget: int) -> DataFrame:
 def split_into_files(cells: DataFrame, order: str, max_file_bytes: int) -> DataFrame:
     """CSV cells -> the same rows with `file_number`, each file (its header included) at most
     `max_file_bytes`; ValueError when the header and the longest row alone do not fit."""
-    longest = cells.select(F.max(csv_row_bytes(cells))).first()
-    longest_bytes = int(longest[0] or 0) if longest is not None else 0
+    row_bytes = csv_row_bytes(cells)
+    sizes = cells.select(F.max(row_bytes).alias("longest"), F.sum(row_bytes).alias("total")).first()
+    longest_bytes = int(sizes.longest or 0) if sizes is not None else 0
+    total_bytes = int(sizes.total or 0) if sizes is not None else 0
+    if header_bytes(cells.columns) + total_bytes <= max_file_bytes:
+        return cells.withColumn(FILE_NUMBER, F.lit(1))  # the usual case: one file, no running total needed
     fixed = header_bytes(cells.columns) + longest_bytes
     if fixed >= max_file_bytes:
         raise ValueError(
