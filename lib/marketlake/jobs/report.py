@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from marketlake.report import build, gather, render
+from marketlake.report import Display, Money, build, gather, render
 from marketlake.runner import Job, JobContext
 
 
@@ -18,7 +18,8 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
     with ctx.step("read the gold tables"):
         data = gather(ctx.lake, ctx.run_date, ctx.config.report.top_rules)
     with ctx.step("charts and tables") as step:
-        sections = build(data)
+        display = Display(Money(ctx.config.report.currency), 1 - ctx.config.experiment.alpha)
+        sections = build(data, display)
         missing = [section.title for section in sections if section.missing]
         step.rows = len(sections)
         step.detail = f"incomplete: {', '.join(missing)}" if missing else "all sections complete"
