@@ -605,9 +605,8 @@ def test_rules_recommendations_audiences_and_experiments_numbers(reported):
         "+2.0 pts [+0.3 pts, +3.7 pts]",
         "+20.0% [+3.0%, +37.0%]",
     )
-    assert (b["p-value (sequential)"], b["chance to beat control"], b["decision"], b["why"]) == (
+    assert (b["p-value (sequential)"], b["decision"], b["why"]) == (
         "0.0060",
-        ">99.9%",
         "ship",
         "significantly better than control",
     )
@@ -842,9 +841,12 @@ def test_revenue_rows_are_labelled_revenue_and_conversion_rows_buyers(reported):
         assert not {"conversions", "rate"} & set(header)
     revenue = experiment_tables["experiment-revenue-sequential"]
     assert {"users", "revenue", "revenue per user (capped)"} <= set(revenue) and "buyers" not in revenue
-    assert "chance to beat control" not in revenue  # a Bayesian figure of conversions only
     for name in ("experiment-conversion-sequential", "experiment-conversion-fixed"):
         assert {"users", "buyers", "conversion rate"} <= set(experiment_tables[name])
+    # The Bayesian chance to beat control is a fixed-sample figure of conversions: beside fixed decisions only.
+    assert "chance to beat control" not in revenue
+    assert "chance to beat control" not in experiment_tables["experiment-conversion-sequential"]
+    assert page.rows("experiment-conversion-fixed")[1]["chance to beat control"] == "98.0%"
     assert page.captions["experiment-revenue-sequential"].endswith(
         "exp-1: revenue per user, capped at €500.00 per user: 12 users capped."
     )

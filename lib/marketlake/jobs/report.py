@@ -2,8 +2,10 @@
 (replaced on a re-run): segment sizes and profiles, silhouette by k, the RFM distribution, top association
 rules, recommendation quality against the popularity baseline, who will buy (purchase propensity: gain and
 calibration, the candidates' test metrics, scores by decile), campaign audiences and experiment results
-with confidence intervals. Every number comes from the gold tables of the run date; a section whose table
-is missing says so and names the job that makes it. Prints the file's path at the end."""
+(the intervals and p-values of the test that decided them), each section with what a marketer can do with
+it, a glossary of its terms, amounts in report.currency. Every number comes from the gold tables of the run
+date; a section whose table is missing says so and names the job that makes it. Prints the file's path at
+the end."""
 
 from __future__ import annotations
 

@@ -204,7 +204,8 @@ TERMS: dict[str, Term] = {
     "prob-beat-control": Term(
         "chance to beat control",
         "The probability that the variant's true conversion rate is above the control's, given the data "
-        "so far. Shown for context: the decision does not use it.",
+        "so far. Shown for context beside fixed-horizon results only (it is as misleading as they are when "
+        "looked at every day): the decision does not use it.",
         "Bayesian Beta-Binomial posterior probability, prob_beat_control",
     ),
     "cuped": Term(

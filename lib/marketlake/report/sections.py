@@ -720,7 +720,9 @@ def experiment_table(rows: pd.DataFrame, metric: str, test: str, display: Displa
         "relative": (f"relative difference ({display.level} interval)", str),
         "p_shown": (f"p-value ({name})", p_value),
     }
-    if metric == CONVERSION:
+    if metric == CONVERSION and test == FIXED:
+        # A fixed-sample Bayesian figure, as prone to peeking as the fixed test: beside a sequential decision
+        # it would invite acting on a day's look (GrowthBook does not show the two together either).
         columns["prob_beat_control"] = ("chance to beat control", probability)
     if capped:
         columns["capped_users"] = ("users capped", count)
