@@ -19,11 +19,12 @@ from marketlake.jobs import main
 from marketlake.lake import Lake
 from marketlake.lake.schema import spark_schema
 from marketlake.models import SCHEMA as MODELS_SCHEMA
-from marketlake.report import build, gather, render, report_path
+from marketlake.report import Display, Money, build, gather, render, report_path
 from marketlake.rules import RULES_SCHEMA
 from marketlake.segment import name_segments, profiles_frame
 
 RUN_DATE = dt.date(2024, 6, 30)
+EUROS = Display(Money("EUR"))
 SECTION_IDS = [
     "segments",
     "silhouette",
@@ -54,15 +55,41 @@ class Page(HTMLParser):
         self.tables: dict[str, list[list[str]]] = {}
         self.missing: list[str] = []
         self.findings: list[str] = []
+        self.findings_of: dict[str, list[str]] = {}  # section id -> its findings
+        self.actions: dict[str, str] = {}  # section id -> its "what you can do" sentence
+        self.links: dict[str, set[str]] = {}  # section id -> the glossary terms it links to
+        self.glossary: dict[str, tuple[str, str]] = {}  # term key -> (name, explanation)
+        self.tooltips: dict[str, list[str]] = {}  # table id -> its headings' tooltips
+        self.captions: dict[str, str] = {}
         self._table = self._cell = self._missing = self._finding = None
+        self._action = self._term = self._definition = self._caption = None
+        self._section = None
         self._in_findings = False
         self._depth = 0
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if tag == "a" and (attrs.get("href") or "").startswith("#term-") and self._section:
+            self.links[self._section].add(attrs["href"][len("#term-") :])
         if tag == "section":
-            self.sections.append(attrs.get("id"))
+            self._section = attrs.get("id")
+            self.sections.append(self._section)
+            self.links[self._section] = set()
+        elif tag == "p" and "action" in classes:
+            self._action = ""
+        elif tag == "dt":
+            self._term = attrs["id"][len("term-") :]
+            self.glossary[self._term] = ("", "")
+            self._definition = None
+        elif tag == "dd":
+            self._definition = ""
+        elif tag == "caption" and self._table:
+            self._caption = ""
+        elif tag == "th" and self._table:
+            self.tooltips.setdefault(self._table, []).append(attrs.get("title") or "")
+            self._cell = ""
         elif tag == "img":
             self.images.append(attrs["src"])
         elif tag == "table":
@@ -82,10 +109,20 @@ class Page(HTMLParser):
             self._finding = ""
 
     def handle_endtag(self, tag):
+        if tag == "p" and self._action is not None:
+            self.actions[self._section] = " ".join(self._action.split())
+            self._action = None
+        elif tag == "dd" and self._definition is not None:
+            self.glossary[self._term] = (self.glossary[self._term][0], " ".join(self._definition.split()))
+            self._definition = None
+        elif tag == "caption" and self._caption is not None:
+            self.captions[self._table] = " ".join(self._caption.split())
+            self._caption = None
         if tag == "ul":
             self._in_findings = False
         elif tag == "li" and self._finding is not None:
             self.findings.append(" ".join(self._finding.split()))
+            self.findings_of.setdefault(self._section, []).append(self.findings[-1])
             self._finding = None
         elif tag == "table":
             self._table = None
@@ -99,6 +136,14 @@ class Page(HTMLParser):
                 self._missing = None
 
     def handle_data(self, data):
+        if self._action is not None:
+            self._action += data
+        if self._term is not None and self._definition is None and not self.glossary[self._term][0]:
+            self.glossary[self._term] = (data.strip(), "")
+        if self._definition is not None:
+            self._definition += data
+        if self._caption is not None:
+            self._caption += data
         if self._cell is not None:
             self._cell += data
         if self._missing is not None:
@@ -109,6 +154,141 @@ class Page(HTMLParser):
     def rows(self, table_id: str) -> list[dict[str, str]]:
         header, *body = self.tables[table_id]
         return [dict(zip(header, row, strict=True)) for row in body]
+
+
+# gold.experiment_results: exp-1 decided by the sequential test (conversion, conversion with CUPED, revenue
+# per user capped at 500), exp-2 by the fixed-horizon test. Each row's sequential and fixed figures differ, so
+# the page shows which it used.
+FIXED_FIGURES = ("ci_low", "ci_high", "rel_ci_low", "rel_ci_high", "p_value_adjusted")
+SEQUENTIAL_FIGURES = tuple(f"sequential_{c}" for c in FIXED_FIGURES)
+WIN, RUNNING = "significantly better than control", "no significant difference yet"
+EXPERIMENT_ROWS = [
+    {
+        "experiment_id": "exp-1",
+        "metric": "conversion",
+        "variant": "A",
+        "is_control": True,
+        "users": 5000,
+        "conversions": 500.0,
+        "rate": 0.10,
+        "decision_test": "sequential",
+    },
+    {
+        "experiment_id": "exp-1",
+        "metric": "conversion",
+        "variant": "B",
+        "is_control": False,
+        "users": 5000,
+        "conversions": 600.0,
+        "rate": 0.12,
+        "lift": 0.02,
+        "lift_relative": 0.2,
+        "fixed": (0.008, 0.032, 0.08, 0.32, 0.002),
+        "sequential": (0.003, 0.037, 0.03, 0.37, 0.006),
+        "prob_beat_control": 0.9991,
+        "decision": "ship",
+        "decision_reason": WIN,
+        "decision_test": "sequential",
+    },
+    {
+        "experiment_id": "exp-1",
+        "metric": "conversion",
+        "variant": "A",
+        "is_control": True,
+        "users": 5000,
+        "conversions": 500.0,
+        "rate": 0.101,
+        "cuped": True,
+        "decision_test": "sequential",
+    },
+    {
+        "experiment_id": "exp-1",
+        "metric": "conversion",
+        "variant": "B",
+        "is_control": False,
+        "users": 5000,
+        "conversions": 600.0,
+        "rate": 0.119,
+        "lift": 0.018,
+        "lift_relative": 0.178,
+        "cuped": True,
+        "fixed": (0.009, 0.027, 0.09, 0.27, 0.0001),
+        "sequential": (0.004, 0.033, 0.04, 0.33, 0.003),
+        "decision": "ship",
+        "decision_reason": WIN,
+        "decision_test": "sequential",
+    },
+    {
+        "experiment_id": "exp-1",
+        "metric": "revenue_per_user",
+        "variant": "A",
+        "is_control": True,
+        "users": 5000,
+        "conversions": 60000.0,
+        "rate": 12.0,
+        "value_cap": 500.0,
+        "capped_users": 5,
+        "decision_test": "sequential",
+    },
+    {
+        "experiment_id": "exp-1",
+        "metric": "revenue_per_user",
+        "variant": "B",
+        "is_control": False,
+        "users": 5000,
+        "conversions": 61234.5,
+        "rate": 12.2469,
+        "lift": 0.2469,
+        "lift_relative": 0.0206,
+        "fixed": (-0.9, 1.4, -0.075, 0.117, 0.46),
+        "sequential": (-2.3, 2.8, -0.19, 0.23, 1.0),
+        "decision": "keep running",
+        "decision_reason": RUNNING,
+        "decision_test": "sequential",
+        "value_cap": 500.0,
+        "capped_users": 7,
+    },
+    {
+        "experiment_id": "exp-2",
+        "metric": "conversion",
+        "variant": "control",
+        "is_control": True,
+        "users": 800,
+        "conversions": 40.0,
+        "rate": 0.05,
+        "decision_test": "fixed",
+    },
+    {
+        "experiment_id": "exp-2",
+        "metric": "conversion",
+        "variant": "treatment",
+        "is_control": False,
+        "users": 820,
+        "conversions": 57.0,
+        "rate": 0.0695,
+        "lift": 0.0196,
+        "lift_relative": 0.39,
+        "fixed": (0.0012, 0.0378, 0.02, 0.88, 0.04),
+        "sequential": (-0.012, 0.051, -0.2, 1.1, 0.6),
+        "prob_beat_control": 0.98,
+        "decision": "ship",
+        "decision_reason": WIN,
+        "decision_test": "fixed",
+    },
+]
+
+
+def experiment_row(*, fixed=(None,) * 5, sequential=(None,) * 5, **values) -> dict:
+    """A row of gold.experiment_results for RUN_DATE with both tests' figures (ci low, high, relative low,
+    high, adjusted p-value); the raw p-values are the adjusted ones (one comparison per metric)."""
+    row = dict.fromkeys(catalog.EXPERIMENT_RESULTS.column_names)
+    row.update(source="events", cuped=False, srm=False, srm_p_value=0.8, as_of_date=RUN_DATE)
+    row.update(zip(FIXED_FIGURES, fixed, strict=True))
+    row.update(zip(SEQUENTIAL_FIGURES, sequential, strict=True))
+    row.update(
+        p_value=row["p_value_adjusted"], sequential_p_value=row["sequential_p_value_adjusted"], **values
+    )
+    return row
 
 
 def write_gold(spark, lake: Lake) -> None:
@@ -258,82 +438,9 @@ def write_gold(spark, lake: Lake) -> None:
     lake.write("gold.campaign_audience", audience, "append", **partitioned)
 
     experiments = spark.createDataFrame(
-        [
-            (
-                "exp-1",
-                "events",
-                "conversion",
-                "A",
-                True,
-                5000,
-                500.0,
-                0.10,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                0.8,
-                False,
-                "ship B",
-                False,
-            ),
-            (
-                "exp-1",
-                "events",
-                "conversion",
-                "B",
-                False,
-                5000,
-                600.0,
-                0.12,
-                0.02,
-                0.2,
-                0.008,
-                0.032,
-                0.08,
-                0.32,
-                0.001,
-                0.002,
-                0.999,
-                0.8,
-                False,
-                "ship B",
-                False,
-            ),
-            (
-                "exp-1",
-                "events",
-                "revenue_per_user",
-                "B",
-                False,
-                5000,
-                61234.5,
-                12.2469,
-                -0.3,
-                -0.024,
-                -1.1,
-                0.5,
-                -0.088,
-                0.04,
-                0.46,
-                0.46,
-                0.23,
-                0.8,
-                False,
-                "keep running",
-                False,
-            ),
-        ],
-        "experiment_id string, source string, metric string, variant string, is_control boolean, users long, "
-        "conversions double, rate double, lift double, lift_relative double, ci_low double, ci_high double, "
-        "rel_ci_low double, rel_ci_high double, p_value double, p_value_adjusted double, prob_beat_control double, "
-        "srm_p_value double, srm boolean, decision string, cuped boolean",
-    ).withColumn("as_of_date", F.lit(RUN_DATE))
+        [tuple(experiment_row(**row).values()) for row in EXPERIMENT_ROWS],
+        spark_schema(catalog.EXPERIMENT_RESULTS),
+    )
     lake.write("gold.experiment_results", experiments, "append", **partitioned)
     write_propensity(spark, lake)
 
@@ -414,7 +521,7 @@ def reported(spark, config, tmp_path_factory):
 
 def test_every_section_is_there_with_real_png_charts_and_nothing_missing(reported):
     _, _, page = reported
-    assert page.sections == [*SECTION_IDS, "runs"]
+    assert page.sections == [*SECTION_IDS, "runs", "glossary"]
     # The report's own run is not in ops.job_runs while it runs: the only missing box is that one.
     assert page.missing == ["ops.job_runs is absent from this lake."]
     assert (
@@ -433,7 +540,7 @@ def test_segment_silhouette_and_rfm_numbers_are_the_gold_tables(spark, reported)
     assert [(r["segment"], r["customers"], r["share"]) for r in shown] == [
         (p.segment_name, f"{p.size:,}", f"{p.share:.1%}") for p in profiles
     ]
-    assert shown[0]["revenue"] == "1,500.00" and shown[0]["strategy"] == profiles[0].strategy
+    assert shown[0]["revenue"] == "€1,500.00" and shown[0]["strategy"] == profiles[0].strategy
     assert [(r["k"], r["silhouette"], r[""]) for r in page.rows("silhouette-by-k")] == [
         ("2", "0.5500", ""),
         ("3", "0.6100", "chosen"),
@@ -459,11 +566,10 @@ def test_rules_recommendations_audiences_and_experiments_numbers(reported):
     rules = page.rows("top-rules")
     assert [r["customers who buy"] for r in rules] == [f"i0{a} (Item number {a})" for a in (7, 5, 3, 1)]
     assert [r["lift"] for r in rules] == ["7.00", "5.00", "3.00", "1.00"]
-    evaluation = {(r["metric"], r["k"]): r for r in page.rows("recommendation-evaluation")}
-    assert (
-        evaluation[("ndcg", "10")]["ALS"] == "0.2500" and evaluation[("ndcg", "10")]["popularity"] == "0.1250"
-    )
-    assert evaluation[("ndcg", "10")]["ALS / popularity"] == "2.00" and len(evaluation) == 4
+    evaluation = {(r["measure"], r["k"]): r for r in page.rows("recommendation-evaluation")}
+    ndcg = evaluation[("ranking quality (nDCG)", "10")]
+    assert ndcg["ALS"] == "0.2500" and ndcg["best-sellers"] == "0.1250"
+    assert ndcg["ALS / best-sellers"] == "2.00" and len(evaluation) == 4
     assert page.rows("recommendation-sources") == [
         {"source": "als", "users": "300", "recommendations": "600"},
         {"source": "global_popular", "users": "200", "recommendations": "400"},
@@ -486,25 +592,25 @@ def test_rules_recommendations_audiences_and_experiments_numbers(reported):
         )
         assert row["control share"] == f"{control / (treatment + control):.1%}"
     assert audiences["vip"]["configured"] == "20.0%" and audiences["spring"]["with recommendations"] == "100"
-    experiments = page.rows("experiment-results")
-    assert [(r["metric"], r["variant"]) for r in experiments] == [
-        ("conversion", "A (control)"),
-        ("conversion", "B"),
-        ("revenue_per_user", "B"),
+    conversion = page.rows("experiment-conversion-sequential")
+    assert [(r["experiment"], r["variant"], r["figures"]) for r in conversion] == [
+        ("exp-1", "A (control)", "as measured"),
+        ("exp-1", "B", "as measured"),
+        ("exp-1", "A (control)", "adjusted (CUPED)"),
+        ("exp-1", "B", "adjusted (CUPED)"),
     ]
-    b = experiments[1]
-    assert (b["lift (95% CI)"], b["relative (95% CI)"]) == (
-        "+0.0200 [+0.0080, +0.0320]",
-        "+20.0% [+8.0%, +32.0%]",
+    b = conversion[1]
+    assert (b["users"], b["buyers"], b["conversion rate"]) == ("5,000", "600", "12.0%")
+    assert (b["difference (95% interval)"], b["relative difference (95% interval)"]) == (
+        "+2.0 pts [+0.3 pts, +3.7 pts]",
+        "+20.0% [+3.0%, +37.0%]",
     )
-    assert (b["p (adjusted)"], b["P(better)"], b["decision"], b["conversions"]) == (
-        "0.0020",
-        "99.9%",
-        "ship B",
-        "600",
+    assert (b["p-value (sequential)"], b["decision"], b["why"]) == (
+        "0.0060",
+        "ship",
+        "significantly better than control",
     )
-    assert experiments[0]["lift (95% CI)"] == "-" and experiments[0]["users"] == "5,000"
-    assert experiments[2]["conversions"] == "61,234.50"
+    assert conversion[0]["difference (95% interval)"] == "-" and conversion[0]["decision"] == "-"
 
 
 def test_who_will_buy_numbers_are_the_propensity_tables(reported):
@@ -563,7 +669,7 @@ def test_who_will_buy_numbers_are_the_propensity_tables(reported):
     top_3 = sum(d["sum"] for d in by_decile[:3])
     assert scores[-1]["deciles 1 to this"] == f"{total:.1f}"
 
-    assert page.findings == [
+    assert page.findings_of["propensity"] == [
         "In the test, the top 10% of customers by score held 28% of the next 30 days' buyers (2.8 times the "
         "average); the top 30% held 60%.",
         "Of customers scored about 27% (decile 1), about 1 in 4 bought (28%); of those scored about 9.0% "
@@ -612,8 +718,9 @@ def test_the_job_prints_the_path_and_a_rerun_replaces_the_file(reported, capsys)
 def test_missing_tables_and_dates_are_named_with_the_job_that_makes_them(spark, config, reported, tmp_path):
     lake, _, _ = reported
     other_day = RUN_DATE + dt.timedelta(days=1)
-    page = Page(render(gather(lake, other_day), build(gather(lake, other_day)), dt.datetime(2024, 7, 1)))
-    assert page.sections == [*SECTION_IDS, "runs"] and page.images == []
+    data = gather(lake, other_day)
+    page = Page(render(data, build(data, EUROS), dt.datetime(2024, 7, 1)))
+    assert page.sections == [*SECTION_IDS, "runs", "glossary"] and page.images == []
     assert (
         f"gold.segment_profiles has no rows for {other_day} (its latest date is {RUN_DATE}): run segment for {other_day}."
         in page.missing
@@ -631,7 +738,7 @@ def test_missing_tables_and_dates_are_named_with_the_job_that_makes_them(spark, 
 
     empty = Lake(spark, config.lake, str(tmp_path / "empty"))
     data = gather(empty, RUN_DATE)
-    page = Page(render(data, build(data), dt.datetime(2024, 7, 1)))
+    page = Page(render(data, build(data, EUROS), dt.datetime(2024, 7, 1)))
     for table, job in [
         ("gold.segment_profiles", "segment"),
         ("gold.user_features", "features"),
@@ -657,3 +764,209 @@ def test_pipeline_prints_the_report_path_last(reported, config, capsys):
     assert lines[-1] == f"The report for {RUN_DATE}: {report_path(root, RUN_DATE)}"
     print_tables(JobContext("pipeline", lake.spark, config, lake, RUN_DATE + dt.timedelta(days=1), "run"))
     assert not capsys.readouterr().out.strip().splitlines()[-1].startswith("The report for")
+
+
+# ---- issue 19: the report speaks to marketers ---------------------------------------------------------
+
+# Headings of amounts, by table; every other column holds no amount.
+AMOUNT_COLUMNS = {
+    "segment-profiles": {"revenue", "order value"},
+    "rfm-labels": {"revenue (mean)"},
+    "experiment-revenue-sequential": {"revenue", "revenue per user (capped)", "difference (95% interval)"},
+}
+
+
+def amounts_carry_the_currency(page: Page, mark: str) -> None:
+    """Every cell of an amount column holds `mark`, and no other cell of any table does."""
+    for table_id, (header, *body) in page.tables.items():
+        amounts = AMOUNT_COLUMNS.get(table_id, set())
+        assert amounts <= set(header), (table_id, header)
+        for row in body:
+            for heading, cell in zip(header, row, strict=True):
+                if heading in amounts and cell != "-":
+                    assert mark in cell, (table_id, heading, cell)
+                elif heading not in amounts:
+                    assert mark not in cell, (table_id, heading, cell)
+
+
+def test_money_carries_the_currency_and_counts_do_not(reported):
+    _, _, page = reported
+    amounts_carry_the_currency(page, "€")
+    revenue = page.rows("experiment-revenue-sequential")
+    assert [(r["users"], r["revenue"], r["revenue per user (capped)"]) for r in revenue] == [
+        ("5,000", "€60,000.00", "€12.00"),
+        ("5,000", "€61,234.50", "€12.25"),
+    ]
+    assert revenue[1]["difference (95% interval)"] == "+€0.25 [-€2.30, +€2.80]"
+    assert revenue[1]["users capped"] == "7"
+
+
+def test_a_currency_without_a_symbol_follows_the_amount(reported):
+    lake, _, _ = reported
+    data = gather(lake, RUN_DATE)
+    html = render(data, build(data, Display(Money("CHF"))), dt.datetime(2024, 7, 1))
+    page = Page(html)
+    assert "€" not in html
+    amounts_carry_the_currency(page, " CHF")
+    assert page.rows("segment-profiles")[0]["revenue"] == "1,500.00 CHF"
+    assert "capped at 500.00 CHF per user: 12 users capped" in page.captions["experiment-revenue-sequential"]
+
+
+def test_money_formats():
+    assert Money("EUR")(1234.5) == "€1,234.50" and Money("USD")(-3.2) == "-$3.20"
+    assert Money("GBP").signed(0.004) == "+£0.00" and Money("GBP").signed(-0.004) == "+£0.00"
+    assert Money("EUR").signed(-1.1) == "-€1.10" and Money("EUR")(None) == "-"
+    assert Money("CHF")(1234.5) == "1,234.50 CHF" and Money("JPY")(1234.5) == "1,234 JPY"
+
+
+def test_the_currency_setting(config):
+    from marketlake.config import load_config
+    from marketlake.errors import ConfigError
+
+    assert config.report.currency == "EUR"
+    assert load_config(None, {"MARKETLAKE__REPORT__CURRENCY": "chf"}).report.currency == "CHF"
+    with pytest.raises(ConfigError, match="report.currency"):
+        load_config(None, {"MARKETLAKE__REPORT__CURRENCY": "euro"})
+
+
+def test_revenue_rows_are_labelled_revenue_and_conversion_rows_buyers(reported):
+    _, _, page = reported
+    experiment_tables = {t: rows[0] for t, rows in page.tables.items() if t.startswith("experiment-")}
+    assert set(experiment_tables) == {
+        "experiment-conversion-sequential",
+        "experiment-revenue-sequential",
+        "experiment-conversion-fixed",
+    }
+    for header in experiment_tables.values():
+        assert not {"conversions", "rate"} & set(header)
+    revenue = experiment_tables["experiment-revenue-sequential"]
+    assert {"users", "revenue", "revenue per user (capped)"} <= set(revenue) and "buyers" not in revenue
+    for name in ("experiment-conversion-sequential", "experiment-conversion-fixed"):
+        assert {"users", "buyers", "conversion rate"} <= set(experiment_tables[name])
+    # The Bayesian chance to beat control is a fixed-sample figure of conversions: beside fixed decisions only.
+    assert "chance to beat control" not in revenue
+    assert "chance to beat control" not in experiment_tables["experiment-conversion-sequential"]
+    assert page.rows("experiment-conversion-fixed")[1]["chance to beat control"] == "98.0%"
+    assert page.captions["experiment-revenue-sequential"].endswith(
+        "exp-1: revenue per user, capped at €500.00 per user: 12 users capped."
+    )
+    # The technical column stays named for the data engineers, in the heading's tooltip.
+    tooltips = dict(zip(revenue, page.tooltips["experiment-revenue-sequential"], strict=True))
+    assert "conversions (for revenue_per_user: revenue)" in tooltips["revenue"]
+
+
+def test_the_figures_shown_are_those_of_the_test_that_decided(reported):
+    _, _, page = reported
+
+    def cells(table_id: str) -> str:
+        return " ".join(" ".join(row) for row in page.tables[table_id])
+
+    # exp-1 was decided by the sequential test: its intervals and p-values, never the fixed ones.
+    sequential = cells("experiment-conversion-sequential")
+    for shown in ("[+0.3 pts, +3.7 pts]", "[+3.0%, +37.0%]", "0.0060", "[+0.4 pts, +3.3 pts]", "0.0030"):
+        assert shown in sequential
+    for hidden in ("+0.8 pts", "+3.2 pts", "+8.0%", "0.0020", "+0.9 pts", "<0.0001"):
+        assert hidden not in sequential
+    revenue = page.rows("experiment-revenue-sequential")[1]
+    assert (revenue["relative difference (95% interval)"], revenue["p-value (sequential)"]) == (
+        "+2.1% [-19.0%, +23.0%]",
+        "1.0000",
+    )
+    # exp-2 was decided by the fixed-horizon test: its figures only.
+    fixed = page.rows("experiment-conversion-fixed")[1]
+    assert (fixed["difference (95% interval)"], fixed["p-value (fixed-horizon)"], fixed["decision"]) == (
+        "+2.0 pts [+0.1 pts, +3.8 pts]",
+        "0.0400",
+        "ship",
+    )
+    assert "0.6000" not in cells("experiment-conversion-fixed") and "-1.2 pts" not in cells(
+        "experiment-conversion-fixed"
+    )
+    # Each test's note on when to read it.
+    for table_id in ("experiment-conversion-sequential", "experiment-revenue-sequential"):
+        assert (
+            "stay valid however often you look; stop when the decision is ship or do not ship"
+            in (page.captions[table_id])
+        )
+        assert "planned end" not in page.captions[table_id]
+    assert "only at the planned end" in page.captions["experiment-conversion-fixed"]
+    # The decisions in words, with the reason and the decision's own interval.
+    assert page.findings_of["experiments"] == [
+        "exp-1, conversion rate, B: ship, significantly better than control; relative difference "
+        "+20.0% [+3.0%, +37.0%] (95% interval, sequential test).",
+        "exp-1, revenue per user, B: keep running, no significant difference yet; relative difference "
+        "+2.1% [-19.0%, +23.0%] (95% interval, sequential test).",
+        "exp-1, conversion rate (adjusted, CUPED), B: ship, significantly better than control; relative "
+        "difference +17.8% [+4.0%, +33.0%] (95% interval, sequential test).",
+        "exp-2, conversion rate, treatment: ship, significantly better than control; relative difference "
+        "+39.0% [+2.0%, +88.0%] (95% interval, fixed-horizon test).",
+    ]
+
+
+def test_a_results_table_from_before_the_sequential_test_is_read_as_fixed():
+    import pandas as pd
+
+    from marketlake.report.sections import experiments_content
+
+    old = pd.DataFrame([experiment_row(**row) for row in EXPERIMENT_ROWS[:2]]).drop(
+        columns=[*SEQUENTIAL_FIGURES, "sequential_p_value", "decision_test", "decision_reason", "value_cap"]
+    )
+    content = experiments_content(old, display=EUROS)
+    assert [t.id for t in content.tables] == ["experiment-conversion-fixed"]
+    assert content.tables[0].rows[1][6:9] == (
+        "+2.0 pts [+0.8 pts, +3.2 pts]",
+        "+20.0% [+8.0%, +32.0%]",
+        "0.0020",
+    )
+
+
+def test_every_section_says_what_a_marketer_can_do_with_it(reported):
+    _, _, page = reported
+    assert set(page.actions) == {*SECTION_IDS, "runs"}
+    for section, sentence in page.actions.items():
+        assert sentence.startswith("What you can do with it: ") and len(sentence.split()) > 12, section
+    assert len(set(page.actions.values())) == len(page.actions)
+
+
+# The terms issue 19 names, the glossary entry each links to and the sections that use them.
+TERMS_USED = {
+    "silhouette": ("silhouette", ["segments", "silhouette"]),
+    "nDCG": ("ndcg", ["recommendations"]),
+    "precision@k": ("precision-at-k", ["recommendations"]),
+    "coverage": ("coverage", ["recommendations"]),
+    "lift (items)": ("rule-lift", ["rules"]),
+    "confidence": ("confidence", ["rules"]),
+    "support": ("support", ["rules"]),
+    "difference (lift)": ("lift", ["experiments"]),
+    "CUPED": ("cuped", ["experiments"]),
+    "SRM": ("srm", ["experiments"]),
+    "p-value": ("p-value", ["experiments"]),
+    "interval": ("interval", ["experiments"]),
+    "sequential test": ("sequential", ["experiments"]),
+    "fixed-horizon test": ("fixed-horizon", ["experiments"]),
+    "AUC": ("auc", ["propensity"]),
+    "calibration": ("calibration", ["propensity"]),
+    "decile": ("decile", ["propensity"]),
+    "top-decile lift": ("top-decile-lift", ["propensity"]),
+    "RFM": ("rfm", ["rfm"]),
+    "control group": ("control-group", ["audiences", "experiments"]),
+}
+
+
+def test_the_technical_terms_are_explained_where_they_appear(reported):
+    _, _, page = reported
+    for word, (key, sections) in TERMS_USED.items():
+        name, explanation = page.glossary[key]
+        assert word in name or name in word, (word, name)
+        assert len(explanation.split()) >= 12, word  # a plain sentence, with its technical name in brackets
+        for section in sections:
+            assert key in page.links[section], (word, section)
+    # Every link leads to an entry, and the glossary explains every term it lists.
+    assert set().union(*page.links.values()) <= set(page.glossary)
+    assert all(name and len(text.split()) >= 8 for name, text in page.glossary.values())
+    # Technical names stay for the data engineers: in the glossary's small print and the headings' tooltips.
+    assert "sample-ratio mismatch" in page.glossary["srm"][1]
+    header = page.tables["experiment-conversion-sequential"][0]
+    tooltips = dict(zip(header, page.tooltips["experiment-conversion-sequential"], strict=True))
+    assert tooltips["p-value (sequential)"].endswith("(column: sequential_p_value_adjusted)")
+    assert "How surprising the difference would be" in tooltips["p-value (sequential)"]

@@ -414,9 +414,21 @@ class ExperimentConfig(Section):
 
 
 class ReportConfig(Section):
-    """The HTML report (issue 6)."""
+    """The HTML report (issue 6); its currency (issue 19)."""
 
     top_rules: int = Field(default=15, ge=1, le=200)
+    # ISO 4217 code of the shop's amounts (the lake stores bare numbers), shown on every amount the report
+    # writes. Here and not in a shop-wide section: the report is the only place that writes an amount for
+    # a person to read.
+    currency: str = "EUR"
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_4217(cls, value: str) -> str:
+        code = value.strip().upper()
+        if not (len(code) == 3 and code.isascii() and code.isalpha()):
+            raise ValueError("must be an ISO 4217 code of three letters, such as EUR, USD or CHF")
+        return code
 
 
 class Config(Section):

@@ -17,13 +17,16 @@ import jinja2
 from marketlake.lake import Files, Layout
 from marketlake.report.charts import Chart
 from marketlake.report.data import Absent, Frame, ReportData, gather
-from marketlake.report.format import count
-from marketlake.report.sections import Section, Table, build, runs_table
+from marketlake.report.format import Display, Money, count
+from marketlake.report.glossary import TERMS
+from marketlake.report.sections import RUNS, Section, Table, build, runs_table
 
 __all__ = [
     "Absent",
     "Chart",
+    "Display",
     "Frame",
+    "Money",
     "ReportData",
     "Section",
     "Table",
@@ -71,4 +74,7 @@ def render(data: ReportData, sections: list[Section], generated_at: dt.datetime)
         headline=headline,
         missing=[(section, message) for section in sections for message in section.missing],
         runs=None if isinstance(data.runs, Absent) else runs_table(data.runs),
+        runs_absent=data.runs.message if isinstance(data.runs, Absent) else "",
+        runs_heading=RUNS,
+        glossary=TERMS,
     )

@@ -56,8 +56,8 @@ def segment_sizes(profiles: pd.DataFrame) -> Chart:
     return Chart("Segment sizes", "horizontal bars: customers per segment", png(figure))
 
 
-def segment_profiles(profiles: pd.DataFrame) -> Chart:
-    """Three bar charts side by side: each segment's mean recency, orders and revenue."""
+def segment_profiles(profiles: pd.DataFrame, currency: str) -> Chart:
+    """Three bar charts side by side: each segment's mean recency, orders and revenue (in `currency`)."""
     figure = new_figure(9, 2.8)
     axes = figure.subplots(1, 3)
     for ax, (column, label) in zip(
@@ -65,7 +65,7 @@ def segment_profiles(profiles: pd.DataFrame) -> Chart:
         [
             ("mean_recency_days", "days since last visit"),
             ("mean_frequency", "orders"),
-            ("mean_monetary", "revenue"),
+            ("mean_monetary", f"revenue ({currency})"),
         ],
         strict=True,
     ):
@@ -183,9 +183,10 @@ def audience_sizes(audience: pd.DataFrame) -> Chart:
     return Chart("Audience sizes", "stacked bars: treatment and control per campaign", png(figure))
 
 
-def lift_forest(variants: pd.DataFrame) -> Chart:
-    """A forest plot of each variant's lift over its control with the 95% interval: relative lift in % when
-    every variant has one, else the absolute lift; green above 0, red below, grey across."""
+def lift_forest(variants: pd.DataFrame, level: str, tests: str) -> Chart:
+    """A forest plot of each variant's lift over its control with its `level` interval (ci_low, ci_high,
+    rel_ci_low, rel_ci_high: those of the test named by `tests`): relative lift in % when every variant has
+    one, else the absolute lift; green above 0, red below, grey across."""
     relative = variants.lift_relative.notna().all() and variants.rel_ci_low.notna().all()
     point, low, high = (
         ("lift_relative", "rel_ci_low", "rel_ci_high") if relative else ("lift", "ci_low", "ci_high")
@@ -213,12 +214,16 @@ def lift_forest(variants: pd.DataFrame) -> Chart:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_ylim(len(variants) - 0.5, -0.5)
     ax.set_yticks(range(len(variants)), labels)
-    ax.set_xlabel("relative lift over control, % (95% CI)" if relative else "lift over control (95% CI)")
+    ax.set_xlabel(
+        f"relative difference from control, % ({level} interval)"
+        if relative
+        else f"difference from control ({level} interval)"
+    )
     ax.margins(x=0.15)
     tidy(ax)
     return Chart(
-        "Lift with 95% confidence intervals",
-        "forest plot: each variant's lift and interval; green above 0, red below, grey across",
+        f"Difference from control with {level} intervals ({tests} test): a bar across 0 is no clear win or loss",
+        "forest plot: each variant's difference and interval; green above 0, red below, grey across",
         png(figure),
     )
 

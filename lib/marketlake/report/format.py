@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -64,9 +65,45 @@ def one_in(rate: Value) -> str:
     return f"about 1 in {round(1 / rate):,}"
 
 
-def money(value: Value) -> str:
-    """1,234.50"""
-    return number(value, 2)
+# Currencies written with their own symbol before the amount; any other code follows the amount.
+SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£"}
+# ISO 4217 minor units of the common currencies that do not have 2 (the rest are written with 2 decimals).
+MINOR_UNITS = {
+    "JPY": 0,
+    "KRW": 0,
+    "ISK": 0,
+    "CLP": 0,
+    "VND": 0,
+    "BHD": 3,
+    "JOD": 3,
+    "KWD": 3,
+    "OMR": 3,
+    "TND": 3,
+}
+
+
+@dataclass(frozen=True)
+class Money:
+    """Amounts of one currency (an ISO 4217 code): "€1,234.50", "-£3.20", "1,234.50 CHF", "1,235 JPY"."""
+
+    currency: str
+
+    def __call__(self, value: Value) -> str:
+        return self.amount(value)
+
+    def signed(self, value: Value) -> str:
+        """+€1.50, -€1.50"""
+        return self.amount(value, sign=True)
+
+    def amount(self, value: Value, sign: bool = False) -> str:
+        if missing(value):
+            return "-"
+        digits = MINOR_UNITS.get(self.currency, 2)
+        rounded = round(float(value), digits)
+        sign_text = "-" if rounded < 0 else "+" if sign else ""
+        magnitude = f"{abs(rounded):,.{digits}f}"
+        symbol = SYMBOLS.get(self.currency)
+        return f"{sign_text}{symbol}{magnitude}" if symbol else f"{sign_text}{magnitude} {self.currency}"
 
 
 def signed(value: Value, digits: int = 4) -> str:
@@ -76,7 +113,12 @@ def signed(value: Value, digits: int = 4) -> str:
 
 def signed_share(value: Value) -> str:
     """+20.0%"""
-    return f"{value:+.1%}"
+    return "-" if missing(value) else f"{value:+.1%}"
+
+
+def points(value: Value) -> str:
+    """A difference of two rates in percentage points: +2.0 pts"""
+    return "-" if missing(value) else f"{value * 100:+.1f} pts"
 
 
 def with_interval(value: Value, low: Value, high: Value, format_: Formatter) -> str:
@@ -105,13 +147,24 @@ def probability(value: Value) -> str:
     return share(value)
 
 
-def number_or_count(value: Value) -> str:
-    """Conversions are counts for rate metrics and sums (revenue) for others."""
-    if missing(value):
-        return "-"
-    return count(value) if float(value).is_integer() else number(value, 2)
-
-
 def timestamp(value: Value) -> str:
     """2024-06-30 03:00"""
     return "-" if missing(value) else pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
+
+
+@dataclass(frozen=True)
+class Display:
+    """What the report's writing depends on in the configuration: the currency of its amounts
+    (report.currency) and the level of the experiments' intervals (1 - experiment.alpha)."""
+
+    money: Money
+    confidence: float = 0.95
+
+    @property
+    def level(self) -> str:
+        """95%"""
+        return (
+            f"{self.confidence:.0%}"
+            if round(self.confidence * 100, 6).is_integer()
+            else f"{self.confidence:.1%}"
+        )

@@ -17,6 +17,7 @@ import pandas as pd
 
 from marketlake import catalog
 from marketlake.config import PROPENSITY_BASELINE
+from marketlake.experiment import CONVERSION, REVENUE
 from marketlake.features import INACTIVE, PROSPECTS, RFM_GRID
 from marketlake.report import charts
 from marketlake.report.charts import Chart
@@ -26,6 +27,7 @@ from marketlake.report.data import (
     EVALUATION,
     EXPERIMENTS,
     FEATURES,
+    JOB_RUNS,
     MODELS,
     PROFILES,
     PROPENSITY_DECILES,
@@ -47,23 +49,24 @@ from marketlake.report.data import (
     SilhouetteData,
 )
 from marketlake.report.format import (
+    Display,
     Formatter,
+    Money,
     count,
     fixed,
-    money,
     number,
-    number_or_count,
     one_in,
     p_value,
     percent,
+    points,
     probability,
     share,
-    signed,
     signed_share,
     times,
     timestamp,
     with_interval,
 )
+from marketlake.report.glossary import TERMS
 
 RFM_ORDER = [label for label, _, _ in RFM_GRID] + [PROSPECTS, INACTIVE]
 
@@ -75,6 +78,10 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
     numeric: tuple[bool, ...]
     caption: str = ""
+    # Per column: the glossary term its heading links to (None: none), and the heading's tooltip (what the
+    # term means and the column it comes from, for the data engineers).
+    terms: tuple[str | None, ...] = ()
+    tooltips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,9 @@ class Section:
     id: str
     title: str
     intro: str
+    action: str
     source: str
+    terms: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     facts: tuple[tuple[str, str], ...] = ()
     findings: tuple[str, ...] = ()
@@ -116,7 +125,9 @@ class Heading:
     id: str
     title: str
     intro: str  # the lead sentence: what the section shows and how to read it
+    action: str  # one plain sentence: what a marketer can do with it
     source: str  # where its figures come from
+    terms: tuple[str, ...] = ()  # the glossary terms the section uses, linked under its intro
 
     def section(self, *parts: Content | Absent) -> Section:
         """The section under this heading: the parts' content in order, and why each absent part is missing."""
@@ -125,7 +136,9 @@ class Heading:
             self.id,
             self.title,
             self.intro,
+            self.action,
             self.source,
+            terms=self.terms,
             missing=tuple(p.message for p in parts if isinstance(p, Absent)),
             facts=tuple(fact for p in filled for fact in p.facts),
             findings=tuple(line for p in filled for line in p.findings),
@@ -142,10 +155,18 @@ def source_note(*tables: catalog.Table, detail: str = "") -> str:
 
 
 def table(
-    id: str, frame: pd.DataFrame, columns: dict[str, tuple[str, Formatter | None]], caption: str = ""
+    id: str,
+    frame: pd.DataFrame,
+    columns: dict[str, tuple[str, Formatter | None]],
+    caption: str = "",
+    terms: dict[str, str] | None = None,
+    technical: dict[str, str] | None = None,
 ) -> Table:
     """A Table from a frame: columns maps frame column -> (heading, formatter); a column with a formatter is
-    set as a number (right-aligned, unbroken), one with None as text."""
+    set as a number (right-aligned, unbroken), one with None as text. terms: frame column -> the glossary
+    term its heading links to; technical: frame column -> the table columns it shows (default: its own
+    name), for the heading's tooltip."""
+    terms, technical = terms or {}, technical or {}
     rows = tuple(
         tuple(
             str(value) if format_ is None else format_(value)
@@ -153,12 +174,20 @@ def table(
         )
         for record in frame[list(columns)].itertuples(index=False, name=None)
     )
+
+    def tooltip(column: str) -> str:
+        term = terms.get(column)
+        source = f"column: {technical.get(column, column)}"
+        return f"{TERMS[term].plain} ({source})" if term else source
+
     return Table(
         id,
         tuple(heading for heading, _ in columns.values()),
         rows,
         tuple(f is not None for _, f in columns.values()),
         caption,
+        tuple(terms.get(column) for column in columns),
+        tuple(tooltip(column) for column in columns),
     )
 
 
@@ -167,17 +196,21 @@ def table(
 SEGMENTS = Heading(
     "segments",
     "Customer segments",
-    "KMeans segments of the customers' behaviour, largest first in the chart; the table gives each segment's "
-    "average customer and the strategy suggested for it.",
+    "Customers grouped by how they behave (how recently and how often they visit and buy, how much they "
+    "spend), largest group first in the chart; the table gives each segment's average customer and a "
+    "suggested strategy.",
+    "Give each segment its own message and offer (the strategy column suggests one), and pick campaign "
+    "targets by segment.",
     source_note(PROFILES),
+    ("segment", "silhouette"),
 )
 
 
-def segments_section(data: SegmentsData) -> Section:
-    return SEGMENTS.section(part(segments_content, data.profiles))
+def segments_section(data: SegmentsData, money: Money) -> Section:
+    return SEGMENTS.section(part(functools.partial(segments_content, money=money), data.profiles))
 
 
-def segments_content(profiles: pd.DataFrame) -> Content:
+def segments_content(profiles: pd.DataFrame, *, money: Money) -> Content:
     return Content(
         facts=(
             ("segments", count(len(profiles))),
@@ -185,7 +218,7 @@ def segments_content(profiles: pd.DataFrame) -> Content:
             ("silhouette", number(profiles.silhouette.iloc[0], 3)),
             ("model", str(profiles.model_version.iloc[0])),
         ),
-        charts=(charts.segment_sizes(profiles), charts.segment_profiles(profiles)),
+        charts=(charts.segment_sizes(profiles), charts.segment_profiles(profiles, money.currency)),
         tables=(
             table(
                 "segment-profiles",
@@ -202,6 +235,10 @@ def segments_content(profiles: pd.DataFrame) -> Content:
                     "mean_purchase_rate": ("session conversion", share),
                     "strategy": ("strategy", None),
                 },
+                caption="Each segment's average customer: revenue is what they spent in the window, order "
+                "value what they spent per order; session conversion is the share of their visits with a "
+                "purchase.",
+                terms={"segment_name": "segment"},
             ),
         ),
     )
@@ -211,10 +248,13 @@ def segments_content(profiles: pd.DataFrame) -> Content:
 
 SILHOUETTE = Heading(
     "silhouette",
-    "Silhouette by number of segments",
-    "How well separated the segments are for each number of segments tried (higher is better, at most 1); "
-    "the highest was chosen.",
+    "How distinct the segments are",
+    "How clearly the customer groups are apart (the silhouette, at most 1) for each number of segments "
+    "tried; the clearest was chosen.",
+    "Use it to judge how far to trust the segments: above about 0.5 treat them as distinct customer types, "
+    "below about 0.25 as rough groupings only.",
     f"{MODELS.name}, model {SEGMENT_MODEL} (segment job)",
+    ("silhouette", "segment"),
 )
 
 
@@ -230,6 +270,8 @@ def silhouette_content(scores: pd.DataFrame) -> Content:
                 "silhouette-by-k",
                 scores.assign(pick=scores.chosen.map({True: "chosen", False: ""})),
                 {"k": ("k", count), "silhouette": ("silhouette", number), "pick": ("", None)},
+                terms={"silhouette": "silhouette"},
+                technical={"k": "k (number of segments)", "pick": "chosen"},
             ),
         ),
     )
@@ -239,18 +281,22 @@ def silhouette_content(scores: pd.DataFrame) -> Content:
 
 RFM = Heading(
     "rfm",
-    "RFM distribution",
-    "Customers by RFM label (recency and frequency scores 1-5 among buyers); the grid counts buyers by their "
-    "two scores. Prospects browsed without buying; Inactive had no events in the window.",
+    "Customers by recency and frequency (RFM)",
+    "Customers by RFM label: buyers are scored 1 to 5 on how recently and how often they bought, and the "
+    "grid counts buyers by those two scores. Prospects browsed without buying; Inactive had no activity in "
+    "the window.",
+    "Reward Champions and Loyal customers, win back those At Risk or Hibernating before they lapse, and "
+    "turn Prospects into buyers with a first-purchase offer.",
     source_note(FEATURES),
+    ("rfm",),
 )
 
 
-def rfm_section(data: RfmData) -> Section:
-    return RFM.section(part(rfm_content, data.labels, data.grid))
+def rfm_section(data: RfmData, money: Money) -> Section:
+    return RFM.section(part(functools.partial(rfm_content, money=money), data.labels, data.grid))
 
 
-def rfm_content(labels: pd.DataFrame, grid: pd.DataFrame) -> Content:
+def rfm_content(labels: pd.DataFrame, grid: pd.DataFrame, *, money: Money) -> Content:
     order = {label: i for i, label in enumerate(RFM_ORDER)}
     labels = labels.assign(order=labels.rfm_label.map(order).fillna(len(order))).sort_values(
         ["order", "rfm_label"]
@@ -271,6 +317,8 @@ def rfm_content(labels: pd.DataFrame, grid: pd.DataFrame) -> Content:
                     "orders": ("orders (mean)", fixed(2)),
                     "revenue": ("revenue (mean)", money),
                 },
+                terms={"rfm_label": "rfm"},
+                technical={"orders": "mean of frequency", "revenue": "mean of monetary"},
             ),
         ),
     )
@@ -280,11 +328,13 @@ def rfm_content(labels: pd.DataFrame, grid: pd.DataFrame) -> Content:
 
 RULES_HEADING = Heading(
     "rules",
-    "Top association rules",
-    "Items bought together, strongest first by lift (how many times likelier the second item is in a basket "
-    "that has the first). Support: share of baskets with both; confidence: share of the first item's "
-    "baskets that also have the second.",
+    "Items bought together",
+    "Pairs of items that land in the same baskets, strongest link first (lift: how many times likelier the "
+    "second item is in a basket that has the first).",
+    "Use the pairs for cross-selling: show the second item on the first one's page, in the basket or in a "
+    "follow-up email, and bundle the strongest pairs.",
     source_note(RULES, CROSS_SELL),
+    ("rule-lift", "support", "confidence"),
 )
 
 
@@ -326,6 +376,7 @@ def rules_content(
                     "confidence": ("confidence", share),
                     "lift": ("lift", fixed(2)),
                 },
+                terms={"support": "support", "confidence": "confidence", "lift": "rule-lift"},
             ),
         ),
     )
@@ -336,10 +387,22 @@ def rules_content(
 RECOMMENDATIONS_HEADING = Heading(
     "recommendations",
     "Recommendation quality",
-    "Held-out evaluation of the ALS recommendations against the popularity baseline (the same items for "
-    "everyone) at each cut-off k; higher is better.",
+    "How well the personal recommendations (ALS) found what customers went on to buy or use in a held-out "
+    "period, against recommending the best-sellers to everyone (the popularity baseline), for lists of k "
+    "items; higher is better.",
+    "Use personal recommendations in emails and on the site where they beat the best-sellers (ratio above "
+    "1); where they do not, the best-sellers do as well.",
     source_note(EVALUATION, RECOMMENDATIONS),
+    ("als", "popularity-baseline", "precision-at-k", "recall-at-k", "ndcg", "map", "coverage"),
 )
+# The evaluation's metric names, in plain words (the technical name kept in brackets).
+METRIC_LABELS = {
+    "precision": "hits among the k (precision@k)",
+    "recall": "purchases found (recall@k)",
+    "ndcg": "ranking quality (nDCG)",
+    "map": "ranking quality (MAP)",
+    "coverage": "catalogue recommended (coverage)",
+}
 
 
 def recommendations_section(data: RecommendationsData) -> Section:
@@ -362,22 +425,27 @@ def evaluation_content(evaluation: pd.DataFrame) -> Content:
     )
     wide["ratio"] = wide.als / wide.popularity.where(wide.popularity != 0)
     versions = sorted({str(v) for v in evaluation.model_version.dropna()})
+    shown = wide.assign(label=wide.metric.map(lambda m: METRIC_LABELS.get(m, m)))
     return Content(
         facts=(("model", ", ".join(versions)),) if versions else (),
         charts=(charts.recommendation_quality(wide),),
         tables=(
             table(
                 "recommendation-evaluation",
-                wide,
+                shown,
                 {
-                    "metric": ("metric", None),
+                    "label": ("measure", None),
                     "k": ("k", count),
                     "als": ("ALS", number),
-                    "popularity": ("popularity", number),
-                    "ratio": ("ALS / popularity", fixed(2)),
+                    "popularity": ("best-sellers", number),
+                    "ratio": ("ALS / best-sellers", fixed(2)),
                     "users": ("users", count),
-                    "split": ("split", None),
+                    "split": ("held-out period", None),
                 },
+                caption="Each measure for lists of k items: personal recommendations (ALS) against the "
+                "best-sellers for everyone; the measures are explained in the glossary.",
+                terms={"als": "als", "popularity": "popularity-baseline"},
+                technical={"label": "metric", "popularity": "model popularity", "als": "model als"},
             ),
         ),
     )
@@ -390,7 +458,8 @@ def sources_content(sources: pd.DataFrame) -> Content:
                 "recommendation-sources",
                 sources,
                 {"source": ("source", None), "users": ("users", count), "rows": ("recommendations", count)},
-                caption="Where the recommendations come from: ALS, or the fallbacks for users ALS cannot score.",
+                caption="Where the recommendations come from: ALS, or the fallbacks (best-sellers) for users "
+                "ALS cannot score.",
             ),
         ),
     )
@@ -401,9 +470,12 @@ def sources_content(sources: pd.DataFrame) -> Content:
 AUDIENCES = Heading(
     "audiences",
     "Campaign audiences",
-    "Who each campaign reaches: the treatment gets the message, the control is held out at random to "
+    "Who each campaign reaches: the treatment gets the message, the control group is held out at random to "
     "measure what the campaign adds.",
+    "Send each campaign to its treatment only (the exports hold it) and leave the control group out, so "
+    "that the campaign's effect can be measured against it.",
     source_note(AUDIENCE),
+    ("control-group",),
 )
 
 
@@ -437,6 +509,8 @@ def audiences_content(audience: pd.DataFrame, offers: pd.DataFrame) -> Content:
                     "with_items": ("with recommendations", count),
                     "with_cross_sell": ("with cross-sell", count),
                 },
+                terms={"control": "control-group", "actual_share": "control-group"},
+                technical={"actual_share": "control / audience", "control_share": "control_share (config)"},
             ),
             table(
                 "offers",
@@ -453,71 +527,281 @@ def audiences_content(audience: pd.DataFrame, offers: pd.DataFrame) -> Content:
 EXPERIMENTS_HEADING = Heading(
     "experiments",
     "Experiment results",
-    "Each variant against its control: the lift with its 95% confidence interval (a bar that crosses 0 is "
-    "not a clear win or loss), the p-value adjusted for multiple comparisons, the probability that the "
-    "variant beats the control (P(better)), and a sample-ratio check.",
+    "Each variant against its control: how many users saw it and what they did (buyers and conversion "
+    "rate, or revenue and revenue per user), the difference with its interval, the p-value, and the "
+    "decision with its reason.",
+    "Act on the decision: roll out the variants marked ship, drop those marked do not ship, leave those "
+    "marked keep running on; an experiment whose split check fails must be fixed and restarted.",
     source_note(EXPERIMENTS),
+    (
+        "conversion-rate",
+        "revenue-per-user",
+        "lift",
+        "percentage-points",
+        "interval",
+        "p-value",
+        "sequential",
+        "fixed-horizon",
+        "prob-beat-control",
+        "cuped",
+        "srm",
+        "value-cap",
+        "control-group",
+    ),
+)
+SEQUENTIAL, FIXED = "sequential", "fixed"
+# Each test's figures in gold.experiment_results: interval of the difference, of the relative difference,
+# and the adjusted p-value. A row shows those of its decision_test only.
+TEST_COLUMNS = {
+    SEQUENTIAL: (
+        "sequential_ci_low",
+        "sequential_ci_high",
+        "sequential_rel_ci_low",
+        "sequential_rel_ci_high",
+        "sequential_p_value_adjusted",
+    ),
+    FIXED: ("ci_low", "ci_high", "rel_ci_low", "rel_ci_high", "p_value_adjusted"),
+}
+TEST_NAMES = {SEQUENTIAL: "sequential", FIXED: "fixed-horizon"}
+TEST_TERMS = {SEQUENTIAL: "sequential", FIXED: "fixed-horizon"}
+TEST_NOTES = {
+    SEQUENTIAL: "These figures stay valid however often you look; stop when the decision is ship or do not "
+    "ship.",
+    FIXED: "Read these figures only at the planned end of the experiment: looking every day and stopping at "
+    "the first significant result makes false winners several times likelier.",
+}
+SHOWN_FIGURES = ("low", "high", "rel_low", "rel_high", "p_shown")  # TEST_COLUMNS as the report names them
+LATER_COLUMNS = (
+    *TEST_COLUMNS[SEQUENTIAL],
+    "sequential_p_value",
+    "decision_test",
+    "decision_reason",
+    "value_cap",
+    "capped_users",
 )
 
 
-def experiments_section(data: ExperimentsData) -> Section:
-    return EXPERIMENTS_HEADING.section(part(experiments_content, data.results))
+@dataclass(frozen=True)
+class MetricLabels:
+    """How the report names a metric's figures: `conversions` holds the total and `rate` the per-user
+    figure (for revenue_per_user the revenue and revenue per user)."""
+
+    id: str  # in the table's id
+    name: str  # the metric in a sentence
+    total: str
+    per_user: str
+    term: str  # the glossary term of the per-user figure
+    amounts: bool  # revenue: totals, per-user figures and differences are amounts of the currency
 
 
-def experiments_content(results: pd.DataFrame) -> Content:
-    # CUPED rows repeat a metric with adjusted figures: say so wherever the metric is named.
-    results = results.assign(
-        metric=[
-            f"{m} (CUPED)" if pd.notna(c) and bool(c) else m
-            for m, c in zip(results.metric, results.cuped, strict=True)
-        ]
+METRICS = {
+    CONVERSION: MetricLabels(
+        "conversion", "conversion rate", "buyers", "conversion rate", "conversion-rate", False
+    ),
+    REVENUE: MetricLabels(
+        "revenue", "revenue per user", "revenue", "revenue per user", "revenue-per-user", True
+    ),
+}
+
+
+def metric_labels(metric: str) -> MetricLabels:
+    """The labels of a metric; one the report does not know is named by its own name."""
+    return METRICS.get(metric, MetricLabels(metric, metric, "total", "per user", "lift", False))
+
+
+def experiments_section(data: ExperimentsData, display: Display) -> Section:
+    return EXPERIMENTS_HEADING.section(
+        part(functools.partial(experiments_content, display=display), data.results)
     )
-    variants = results[~results.is_control.astype(bool)]
+
+
+def with_decision_test(results: pd.DataFrame) -> pd.DataFrame:
+    """The results with the columns of issue 19 (null when the table predates them) and decision_test filled:
+    rows without one were decided by the fixed-horizon test, the only one there was."""
+    filled: pd.DataFrame = results.copy()
+    for column in LATER_COLUMNS:
+        if column not in filled:
+            filled[column] = None
+    filled["decision_test"] = filled.decision_test.where(filled.decision_test.notna(), FIXED)
+    return filled
+
+
+def experiments_content(results: pd.DataFrame, *, display: Display) -> Content:
+    results = with_decision_test(results)
     control = results.is_control.astype(bool)
-    shown = results.assign(
-        variant=[
+    cuped = results.cuped.fillna(False).astype(bool)
+    results = results.assign(
+        shown_variant=[
             f"{v} (control)" if c and v != "control" else str(v)
             for v, c in zip(results.variant, control, strict=True)
         ],
-        lift_ci=[
-            with_interval(v, lo, hi, signed)
-            for v, lo, hi in zip(results.lift, results.ci_low, results.ci_high, strict=True)
-        ],
-        relative_ci=[
-            with_interval(v, lo, hi, signed_share)
-            for v, lo, hi in zip(results.lift_relative, results.rel_ci_low, results.rel_ci_high, strict=True)
-        ],
-        srm_flag=results.srm.map(lambda v: "mismatch" if v is True or v == 1 else "ok"),
+        figures=cuped.map({False: "as measured", True: "adjusted (CUPED)"}),
+        split_check=results.srm.map(lambda v: "off" if v is True or v == 1 else "ok"),
         decision=results.decision.fillna("-"),  # a control row has none unless the split is off
+        decision_reason=results.decision_reason.fillna("-"),
+    )
+    # Each row's figures are those of the test that decided it.
+    sequential = results.decision_test == SEQUENTIAL
+    results = results.assign(
+        **{
+            name: results[sequential_column].where(sequential, results[fixed_column])
+            for name, sequential_column, fixed_column in zip(
+                SHOWN_FIGURES, TEST_COLUMNS[SEQUENTIAL], TEST_COLUMNS[FIXED], strict=True
+            )
+        }
     )
     mismatches = results.drop_duplicates(["experiment_id", "source"]).srm.fillna(False).astype(bool).sum()
+    tests = list(dict.fromkeys(results.decision_test))
+    metric_order = {metric: i for i, metric in enumerate(METRICS)}
+    groups = sorted(
+        dict.fromkeys(zip(results.metric, results.decision_test, strict=True)),
+        key=lambda group: metric_order.get(group[0], len(metric_order)),
+    )  # conversion, then revenue, then any other metric; within one, the tests as they come
+    tables = tuple(
+        experiment_table(
+            results[(results.metric == metric) & (results.decision_test == test)], metric, test, display
+        )
+        for metric, test in groups
+    )
+    variants = results[~control]
+    chart_rows = variants.assign(
+        metric=[
+            f"{metric_labels(m).name}{' (CUPED)' if c else ''}"
+            for m, c in zip(variants.metric, variants.cuped.fillna(False).astype(bool), strict=True)
+        ],
+        ci_low=variants.low,
+        ci_high=variants.high,
+        rel_ci_low=variants.rel_low,
+        rel_ci_high=variants.rel_high,
+    )
     return Content(
         facts=(
             ("experiments", count(results.experiment_id.nunique())),
-            ("sample-ratio mismatches", count(mismatches)),
+            ("split problems (SRM)", count(mismatches)),
+            ("decided by", " and ".join(f"{TEST_NAMES.get(t, t)} test" for t in tests)),
         ),
-        charts=() if variants.empty else (charts.lift_forest(variants),),
-        tables=(
-            table(
-                "experiment-results",
-                shown,
-                {
-                    "experiment_id": ("experiment", None),
-                    "metric": ("metric", None),
-                    "variant": ("variant", None),
-                    "users": ("users", count),
-                    "conversions": ("conversions", number_or_count),
-                    "rate": ("rate", number),
-                    "lift_ci": ("lift (95% CI)", str),
-                    "relative_ci": ("relative (95% CI)", str),
-                    "p_value_adjusted": ("p (adjusted)", p_value),
-                    "prob_beat_control": ("P(better)", probability),
-                    "srm_flag": ("sample ratio", None),
-                    "decision": ("decision", None),
-                },
-            ),
+        findings=tuple(experiment_findings(variants, display)),
+        charts=()
+        if variants.empty
+        else (
+            charts.lift_forest(chart_rows, display.level, " and ".join(TEST_NAMES.get(t, t) for t in tests)),
         ),
+        tables=tables,
     )
+
+
+def experiment_table(rows: pd.DataFrame, metric: str, test: str, display: Display) -> Table:
+    """One metric's rows decided by one test: the metric's own labels, that test's figures."""
+    labels, money = metric_labels(metric), display.money
+    amount: Formatter = money if labels.amounts else count
+    per_user: Formatter = money if labels.amounts else share
+    difference: Formatter = money.signed if labels.amounts else points
+    capped = labels.amounts and rows.value_cap.notna().any()
+    shown = rows.assign(
+        difference=[
+            with_interval(v, lo, hi, difference)
+            for v, lo, hi in zip(rows.lift, rows.low, rows.high, strict=True)
+        ],
+        relative=[
+            with_interval(v, lo, hi, signed_share)
+            for v, lo, hi in zip(rows.lift_relative, rows.rel_low, rows.rel_high, strict=True)
+        ],
+    )
+    low, high, rel_low, rel_high, p_column = TEST_COLUMNS[test]
+    name = TEST_NAMES.get(test, test)
+    columns: dict[str, tuple[str, Formatter | None]] = {
+        "experiment_id": ("experiment", None),
+        "shown_variant": ("variant", None),
+        "figures": ("figures", None),
+        "users": ("users", count),
+        "conversions": (labels.total, amount),
+        "rate": (f"{labels.per_user} (capped)" if capped else labels.per_user, per_user),
+        "difference": (f"difference ({display.level} interval)", str),
+        "relative": (f"relative difference ({display.level} interval)", str),
+        "p_shown": (f"p-value ({name})", p_value),
+    }
+    if metric == CONVERSION and test == FIXED:
+        # A fixed-sample Bayesian figure, as prone to peeking as the fixed test: beside a sequential decision
+        # it would invite acting on a day's look (GrowthBook does not show the two together either).
+        columns["prob_beat_control"] = ("chance to beat control", probability)
+    if capped:
+        columns["capped_users"] = ("users capped", count)
+    columns.update(
+        {
+            "split_check": ("split check", None),
+            "decision": ("decision", None),
+            "decision_reason": ("why", None),
+        }
+    )
+    caption = f"{labels.per_user.capitalize()}, decided by the {name} test. {TEST_NOTES.get(test, '')}"
+    if labels.amounts:
+        caption += " " + " ".join(cap_sentences(rows, money))
+    return table(
+        f"experiment-{labels.id}-{test}",
+        shown,
+        columns,
+        caption=caption.strip(),
+        terms={
+            "figures": "cuped",
+            "rate": labels.term,
+            "difference": "lift",
+            "relative": "interval",
+            "p_shown": "p-value",
+            "prob_beat_control": "prob-beat-control",
+            "capped_users": "value-cap",
+            "split_check": "srm",
+            "decision": TEST_TERMS.get(test, "p-value"),
+        },
+        technical={
+            "shown_variant": "variant, is_control",
+            "figures": "cuped",
+            "conversions": f"conversions (for {metric}: {labels.total})",
+            "rate": f"rate (for {metric}: {labels.per_user}; CUPED rows adjusted)",
+            "difference": f"lift [{low}, {high}]",
+            "relative": f"lift_relative [{rel_low}, {rel_high}]",
+            "p_shown": p_column,
+            "split_check": "srm, srm_p_value",
+            "decision": "decision, decision_test",
+        },
+    )
+
+
+def cap_sentences(rows: pd.DataFrame, money: Money) -> list[str]:
+    """Per experiment (and source) of a revenue table: the cap on each user's revenue and how many users it
+    capped (on the rows as measured: CUPED rows repeat the same users)."""
+    plain = rows[~rows.cuped.fillna(False).astype(bool)]
+    plain = plain if len(plain) else rows
+    several_sources = plain.groupby("experiment_id").source.nunique().max() > 1
+    sentences = []
+    for (experiment, source), group in plain.groupby(["experiment_id", "source"], sort=True):
+        name = f"{experiment} ({source})" if several_sources else str(experiment)
+        caps = group.value_cap.dropna()
+        if caps.empty:
+            sentences.append(f"{name}: revenue per user, not capped.")
+            continue
+        users = int(group.capped_users.fillna(0).sum())
+        sentences.append(
+            f"{name}: revenue per user, capped at {money(caps.iloc[0])} per user: "
+            f"{count(users)} user{'' if users == 1 else 's'} capped."
+        )
+    return sentences
+
+
+def experiment_findings(variants: pd.DataFrame, display: Display) -> list[str]:
+    """One sentence per decided variant row: the decision, why, and the relative difference with the
+    interval of the test that decided."""
+    sentences = []
+    for row in variants.itertuples(index=False):
+        if row.decision == "-":
+            continue
+        adjusted = " (adjusted, CUPED)" if row.figures != "as measured" else ""
+        relative = with_interval(row.lift_relative, row.rel_low, row.rel_high, signed_share)
+        test = TEST_NAMES.get(str(row.decision_test), str(row.decision_test))
+        sentences.append(
+            f"{row.experiment_id}, {metric_labels(str(row.metric)).name}{adjusted}, {row.variant}: {row.decision}, "
+            f"{row.decision_reason}; relative difference {relative} ({display.level} interval, {test} test)."
+        )
+    return sentences
 
 
 # ---- who will buy (purchase propensity) --------------------------------------------------------------
@@ -528,7 +812,20 @@ PROPENSITY = Heading(
     "Each customer's chance of buying in the coming days. The models were trained on older data and tested "
     "on a later period they had not seen, so the figures below are what the scores achieved on real past "
     "purchases; the chosen model scored today's customers.",
+    "Send reminders and offers to the customers most likely to buy (deciles 1-3), keep the least likely "
+    "out of paid channels, and size the budget with the expected buyers.",
     source_note(SCORES, PROPENSITY_EVALUATION, PROPENSITY_DECILES),
+    (
+        "decile",
+        "top-decile-lift",
+        "gain",
+        "calibration",
+        "auc",
+        "average-precision",
+        "brier",
+        "precision-recall",
+        "bgnbd",
+    ),
 )
 BASELINE = PROPENSITY_BASELINE
 MODEL_NAMES: dict[str, str] = {
@@ -537,14 +834,6 @@ MODEL_NAMES: dict[str, str] = {
     "gbt": "gradient-boosted trees",
     PROPENSITY_BASELINE: "BG/NBD baseline",
 }
-METRICS_GLOSSARY = (
-    "AUC: the chance that a buyer is scored above a non-buyer (0.5 is a coin toss, 1 is perfect). "
-    "Average precision: how well buyers are packed at the top of the list (picking at random gives the "
-    "base rate, 1 is perfect). Brier score: the mean squared gap between the predicted chance and what "
-    "happened (lower is better); log-loss is its stricter cousin that punishes confident mistakes hardest. "
-    "Precision, recall and F1 are for calling everyone scored at or above the F1 threshold a buyer: "
-    "precision is the share of them who bought, recall the share of buyers they include."
-)
 
 
 def model_name(model: str) -> str:
@@ -605,13 +894,26 @@ def validation_content(evaluation: pd.DataFrame, deciles: pd.DataFrame) -> Conte
         },
         caption=f"Every candidate, tested on {tested}. "
         "“Top 10% hold”: the share of those buyers among the tenth of customers the model ranked highest.",
+        terms={
+            "auc": "auc",
+            "average_precision": "average-precision",
+            "brier": "brier",
+            "log_loss": "brier",
+            "top_10": "decile",
+            "lift_top_decile": "top-decile-lift",
+            "threshold": "precision-recall",
+            "precision": "precision-recall",
+            "recall": "precision-recall",
+            "f1": "precision-recall",
+        },
+        technical={"name": "model", "top_10": "cumulative_buyer_share at decile 1", "top_30": "at decile 3"},
     )
     if gains.empty:
         return Content(
             facts=facts,
             findings=(choice_sentence(evaluation, chosen),),
             tables=(metrics,),
-            notes=(f"{PROPENSITY_DECILES.name} has no deciles for {chosen} on this date.", METRICS_GLOSSARY),
+            notes=(f"{PROPENSITY_DECILES.name} has no deciles for {chosen} on this date.",),
         )
     top = gains.iloc[0]
     middle = gains.iloc[(len(gains) - 1) // 2]
@@ -654,9 +956,9 @@ def validation_content(evaluation: pd.DataFrame, deciles: pd.DataFrame) -> Conte
                 },
                 caption=f"The chosen model ({model_name(chosen)}) by decile on the test period: predicted "
                 "chance against the share who bought, and the share of all buyers reached down to each decile.",
+                terms={"decile": "decile", "mean_predicted": "calibration", "lift": "top-decile-lift"},
             ),
         ),
-        notes=(METRICS_GLOSSARY,),
     )
 
 
@@ -716,6 +1018,12 @@ def scores_content(scores: pd.DataFrame) -> Content:
                 },
                 caption=f"Today's scores ({models}) by decile: the expected number of buyers in the next "
                 f"{horizon} days is the sum of the customers' chances, to size a budget.",
+                terms={"decile": "decile"},
+                technical={
+                    "mean_p": "mean of p_purchase",
+                    "range": "min and max of p_purchase",
+                    "expected_buyers": "sum of p_purchase",
+                },
             ),
         ),
     )
@@ -724,18 +1032,28 @@ def scores_content(scores: pd.DataFrame) -> Content:
 # ---- the whole report --------------------------------------------------------------------------------
 
 
-def build(data: ReportData) -> list[Section]:
+def build(data: ReportData, display: Display) -> list[Section]:
     """The report's sections, in page order."""
     return [
-        segments_section(data.segments),
+        segments_section(data.segments, display.money),
         silhouette_section(data.silhouette),
-        rfm_section(data.rfm),
+        rfm_section(data.rfm, display.money),
         rules_section(data.rules),
         recommendations_section(data.recommendations),
         propensity_section(data.propensity),
         audiences_section(data.audiences),
-        experiments_section(data.experiments),
+        experiments_section(data.experiments, display),
     ]
+
+
+RUNS = Heading(
+    "runs",
+    "Pipeline runs",
+    "The latest run of each job for this date.",
+    "If a job failed or did not run for this date, the sections built from its tables are missing or out of "
+    "date: ask the data team before acting on them.",
+    f"{JOB_RUNS.name} (every job)",
+)
 
 
 def runs_table(runs: pd.DataFrame) -> Table:
