@@ -166,7 +166,7 @@ def released_only(
         return item
     category = ctx.item_category[item[unreleased]]
     keys = category + release_rng.random(len(unreleased))
-    picked = item.copy()
+    picked: np.ndarray = item.copy()
     picked[unreleased] = ctx.established_items[np.searchsorted(ctx.established_keys, keys, side="right")]
     return picked
 

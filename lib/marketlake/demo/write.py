@@ -133,7 +133,7 @@ def new_items_truth(catalog: Catalog, releases: Releases, population: Population
         for c in range(len(catalog.categories))
     ]
     category = catalog.category[releases.items]
-    return pd.DataFrame(
+    truth: pd.DataFrame = pd.DataFrame(
         {
             "item_id": catalog.item_ids[releases.items],
             "category": np.array(catalog.categories)[category],
@@ -143,6 +143,7 @@ def new_items_truth(catalog: Catalog, releases: Releases, population: Population
         },
         columns=NEW_ITEMS_COLUMNS,
     )
+    return truth
 
 
 def dimension_files(
