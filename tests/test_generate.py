@@ -7,6 +7,7 @@ back with plain Python, independently of the generator's own bookkeeping.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as dt
 import importlib.util
 import json
@@ -15,6 +16,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,7 +112,14 @@ def test_layout_files_and_columns(shop):
     items = pd.read_csv(out / "items.csv")
     assert list(items.columns) == ["item_id", "category", "brand", "price", "title", "active"]
     assert len(items) == counts["items"] == SPEC.items and (items.price > 0).all()
-    truth = ("personas.csv", "taste_groups.csv", "bundles.csv", "experiment.json", "dirty_counts.json")
+    truth = (
+        "personas.csv",
+        "taste_groups.csv",
+        "bundles.csv",
+        "new_items.csv",
+        "experiment.json",
+        "dirty_counts.json",
+    )
     for name in (*truth, "purchase_sessions.csv"):
         assert (out / "truth" / name).is_file(), name
     assert list(out.glob("truth/dirty/date=*/part-*.json"))
@@ -203,6 +212,28 @@ def test_same_seed_same_files_other_seed_other_files(spark, shop, tmp_path):
     assert sum(line in mine for _, line in event_lines(other)) < 0.001 * counts["events"]  # error pages
 
 
+def test_without_new_items_the_same_shop_sells_them_from_the_first_day(spark, shop, new_items, tmp_path):
+    """new_item_share 0: the same catalogue, users and truth (new items draw from streams of their own),
+    and the items that were new are picked from the first day on, so it is their release that held them."""
+    out, counts = shop
+    without = tmp_path / "without"
+    none = generate_shop(spark, dataclasses.replace(SPEC, new_item_share=0.0), str(without))
+    assert none["new_items"] == 0 and pd.read_csv(without / "truth" / "new_items.csv").empty
+    for name in (
+        "users.csv",
+        "items.csv",
+        "truth/personas.csv",
+        "truth/taste_groups.csv",
+        "truth/bundles.csv",
+    ):
+        assert (without / name).read_bytes() == (out / name).read_bytes(), name
+    assert abs(none["valid_events"] - counts["valid_events"]) < 0.01 * counts["valid_events"]
+    _, plain = read_back(without)
+    touched = plain[plain.event_type != "exposure"].merge(new_items, on="item_id")
+    before = touched[touched.utc < touched.release]
+    assert before.item_id.nunique() == len(new_items)  # each was picked before its release date
+
+
 def user_features(valid: pd.DataFrame) -> pd.DataFrame:
     end = pd.Timestamp(SPEC.end_date + dt.timedelta(days=1), tz="UTC")
     by_user = valid.groupby("user_id")
@@ -272,6 +303,64 @@ def test_taste_groups_shape_what_users_touch(shop, valid):
     assert share.mean() > 0.8 and share.median() > 0.75
 
 
+@pytest.fixture(scope="module")
+def new_items(shop) -> pd.DataFrame:
+    new = pd.read_csv(shop[0] / "truth" / "new_items.csv", dtype={"taste_groups": str})
+    return new.assign(release=pd.to_datetime(new.release_ts, utc=True))
+
+
+def test_new_items_are_released_during_the_window(shop, new_items):
+    out, counts = shop
+    assert list(new_items.columns[:5]) == [
+        "item_id",
+        "category",
+        "release_date",
+        "release_ts",
+        "taste_groups",
+    ]
+    assert len(new_items) == counts["new_items"] == round(0.1 * SPEC.items)
+    items = pd.read_csv(out / "items.csv").set_index("item_id")
+    assert new_items.item_id.is_unique and items.active[new_items.item_id].all()
+    assert (items.category[new_items.item_id].to_numpy() == new_items.category.to_numpy()).all()
+    assert new_items.release_date.between(
+        str(SPEC.start_date + dt.timedelta(days=1)), str(SPEC.end_date)
+    ).all()
+    assert (new_items.release.dt.date.astype(str) == new_items.release_date).all()
+    bundled = {i for ids in pd.read_csv(out / "truth" / "bundles.csv").item_ids for i in ids.split("|")}
+    assert not bundled & set(new_items.item_id)
+    # a few released after the last session of the run date starts: truly cold
+    cold = new_items.release == pd.Timestamp(f"{SPEC.end_date} 23:00", tz="UTC")
+    assert 2 <= cold.sum() < len(new_items)
+    # the taste groups that like an item's category, as taste_groups.csv has them
+    groups = pd.read_csv(out / "truth" / "taste_groups.csv").drop_duplicates("taste_group")
+    liking = {
+        c: "|".join(
+            str(g)
+            for g, cats in zip(groups.taste_group, groups.categories, strict=True)
+            if c in cats.split("|")
+        )
+        for c in items.category.unique()
+    }
+    assert new_items.taste_groups.fillna("").tolist() == new_items.category.map(liking).tolist()
+
+
+def test_new_items_have_no_events_before_release_then_reach_their_taste_groups(shop, valid, new_items):
+    out, _ = shop
+    touched = valid[valid.event_type != "exposure"].merge(new_items, on="item_id")
+    assert (touched.utc >= touched.release).all()
+    per_item = touched.groupby("item_id").size().reindex(new_items.item_id, fill_value=0)
+    cold = new_items.set_index("item_id").release.dt.hour == 23
+    assert (per_item[cold] == 0).all() and (per_item[~cold] > 0).any()
+    # first sessions on a new item start on or after its release, so the whole session is after it
+    sessions = valid.groupby("session_id").utc.min()
+    assert (touched.session_id.map(sessions) >= touched.release).all()
+    group = pd.read_csv(out / "truth" / "taste_groups.csv").set_index("user_id").taste_group.astype(str)
+    liked = [
+        g in str(t).split("|") for g, t in zip(touched.user_id.map(group), touched.taste_groups, strict=True)
+    ]
+    assert len(touched) >= 20 and np.mean(liked) > 0.7
+
+
 def test_experiment_truth_matches_the_events(shop, valid):
     out, _ = shop
     truth = json.loads((out / "truth" / "experiment.json").read_text())
@@ -302,6 +391,8 @@ def test_spec_validation_and_demo_scale():
         ShopSpec(users=1, items=50, events=1000, seed=1).validate()
     with pytest.raises(UsageError, match="dirty_rate"):
         ShopSpec(users=100, items=50, events=1000, seed=1, dirty_rate=0.9).validate()
+    with pytest.raises(UsageError, match="new_item_share"):
+        ShopSpec(users=100, items=50, events=1000, seed=1, new_item_share=0.9).validate()
     demo = ShopSpec.DEMO
     assert (demo.users, demo.items, demo.events, demo.days) == (2_000, 300, 200_000, 30)
     assert ShopSpec.demo(seed=5).seed == 5 and ShopSpec.demo(seed=5).users == demo.users

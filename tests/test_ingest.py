@@ -523,11 +523,14 @@ def test_generate_job_writes_a_shop_ending_on_the_run_date(tmp_path):
         "3",
         "--days",
         "7",
+        "--new-item-share",
+        "0.2",
     ]
     assert main("generate", args) == 0
     days = sorted(p.name for p in (out / "events").iterdir())
     assert days[-1] == "date=2025-03-31" and days[0] >= "date=2025-03-25"
     assert (out / "users.csv").exists() and (out / "truth" / "personas.csv").exists()
+    assert len(pd.read_csv(out / "truth" / "new_items.csv")) == 2  # 0.2 of 10 items
     runs = pl.read_delta(str(tmp_path / "lake" / "ops" / "job_runs"))
     assert runs["job"].to_list() == ["generate"] and runs["status"][0] == "succeeded"
 

@@ -62,6 +62,8 @@ class GenerateConfig(Section):
     seed: int = Field(default=42, ge=0)
     days: int = Field(default=30, ge=1, le=3660)
     dirty_rate: float = Field(default=0.01, ge=0.0, le=0.3)
+    # Share of the items released during the window (truth/new_items.csv), a few of them too late for events.
+    new_item_share: float = Field(default=0.1, ge=0.0, le=0.5)
     # Folder name under the landing root.
     shop: str = "shop"
 

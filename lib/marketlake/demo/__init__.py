@@ -11,6 +11,8 @@ planted in it written beside, so that tests can measure how much of that truth e
         personas.csv        user_id, persona
         taste_groups.csv    user_id, taste_group, categories ("books|toys": the group's categories)
         bundles.csv         bundle_id, anchor_item_id, item_ids ("i00001|i00007|i00012"), size, rate
+        new_items.csv       item_id, category, release_date, release_ts, taste_groups ("0|3": the groups
+                            whose categories include the item's category; empty when none)
         experiment.json     the experiment: variants, planned split, base rate, true lift, realised counts
         dirty_counts.json   dirty lines per kind, late events, and the other counts generate_shop returns
         purchase_sessions.csv  user_id, session_id, first_date, last_date, p_purchase: each user's true
@@ -54,6 +56,17 @@ Truth:
 - bundles.csv — 2-3 items of one category; when an order contains the anchor (first item), the other
   items are added to the same order with probability `rate` (as an add_to_cart and a purchase), so the
   share of anchor orders holding the whole bundle is about `rate` (a little more from organic purchases).
+- new_items.csv — `new_item_share` of the items (10% by default; items.csv keeps its columns and lists
+  them like the others, active) are released during the window: active items outside bundles and below
+  their category's two most popular. Most become available at midnight UTC of a uniform day from the
+  second day to the last (`release_date`; `release_ts` is the instant): a session starting before it never
+  picks the item — such a pick is made again, by popularity, among the established items of the same
+  category — and from then on it is picked like any item of its popularity (no novelty boost), so mostly
+  by the taste groups of its category (`taste_groups`). A fifth of them (at least 2) are released at 23:00
+  UTC on the last day, after the last session starts, so they have no events by the run date: truly cold
+  items for a recommender, beside new items with a few events (released in the last days) and many. The
+  release draws use random streams of their own: with `new_item_share` 0 the shop is exactly the one
+  without new items, and with it only the users whose picks fell on an unreleased item change.
 - experiment.json — one experiment over the last 14 days: 70% of the users with a session then are exposed
   once, at the start of their first session in the window (later sessions may repeat the exposure with the
   same variant); variant treatment with the planned probability 0.5. The metric is session conversion: the
@@ -92,7 +105,7 @@ The driver builds only the small tables (items, users, personas, per-user event 
 by `mapInArrow` tasks over user ranges and written by Spark, so memory stays bounded at any size.
 
 Modules: `spec` (ShopSpec, the vocabulary of the lines, the personas and the experiment), `shop_catalog`
-(driver side: items, bundles, users with their taste groups and budgets), `behaviour` (one user's
+(driver side: items, bundles, new items and their releases, users with their taste groups and budgets), `behaviour` (one user's
 sessions and events, and its planted purchase sessions), `dirty` (the planted bad records), `rows` (the
 generator tasks: a user's rows and counts as Arrow batches), `write` (`generate_shop`: Spark renders and
 writes the lines, then the files are put in place) and `truth` (`true_purchase_propensity`, from the

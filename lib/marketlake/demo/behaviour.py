@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marketlake.demo.shop_catalog import Bundles, Catalog, Population
+from marketlake.demo.shop_catalog import Bundles, Catalog, Population, Releases
 from marketlake.demo.spec import (
     CAMPAIGNS,
     CART,
@@ -73,6 +73,10 @@ class Context:
     price: np.ndarray
     pick_keys: np.ndarray  # category + cumulative popularity within category, ascending
     pick_items: np.ndarray  # the item at each key
+    established_keys: np.ndarray  # the same over the items there from the start (no new items)
+    established_items: np.ndarray
+    item_category: np.ndarray
+    release_ms: np.ndarray  # per item: when it can first be picked (Releases.release_ms)
     n_categories: int
     bundle_of_item: np.ndarray  # bundle index where the item is an anchor, else -1
     bundle_members: np.ndarray
@@ -80,15 +84,27 @@ class Context:
     bounds: np.ndarray
 
 
-def build_context(spec: ShopSpec, catalog: Catalog, bundles: Bundles, population: Population) -> Context:
+def pick_table(catalog: Catalog, pickable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, items): per category, the pickable items by falling popularity, keyed by category +
+    cumulative popularity share, so that searchsorted(keys, category + uniform) picks by popularity."""
     keys, items = [], []
     for c in range(len(catalog.categories)):
-        members = np.flatnonzero((catalog.category == c) & (catalog.popularity > 0))
+        members = np.flatnonzero((catalog.category == c) & (catalog.popularity > 0) & pickable)
         members = members[np.argsort(-catalog.popularity[members], kind="stable")]
         cumulative = np.cumsum(catalog.popularity[members]) / catalog.popularity[members].sum()
         cumulative[-1] = 1.0
         keys.append(c + cumulative)
         items.append(members)
+    return np.concatenate(keys), np.concatenate(items)
+
+
+def build_context(
+    spec: ShopSpec, catalog: Catalog, bundles: Bundles, releases: Releases, population: Population
+) -> Context:
+    keys, items = pick_table(catalog, np.ones(len(catalog.item_ids), dtype=bool))
+    is_new = np.zeros(len(catalog.item_ids), dtype=bool)
+    is_new[releases.items] = True
+    established_keys, established_items = pick_table(catalog, ~is_new)
     bundle_of_item = np.full(len(catalog.item_ids), -1)
     bundle_of_item[bundles.members[:, 0]] = np.arange(len(bundles.members))
     start_ms = _epoch_ms(spec.start_date)
@@ -108,8 +124,12 @@ def build_context(spec: ShopSpec, catalog: Catalog, bundles: Bundles, population
         zone=population.zone.astype(np.int8),
         item_ids=catalog.item_ids,
         price=catalog.price,
-        pick_keys=np.concatenate(keys),
-        pick_items=np.concatenate(items),
+        pick_keys=keys,
+        pick_items=items,
+        established_keys=established_keys,
+        established_items=established_items,
+        item_category=catalog.category.astype(np.int16),
+        release_ms=releases.release_ms,
         n_categories=len(catalog.categories),
         bundle_of_item=bundle_of_item,
         bundle_members=bundles.members,
@@ -132,6 +152,23 @@ def pick_items(ctx: Context, rng: np.random.Generator, group: int, n: int) -> np
     )
     position = np.searchsorted(ctx.pick_keys, category + rng.random(n), side="right")
     return ctx.pick_items[position]
+
+
+def released_only(
+    ctx: Context, release_rng: np.random.Generator, item: np.ndarray, session_start: np.ndarray
+) -> np.ndarray:
+    """The picks with each item not yet released when its session starts picked again, by popularity,
+    among the established items of its category (`release_rng`, a stream of its own, draws only for
+    those, so that a shop without new items is drawn exactly as before they existed). After its release
+    a new item is picked like any other item of its popularity: no novelty boost."""
+    unreleased = np.flatnonzero(ctx.release_ms[item] > session_start)
+    if len(unreleased) == 0:
+        return item
+    category = ctx.item_category[item[unreleased]]
+    keys = category + release_rng.random(len(unreleased))
+    picked: np.ndarray = item.copy()
+    picked[unreleased] = ctx.established_items[np.searchsorted(ctx.established_keys, keys, side="right")]
+    return picked
 
 
 @dataclass
@@ -219,13 +256,19 @@ class Events:
 
 
 def browse_and_buy(
-    ctx: Context, rng: np.random.Generator, u: int, persona: Persona, sessions: Sessions
+    ctx: Context,
+    rng: np.random.Generator,
+    release_rng: np.random.Generator,
+    u: int,
+    persona: Persona,
+    sessions: Sessions,
 ) -> Events:
     """Views, clicks, carts and orders for every candidate session (bundles included)."""
     count = len(sessions.start)
     views = 1 + rng.poisson(max(0.0, persona.views - 1), count)
     session = _segment_ids(views)
     item = pick_items(ctx, rng, int(ctx.group[u]), len(session))
+    item = released_only(ctx, release_rng, item, sessions.start[session])
     gap = np.minimum(rng.exponential(VIEW_GAP_MS, len(session)), MAX_VIEW_GAP_MS).astype(np.int64) + 1000
     first_view = np.cumsum(views) - views
     elapsed = np.cumsum(gap)
@@ -313,6 +356,7 @@ def browse_and_buy(
 def fit_budget(
     ctx: Context,
     rng: np.random.Generator,
+    release_rng: np.random.Generator,
     u: int,
     persona: Persona,
     sessions: Sessions,
@@ -340,6 +384,7 @@ def fit_budget(
     lo, hi = active_days(ctx, u, persona)
     start = ctx.start_ms + int(rng.integers(lo, hi + 1)) * DAY_MS + int(rng.integers(6, 22)) * 3_600_000
     item = pick_items(ctx, rng, int(ctx.group[u]), filler)
+    item = released_only(ctx, release_rng, item, np.full(filler, start))
     t = start + np.cumsum(rng.integers(5_000, 90_000, filler))
     filler_events = Events(
         t, np.full(filler, count), item, np.full(filler, VIEW), np.zeros(filler, np.int64), ctx.price[item]

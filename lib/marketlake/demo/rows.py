@@ -31,6 +31,7 @@ from marketlake.demo.spec import (
     EXPOSURE,
     PERSONAS,
     PURCHASE,
+    RELEASE_STREAM,
     USER_STREAM,
 )
 
@@ -43,10 +44,12 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     """One user's output rows (event lines, then a truth row per dirty line and per kept session that can
     convert) and counts."""
     rng = np.random.default_rng([ctx.seed, USER_STREAM, u])
+    release_rng = np.random.default_rng([ctx.seed, RELEASE_STREAM, u])
     persona = PERSONAS[int(ctx.persona[u])]
     sessions = draw_sessions(ctx, rng, u, persona, int(ctx.budget[u]))
-    candidates = browse_and_buy(ctx, rng, u, persona, sessions)
-    events, n_sessions, keep = fit_budget(ctx, rng, u, persona, sessions, candidates, int(ctx.budget[u]))
+    candidates = browse_and_buy(ctx, rng, release_rng, u, persona, sessions)
+    budget = int(ctx.budget[u])
+    events, n_sessions, keep = fit_budget(ctx, rng, release_rng, u, persona, sessions, candidates, budget)
     events = events.take(np.argsort(events.t, kind="stable"))
     events.t = np.minimum(events.t, ctx.end_ms - 1)
     n = len(events.t)

@@ -1,13 +1,23 @@
-"""Driver side: the small tables. Items (categories, brands, prices, popularity), bundles, and the users
-with their persona, taste group and event budget. Not marketlake.catalog (the lake's table catalog)."""
+"""Driver side: the small tables. Items (categories, brands, prices, popularity), bundles, the new items
+and their release times, and the users with their persona, taste group and event budget. Not marketlake.catalog (the lake's table catalog)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
 
-from marketlake.demo.spec import DIRTY_KINDS, PERSONAS, ZONE_P, ZONES, ShopSpec
+from marketlake.demo.spec import (
+    COLD_RELEASE_HOUR,
+    COLD_SHARE,
+    DAY_MS,
+    DIRTY_KINDS,
+    PERSONAS,
+    ZONE_P,
+    ZONES,
+    ShopSpec,
+)
 
 CATEGORIES = (
     "electronics",
@@ -63,6 +73,16 @@ class Catalog:
 class Bundles:
     members: np.ndarray  # int (bundles, 3), item indices, anchor first, -1 padded
     rate: np.ndarray  # float (bundles,)
+
+
+@dataclass(frozen=True)
+class Releases:
+    items: np.ndarray  # int, the new items' indices, ascending
+    release_ms: np.ndarray  # int per item: when it can first be picked (ms since the epoch, UTC);
+    # ESTABLISHED for the items there from the start
+
+
+ESTABLISHED = np.iinfo(np.int64).min
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,32 @@ def build_bundles(catalog: Catalog, rng: np.random.Generator) -> Bundles:
         if len(members) == wanted:
             break
     return Bundles(np.array(members, dtype=np.int64).reshape(-1, 3), np.array(rates))
+
+
+def build_releases(spec: ShopSpec, catalog: Catalog, bundles: Bundles, rng: np.random.Generator) -> Releases:
+    """`new_item_share` of the items become available during the window: active items outside bundles and
+    below their category's two most popular (so every category has items to sell from the first day).
+    Most are released at midnight UTC of a uniform day after the first; `COLD_SHARE` of them (at least 2)
+    at COLD_RELEASE_HOUR on the last day, after the last session starts, so they have no events."""
+    n_items = len(catalog.item_ids)
+    release_ms = np.full(n_items, ESTABLISHED, dtype=np.int64)
+    eligible = catalog.active.copy()
+    eligible[bundles.members[bundles.members >= 0]] = False
+    for c in range(len(catalog.categories)):
+        members = np.flatnonzero(catalog.category == c)
+        top = members[np.argsort(-catalog.popularity[members], kind="stable")[:2]]
+        eligible[top] = False
+    pool = np.flatnonzero(eligible)
+    n_new = min(round(spec.new_item_share * n_items), len(pool))
+    if n_new == 0:
+        return Releases(np.array([], dtype=np.int64), release_ms)
+    chosen = rng.choice(pool, n_new, replace=False)
+    n_cold = min(n_new, max(2, round(COLD_SHARE * n_new)))
+    start_ms = (spec.start_date - dt.date(1970, 1, 1)).days * DAY_MS
+    day = rng.integers(min(1, spec.days - 1), spec.days, n_new)
+    release_ms[chosen] = start_ms + day * DAY_MS
+    release_ms[chosen[:n_cold]] = start_ms + (spec.days - 1) * DAY_MS + COLD_RELEASE_HOUR * 3_600_000
+    return Releases(np.sort(chosen), release_ms)
 
 
 def build_population(spec: ShopSpec, catalog: Catalog, rng: np.random.Generator) -> Population:

@@ -52,14 +52,22 @@ TREATMENT_SHARE = 0.5
 TRUE_RELATIVE_LIFT = 0.3
 REPEAT_EXPOSURE_P = 0.3
 
-# Random streams: the driver's small tables; one per user, seeded by (seed, USER_STREAM, user index).
-DRIVER_STREAM, USER_STREAM = 1, 2
+# Random streams: the driver's small tables; one per user, seeded by (seed, USER_STREAM, user index); the
+# driver's choice of new items and their release times; per user, the picks of items not yet released
+# made again among the established ones. The last two are streams of their own so that a shop without new
+# items is drawn exactly as before they existed.
+DRIVER_STREAM, USER_STREAM, NEW_ITEM_STREAM, RELEASE_STREAM = 1, 2, 3, 4
+# New items released so late (COLD_RELEASE_HOUR UTC on the last day, after the last session start) that
+# they have no events: this share of the new items, at least 2.
+COLD_SHARE = 0.2
+COLD_RELEASE_HOUR = 23
 
 
 @dataclass(frozen=True)
 class ShopSpec:
     """What to generate. `events` is the number of event lines to write, dirty lines included (the result
-    is within about 1% of it); events span `days` days ending on `end_date`."""
+    is within about 1% of it); events span `days` days ending on `end_date`. `new_item_share` of the items
+    are released during the window (truth/new_items.csv)."""
 
     users: int
     items: int
@@ -68,6 +76,7 @@ class ShopSpec:
     days: int = 30
     dirty_rate: float = 0.01
     end_date: dt.date = DEFAULT_END_DATE
+    new_item_share: float = 0.1
 
     DEMO: ClassVar[ShopSpec]
 
@@ -90,6 +99,10 @@ class ShopSpec:
             (1 <= self.days <= 3660, f"days must be between 1 and 3660, got {self.days}"),
             (0.0 <= self.dirty_rate <= 0.3, f"dirty_rate must be between 0 and 0.3, got {self.dirty_rate}"),
             (isinstance(self.end_date, dt.date), f"end_date must be a date, got {self.end_date!r}"),
+            (
+                0.0 <= self.new_item_share <= 0.5,
+                f"new_item_share must be between 0 and 0.5, got {self.new_item_share}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -27,9 +27,11 @@ from marketlake.demo.shop_catalog import (
     Bundles,
     Catalog,
     Population,
+    Releases,
     build_bundles,
     build_catalog,
     build_population,
+    build_releases,
 )
 from marketlake.demo.spec import (
     DIRTY_KINDS,
@@ -38,6 +40,7 @@ from marketlake.demo.spec import (
     EXPERIMENT_DAYS,
     EXPERIMENT_ID,
     EXPOSED_SHARE,
+    NEW_ITEM_STREAM,
     PERSONAS,
     TREATMENT_SHARE,
     TRUE_RELATIVE_LIFT,
@@ -118,8 +121,33 @@ def _csv(frame: pd.DataFrame) -> str:
     return buffer.getvalue()
 
 
+NEW_ITEMS_COLUMNS = ["item_id", "category", "release_date", "release_ts", "taste_groups"]
+
+
+def new_items_truth(catalog: Catalog, releases: Releases, population: Population) -> pd.DataFrame:
+    """One row per new item: its category, release (UTC date, and the instant from which a session can
+    pick it) and the taste groups whose categories include it ("0|3"; empty when no group has it)."""
+    released = releases.release_ms[releases.items].astype("datetime64[ms]")
+    groups_of = [
+        "|".join(str(g) for g, cats in enumerate(population.group_categories) if c in cats)
+        for c in range(len(catalog.categories))
+    ]
+    category = catalog.category[releases.items]
+    truth: pd.DataFrame = pd.DataFrame(
+        {
+            "item_id": catalog.item_ids[releases.items],
+            "category": np.array(catalog.categories)[category],
+            "release_date": np.datetime_as_string(released, unit="D"),
+            "release_ts": np.strings.add(np.datetime_as_string(released, unit="s"), "Z"),
+            "taste_groups": np.array(groups_of, dtype=object)[category] if len(category) else [],
+        },
+        columns=NEW_ITEMS_COLUMNS,
+    )
+    return truth
+
+
 def dimension_files(
-    spec: ShopSpec, catalog: Catalog, bundles: Bundles, population: Population
+    spec: ShopSpec, catalog: Catalog, bundles: Bundles, releases: Releases, population: Population
 ) -> dict[str, str]:
     """users.csv, items.csv and the truth tables, as file texts by path."""
     signup = np.datetime64(spec.start_date) + population.signup_day.astype("timedelta64[D]")
@@ -176,6 +204,7 @@ def dimension_files(
         "truth/personas.csv": _csv(personas),
         "truth/taste_groups.csv": _csv(taste),
         "truth/bundles.csv": _csv(pd.DataFrame(bundle_rows, columns=columns)),
+        "truth/new_items.csv": _csv(new_items_truth(catalog, releases, population)),
     }
 
 
@@ -219,7 +248,8 @@ def generate_shop(
 ) -> dict[str, int]:
     """Write a synthetic shop for `spec` under the folder `out_dir` (a path or a URI such as s3a://...; its
     generated parts are replaced) and return the counts: events (lines written), valid_events, dirty,
-    dirty_<kind> per kind, late_events, users, items, sessions, orders, purchases, exposures, bundles.
+    dirty_<kind> per kind, late_events, users, items, sessions, orders, purchases, exposures, bundles,
+    new_items.
     `files`: the lake's file helper (`lake.files`, with its storage options); by default a plain one."""
     from marketlake.lake.files import Files, absolute
 
@@ -228,7 +258,8 @@ def generate_shop(
     catalog = build_catalog(spec, rng)
     bundles = build_bundles(catalog, rng)
     population = build_population(spec, catalog, rng)
-    ctx = build_context(spec, catalog, bundles, population)
+    releases = build_releases(spec, catalog, bundles, np.random.default_rng([spec.seed, NEW_ITEM_STREAM]))
+    ctx = build_context(spec, catalog, bundles, releases, population)
     files = files or Files()
     out_dir = absolute(out_dir)
     for name in OUTPUTS:
@@ -274,8 +305,10 @@ def generate_shop(
             "exposures",
         )
     }
-    counts.update(users=spec.users, items=spec.items, bundles=len(bundles.members))
-    texts = dimension_files(spec, catalog, bundles, population)
+    counts.update(
+        users=spec.users, items=spec.items, bundles=len(bundles.members), new_items=len(releases.items)
+    )
+    texts = dimension_files(spec, catalog, bundles, releases, population)
     texts["truth/experiment.json"] = json.dumps(experiment_truth(spec, totals), indent=2) + "\n"
     dirty_counts = {
         "dirty_rate": spec.dirty_rate,

@@ -11,7 +11,7 @@ from marketlake.demo import ShopSpec, generate_shop
 from marketlake.runner import Job, JobContext
 
 # Command-line options that override the config's generate section (option dest = config key).
-OVERRIDES = ("users", "items", "events", "seed", "days", "dirty_rate")
+OVERRIDES = ("users", "items", "events", "seed", "days", "dirty_rate", "new_item_share")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, help="days of events, ending on the run date (default: config)")
     parser.add_argument(
         "--dirty-rate", type=float, help="share of dirty lines, 0-0.3 (default: config, 0.01)"
+    )
+    parser.add_argument(
+        "--new-item-share",
+        type=float,
+        help="share of the items released during the window, 0-0.5 (default: config, 0.1)",
     )
     parser.add_argument(
         "--out",
@@ -44,6 +49,7 @@ def spec_from(args: argparse.Namespace, config: Config) -> ShopSpec:
         days=shop.days,
         dirty_rate=shop.dirty_rate,
         end_date=args.run_date,
+        new_item_share=shop.new_item_share,
     )
 
 
@@ -59,7 +65,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         step.rows = counts["events"]
         step.detail = (
             f"events ({spec.users:,} users, {spec.items:,} items, {spec.days} days to {spec.end_date}, "
-            f"seed {spec.seed}, {counts['dirty']:,} dirty)"
+            f"seed {spec.seed}, {counts['dirty']:,} dirty, {counts['new_items']:,} new items)"
         )
     ctx.counts.update(counts)
 
