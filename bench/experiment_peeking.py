@@ -26,7 +26,7 @@ fixed test reached its needed users) is not a winner. Reported:
   or declared worse.
 
 The job's compare_proportions also computes prob_beat_control, a numerical integration (tens of ms) that
-no decision reads and that would dominate the run (about 10^5 looks); the bench replaces it by nan while
+no decision reads and that would dominate the run (56,000 looks by default); the bench replaces it by nan while
 it compares. `check` runs experiment_rows itself on a few simulated experiments and stops the run unless
 every decision is the same (tests/test_experiment_peeking.py does the same on chosen cases). statsmodels'
 Holm correction calls gc.collect() on every call, so the workers freeze the imported objects out of the
