@@ -26,8 +26,8 @@ fixed test reached its needed users) is not a winner. Reported:
   or declared worse.
 
 The job's compare_proportions also computes prob_beat_control, a numerical integration (tens of ms) that
-no decision reads and that would dominate the run (56,000 looks by default); the bench replaces it by nan while
-it compares. `check` runs experiment_rows itself on a few simulated experiments and stops the run unless
+no decision reads and that would dominate the run (56,000 looks by default); the bench calls it with
+with_probability=False. `check` runs experiment_rows itself on a few simulated experiments and stops the run unless
 every decision is the same (tests/test_experiment_peeking.py does the same on chosen cases). statsmodels'
 Holm correction calls gc.collect() on every call, so the workers freeze the imported objects out of the
 collector first (gc.freeze), or each call would walk the whole heap.
@@ -47,10 +47,7 @@ import multiprocessing
 import resource
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-from unittest import mock
 
 import numpy as np
 
@@ -96,13 +93,6 @@ def conversion_sums(users: int, conversions: int) -> dict[str, Any]:
     return sums
 
 
-@contextmanager
-def without_prob_beat_control() -> Iterator[None]:
-    """compare_proportions without its Bayesian probability, which decide() does not read."""
-    with mock.patch.object(ex, "prob_beat_control", lambda *counts: math.nan):
-        yield
-
-
 class LookDecisions:
     """(decision, reason) of the treatment at one look under each rule (`decision_rules`, which may differ
     only in test and sequential_tuning_users): the calls and arguments of experiment_rows for the
@@ -134,8 +124,7 @@ class LookDecisions:
         srm = self._srm[key]
         control = ex._arm(CONTROL, arms[CONTROL], ex.CONVERSION)
         variant = ex._arm(TREATMENT, arms[TREATMENT], ex.CONVERSION)
-        with without_prob_beat_control():
-            comparison = ex.compare_proportions(control, variant, settings.alpha)
+        comparison = ex.compare_proportions(control, variant, settings.alpha, with_probability=False)
         (p_adjusted,) = ex.adjusted_p_values([comparison.p_value], settings.correction)
         if (control, variant.n) not in self._needed:
             self._needed[control, variant.n] = ex.users_needed(control, variant, settings, 1, True)
