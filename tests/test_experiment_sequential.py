@@ -131,16 +131,42 @@ def test_sequential_figures_equal_gbstats(spark, seed, variants, alpha, tuning):
             relative = gbstats(a, b, alpha, tuning, "relative")
             r = rows[(metric, "treatment", cuped)]
             assert close(r["lift"], absolute.expected), (metric, cuped)
-            assert close(r["sequential_p_value"], absolute.p_value), (metric, cuped)
-            assert close(r["sequential_ci_low"], absolute.ci[0]) and close(
-                r["sequential_ci_high"], absolute.ci[1]
-            )
+            # The test is on the relative scale (GrowthBook's default); the interval of the difference is
+            # the relative one times the control's observed mean, so the three always agree.
+            assert close(r["sequential_p_value"], relative.p_value), (metric, cuped)
             assert close(r["sequential_rel_ci_low"], relative.ci[0]), (metric, cuped)
             assert close(r["sequential_rel_ci_high"], relative.ci[1]), (metric, cuped)
+            base = control[y].mean()
+            assert close(r["sequential_ci_low"], relative.ci[0] * base)
+            assert close(r["sequential_ci_high"], relative.ci[1] * base)
+            excludes_zero = not r["sequential_rel_ci_low"] <= 0 <= r["sequential_rel_ci_high"]
+            assert (r["sequential_p_value"] < alpha) == excludes_zero
             assert close(r["sequential_p_value_adjusted"], r["sequential_p_value"])  # one comparison
             # Always valid costs width: the sequential interval is wider than the fixed-horizon one.
             assert r["sequential_ci_high"] - r["sequential_ci_low"] > r["ci_high"] - r["ci_low"]
             assert r["decision_test"] == "sequential"
+
+
+def test_without_a_control_mean_the_sequential_test_is_on_the_difference():
+    """A control mean not above 0 (refunds larger than sales) has no relative difference: the absolute
+    test. gbstats refuses a baseline not above 0, so the reference is gbstats' absolute test on both arms
+    shifted by 10 (the difference and the variances do not change)."""
+    rng = np.random.default_rng(6)
+    treatment = rng.lognormal(2.0, 1.0, 900) * (rng.random(900) < 0.2)
+    control = rng.normal(-1.0, 5.0, 1000)
+    found = compare_sequential(
+        Arm("control", 1000, control.sum(), control.mean(), control.var(ddof=1)),
+        Arm("t", 900, treatment.sum(), treatment.mean(), treatment.var(ddof=1)),
+        0.05,
+        5000,
+        False,
+    )
+    expected = gbstats(
+        plain_statistic(control + 10, False), plain_statistic(treatment + 10, False), 0.05, 5000, "absolute"
+    )
+    assert close(found.p_value, expected.p_value)
+    assert close(found.ci_low, expected.ci[0]) and close(found.ci_high, expected.ci[1])
+    assert found.rel_ci_low is None and found.rel_ci_high is None
 
 
 def test_sequential_p_values_are_holm_adjusted_over_the_variants(spark):

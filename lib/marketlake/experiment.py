@@ -474,34 +474,37 @@ def _always_valid(estimate: float, variance: float, n: int, alpha: float, rho: f
 def compare_sequential(
     control: Arm, variant: Arm, alpha: float, tuning_users: float, proportions: bool
 ) -> SequentialComparison:
-    """Always-valid (sequential) p-value and interval of the difference of means, and interval of the
-    relative difference (delta method; over the control's observed mean): they stay valid however often
-    they are looked at, unlike the fixed-horizon ones. A proportion's variance is p (1 - p), a mean's its
-    sample variance. Nothing without spread in either arm; no relative interval when the control's mean is
-    not above 0."""
+    """Always-valid (sequential) p-value and intervals: they stay valid however often they are looked at,
+    unlike the fixed-horizon ones. The test is on the relative difference (variant - control) / control's
+    observed mean with its delta-method variance, as GrowthBook decides by default, so the p-value, the
+    relative interval and the interval of the difference (the relative one times the control's observed
+    mean) always agree: p < alpha exactly when both exclude 0. A control mean not above 0 has no relative
+    difference: then the test is on the difference itself and there is no relative interval. A
+    proportion's variance is p (1 - p), a mean's its sample variance. Nothing without spread."""
     var_c = control.mean * (1 - control.mean) if proportions else control.var
     var_t = variant.mean * (1 - variant.mean) if proportions else variant.var
-    variance = var_c / control.n + var_t / variant.n
-    if not variance > 0:
-        return SequentialComparison()
     n = control.n + variant.n
     rho = sequential_rho(alpha, tuning_users)
     lift = variant.mean - control.mean
-    half, p_value = _always_valid(lift, variance, n, alpha, rho)
-    rel_low = rel_high = None
     base, observed = control.observed_mean, variant.observed_mean
     if base > 0:
-        rel_variance = var_t / (base**2 * variant.n) + var_c * observed**2 / (base**4 * control.n)
-        rel_lift = lift / base
-        rel_half, _ = _always_valid(rel_lift, rel_variance, n, alpha, rho)
-        rel_low, rel_high = rel_lift - rel_half, rel_lift + rel_half
-    return SequentialComparison(
-        p_value=_finite(p_value),
-        ci_low=lift - half,
-        ci_high=lift + half,
-        rel_ci_low=rel_low,
-        rel_ci_high=rel_high,
-    )
+        variance = var_t / (base**2 * variant.n) + var_c * observed**2 / (base**4 * control.n)
+        if not variance > 0:
+            return SequentialComparison()
+        relative = lift / base
+        half, p_value = _always_valid(relative, variance, n, alpha, rho)
+        return SequentialComparison(
+            p_value=_finite(p_value),
+            ci_low=(relative - half) * base,
+            ci_high=(relative + half) * base,
+            rel_ci_low=relative - half,
+            rel_ci_high=relative + half,
+        )
+    variance = var_c / control.n + var_t / variant.n
+    if not variance > 0:
+        return SequentialComparison()
+    half, p_value = _always_valid(lift, variance, n, alpha, rho)
+    return SequentialComparison(p_value=_finite(p_value), ci_low=lift - half, ci_high=lift + half)
 
 
 def prob_beat_control(c_control: int, n_control: int, c_variant: int, n_variant: int) -> float:
