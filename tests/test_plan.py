@@ -267,3 +267,23 @@ def test_the_pipeline_does_not_run_the_planner():
 
     with pytest.raises(UsageError, match="no pipeline step"):
         pipeline._selected(build_parser(pipeline.JOB).parse_args(["--only", "plan"]))
+
+
+def test_a_configured_cap_applies_to_the_measured_revenue(small_lake, tmp_path, capsys):
+    capped_config = tmp_path / "cap.yaml"
+    capped_config.write_text("experiment:\n  value_cap: {method: absolute, value: 40}\n")
+    argv = [
+        "--config",
+        str(capped_config),
+        "--lake",
+        small_lake,
+        "--run-date",
+        RUN_DATE,
+        "--window-days",
+        "3",
+    ]
+    found = plan_json(capsys, *argv, "--metric", "revenue_per_user", "--json")
+    values = np.array([40.0, 0.0, 30.0, 0.0])  # u1's 50 capped at 40
+    assert found["value_cap"] == 40.0
+    assert found["baseline"] == pytest.approx(values.mean(), rel=1e-12)
+    assert found["baseline_sd"] == pytest.approx(values.std(ddof=1), rel=1e-12)

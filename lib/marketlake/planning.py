@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -239,36 +238,22 @@ def in_window(run_date: dt.date, window_days: int) -> Column:
     )
 
 
-def first_visits(window: Column) -> Callable[[DataFrame], DataFrame]:
-    """silver.events -> each user active in the window as if exposed there: the experiment job's assigned
+def first_visits(window_events: DataFrame) -> DataFrame:
+    """The window's events -> each user active in it as if exposed there: the experiment job's assigned
     frame (experiment_id, user_id, variant, exposed_at, exposure_session) with the user's first event in
     the window (earliest event_ts, then event_id) as the exposure."""
-
-    def transform(events: DataFrame) -> DataFrame:
-        first = F.min(F.struct("event_ts", "event_id", "session_id"))
-        return (
-            events.filter(window)
-            .groupBy("user_id")
-            .agg(first.alias("first"))
-            .select(
-                F.lit(BASELINE).alias("experiment_id"),
-                "user_id",
-                F.lit(CONTROL).alias("variant"),
-                F.col("first.event_ts").alias("exposed_at"),
-                F.col("first.session_id").alias("exposure_session"),
-            )
+    first = F.min(F.struct("event_ts", "event_id", "session_id"))
+    return (
+        window_events.groupBy("user_id")
+        .agg(first.alias("first"))
+        .select(
+            F.lit(BASELINE).alias("experiment_id"),
+            "user_id",
+            F.lit(CONTROL).alias("variant"),
+            F.col("first.event_ts").alias("exposed_at"),
+            F.col("first.session_id").alias("exposure_session"),
         )
-
-    return transform
-
-
-def daily_active_users(window: Column) -> Callable[[DataFrame], DataFrame]:
-    """silver.events -> one row: active_user_days, the (user, day) pairs with an event in the window."""
-
-    def transform(events: DataFrame) -> DataFrame:
-        return events.filter(window).agg(F.count_distinct("user_id", "event_date").alias("active_user_days"))
-
-    return transform
+    )
 
 
 def measure(events: DataFrame, run_date: dt.date, window_days: int, settings: ExperimentConfig) -> Measured:
@@ -276,33 +261,37 @@ def measure(events: DataFrame, run_date: dt.date, window_days: int, settings: Ex
     would record had they been exposed at their first event of the window (converted, revenue; capped by
     experiment.value_cap), their mean and spread; and the mean distinct active users a day. A UsageError
     when nobody was active."""
-    window = in_window(run_date, window_days)
     no_cuped = settings.model_copy(update={"cuped": False})
-    users = events.transform(first_visits(window)).transform(outcomes(events, run_date, no_cuped))
-    cap = None
-    if settings.value_cap.method != "none":
-        users = users.persist()
-        caps = users.transform(value_caps(settings.value_cap))
-        found = caps.first()
-        cap = None if found is None or found.value_cap is None else float(found.value_cap)
-        users = users.transform(capped(caps))
+    # Read three times (first events, purchases after them, active days): the window's events once. A
+    # purchase that counts follows a first event in the window, so it is in the window too.
+    columns = ["event_id", "user_id", "event_type", "event_ts", "event_date", "session_id", "revenue"]
+    window_events = events.filter(in_window(run_date, window_days)).select(*columns).persist()
     try:
+        users = first_visits(window_events).transform(outcomes(window_events, run_date, no_cuped))
+        cap = None
+        if settings.value_cap.method != "none":
+            caps = users.transform(value_caps(settings.value_cap)).collect()  # one row
+            cap = caps[0].value_cap if caps and caps[0].value_cap is not None else None
+            cap_frame = events.sparkSession.createDataFrame(
+                [(BASELINE, cap, None)], "experiment_id string, value_cap double, pre_value_cap double"
+            )
+            users = users.transform(capped(cap_frame))
         rows = moment_sums(users, ["experiment_id"]).collect()  # one row
+        if not rows or not rows[0]["n"]:
+            raise UsageError(
+                f"no events in silver.events in the {window_days} days to {run_date}: give the baseline "
+                "(--baseline-rate, or --baseline-mean and --baseline-sd) and --daily-users, or another --run-date"
+            )
+        user_days = window_events.agg(F.count_distinct("user_id", "event_date").alias("days")).first()
+        assert user_days is not None  # an aggregate without groups has one row
     finally:
-        users.unpersist()
-    if not rows or not rows[0]["n"]:
-        raise UsageError(
-            f"no events in silver.events in the {window_days} days to {run_date}: give the baseline "
-            "(--baseline-rate, or --baseline-mean and --baseline-sd) and --daily-users, or another --run-date"
-        )
-    found_moments = moments(rows[0].asDict())
-    user_days = events.transform(daily_active_users(window)).first()
-    assert user_days is not None  # an aggregate without groups has one row
+        window_events.unpersist()
+    found = moments(rows[0].asDict())
     return Measured(
-        users=int(found_moments["n"]),
-        conversion_rate=float(found_moments[f"{CONVERSION}_mean"]),
-        revenue_mean=float(found_moments[f"{REVENUE}_mean"]),
-        revenue_sd=math.sqrt(found_moments[f"{REVENUE}_var"] or 0.0),
-        daily_users=int(user_days.active_user_days) / window_days,
-        value_cap=cap,
+        users=int(found["n"]),
+        conversion_rate=float(found[f"{CONVERSION}_mean"]),
+        revenue_mean=float(found[f"{REVENUE}_mean"]),
+        revenue_sd=math.sqrt(found[f"{REVENUE}_var"] or 0.0),
+        daily_users=int(user_days.days) / window_days,
+        value_cap=None if cap is None else float(cap),
     )
