@@ -88,7 +88,7 @@ SILVER_EVENTS = Table(
     partition_by=("event_date",),
     keys=("event_id",),
     written_by=("ingest",),
-    read_by=("ingest", "features", "propensity", "rules", "recommend", "activate", "experiment"),
+    read_by=("ingest", "features", "propensity", "rules", "recommend", "activate", "experiment", "plan"),
 )
 SILVER_USERS = Table(
     "silver.users",

@@ -1,5 +1,5 @@
-"""The jobs, in pipeline order. A job lives in `marketlake.jobs.<name>` and defines `JOB`; `main(name)` is
-the entry point of `jobs/<name>.py`."""
+"""The jobs: the pipeline's in order, and those that answer a question (QUESTIONS). A job lives in
+`marketlake.jobs.<name>` and defines `JOB`; `main(name)` is the entry point of `jobs/<name>.py`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ PIPELINE_ORDER = [
 # --generate`, as `make demo` does, or `--only generate,...`), never by a default pipeline, since on a
 # real lake it would add a made-up shop to the real data.
 GENERATE = "generate"
-ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline"]
+# Jobs that answer a question rather than build tables: run on their own, never by the pipeline or the DAG.
+QUESTIONS = ["plan"]
+ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS]
 
 
 def _present(names: list[str]) -> list[str]:
@@ -40,7 +42,7 @@ def available_jobs() -> list[str]:
 def get_job(name: str) -> Job:
     if name not in ALL_JOBS or importlib.util.find_spec(f"marketlake.jobs.{name}") is None:
         raise UsageError(
-            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER])])}"
+            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS])])}"
         )
     job: Job = importlib.import_module(f"marketlake.jobs.{name}").JOB
     return job

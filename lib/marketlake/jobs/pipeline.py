@@ -8,8 +8,8 @@ import argparse
 from pyspark.sql import functions as F
 
 from marketlake.config import Config
-from marketlake.errors import MarketlakeError
-from marketlake.jobs import GENERATE, available_jobs, get_job
+from marketlake.errors import MarketlakeError, UsageError
+from marketlake.jobs import GENERATE, QUESTIONS, available_jobs, get_job
 from marketlake.runner import JOB_RUNS, Job, JobContext, job_arguments, run_job
 
 
@@ -36,6 +36,10 @@ def _selected(args: argparse.Namespace) -> list[str]:
         wanted = [name.strip() for name in args.only.split(",") if name.strip()]
         for name in wanted:
             get_job(name)
+            if name in QUESTIONS:
+                raise UsageError(
+                    f"--only: {name} answers a question and is no pipeline step; run it on its own"
+                )
         jobs = [name for name in jobs if name in wanted]
     if args.generate or GENERATE in wanted:
         jobs = [GENERATE, *jobs]
