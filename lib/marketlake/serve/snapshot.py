@@ -1,0 +1,485 @@
+"""In-memory snapshots of the tables `serve` answers from, and the poller that swaps in new versions.
+
+A table is read at one pinned Delta version (its newest `as_of_date` partition when it has one) into a
+`Grouped`: the distinct keys sorted as fixed-width UTF-8 bytes (found with a binary search), and every
+column as one numpy array in key-then-rank order, strings as codes into their distinct values. That keeps
+10^6 users x 10 recommendations to a few hundred bytes per user, and none of it is an object the garbage
+collector walks. A `Snapshot` holds one `Loaded` table per source and is never changed: a refresh builds a
+new one and swaps it in with one assignment, so a request that took a snapshot answers from it alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from marketlake import catalog
+
+log = logging.getLogger("marketlake.serve")
+
+# marketlake.recommend.GLOBAL_POPULAR (that module imports Spark; tests/test_serve.py checks they agree).
+GLOBAL_POPULAR = "global_popular"
+# An unknown user's popular items beyond the recommend job's global list: the items recommended to most users.
+MOST_RECOMMENDED = "most_recommended"
+AS_OF_DATE = "as_of_date"
+BLOCK_ROWS = 65_536  # rows per step when turning strings into fixed-width bytes (bounds the scratch memory)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A string column as codes into its distinct values; a null is the code len(values) - 1 when there is
+    one (values then ends with None)."""
+
+    codes: np.ndarray
+    values: tuple[str | None, ...]
+
+
+Column = np.ndarray | Labels
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Rows grouped by a key: the rows of keys[i] are starts[i]:starts[i + 1] of every column, in rank order."""
+
+    keys: np.ndarray  # sorted distinct keys, UTF-8 bytes (numpy S)
+    starts: np.ndarray  # int64, len(keys) + 1
+    columns: Mapping[str, Column]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def rows(self) -> int:
+        return int(self.starts[-1])
+
+    def find(self, key: bytes) -> slice | None:
+        """The rows of `key` (UTF-8 bytes without a trailing NUL), or None when the key is not there."""
+        at = int(np.searchsorted(self.keys, key))
+        if at < len(self.keys) and self.keys[at] == key:
+            return slice(int(self.starts[at]), int(self.starts[at + 1]))
+        return None
+
+    def values(self, column: str, rows: slice) -> list[Any]:
+        data = self.columns[column]
+        if isinstance(data, Labels):
+            return [data.values[code] for code in data.codes[rows].tolist()]
+        return list(data[rows].tolist())
+
+
+@dataclass(frozen=True)
+class Source:
+    """A table serve reads: its key, the column that orders a key's rows, and the columns kept."""
+
+    name: str
+    table: catalog.Table
+    key: str
+    labels: tuple[str, ...]
+    numbers: tuple[str, ...]
+    order: str | None = "rank"
+
+    @property
+    def latest_partition_only(self) -> bool:
+        return AS_OF_DATE in self.table.partition_by
+
+
+DAILY = Source(
+    "daily",
+    catalog.USER_RECOMMENDATIONS,
+    key="user_id",
+    labels=("item_id", "source", "model_version"),
+    numbers=("rank", "score"),
+)
+REALTIME = Source(
+    "realtime",
+    catalog.REALTIME_RECOMMENDATIONS,
+    key="user_id",
+    labels=("item_id", "source"),
+    numbers=("rank", "score", "updated_at"),
+)
+SIMILAR = Source(
+    "similar",
+    catalog.SIMILAR_ITEMS,
+    key="item_id",
+    labels=("similar_item_id", "source", "model_version"),
+    numbers=("rank", "score"),
+)
+SEGMENTS = Source(
+    "segments",
+    catalog.USER_SEGMENTS,
+    key="user_id",
+    labels=("segment_name", "model_version"),
+    numbers=("segment_id",),
+    order=None,
+)
+SOURCES: tuple[Source, ...] = (DAILY, REALTIME, SIMILAR, SEGMENTS)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One table at one version, in memory."""
+
+    source: Source
+    version: int
+    committed_at: float  # seconds since the epoch, the commit of `version`
+    loaded_at: float
+    as_of_date: str | None
+    rows: Grouped
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class PopularItem:
+    item_id: str
+    score: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one request answers from; never changed after it is built."""
+
+    tables: Mapping[str, Loaded] = field(default_factory=dict)
+    popular: tuple[PopularItem, ...] = ()
+    built_at: float = 0.0
+
+    def get(self, source: Source) -> Loaded | None:
+        return self.tables.get(source.name)
+
+
+# ---- reading a table into a Grouped ------------------------------------------------------------------------
+
+
+def read_encoded(dataset: Any, source: Source) -> pa.Table:
+    """The source's columns of a pyarrow dataset, its strings dictionary-encoded a batch at a time (so no
+    column of 10^7 repeated strings is ever held whole)."""
+    strings = {source.key, *source.labels}
+    batches = []
+    for batch in dataset.to_batches(columns=[source.key, *source.labels, *source.numbers]):
+        batches.append(
+            pa.table(
+                {
+                    name: pc.dictionary_encode(column) if name in strings else column
+                    for name, column in zip(batch.schema.names, batch.columns, strict=True)
+                }
+            )
+        )
+    if not batches:
+        return dataset.schema.empty_table().select([source.key, *source.labels, *source.numbers])
+    return pa.concat_tables(batches)
+
+
+def group_rows(table: pa.Table, source: Source) -> Grouped:
+    """`table`'s rows grouped by the source's key (rows with a null key are left out), each key's rows in
+    `order`."""
+    table = table.filter(pc.is_valid(table[source.key]))
+    key_codes, key_values = _encode(table[source.key])
+    order_of_keys = pc.sort_indices(key_values).to_numpy()
+    position = np.empty(len(key_values), np.int64)
+    position[order_of_keys] = np.arange(len(key_values))
+    row_key = position[key_codes]
+    if source.order is not None:
+        rank = _numbers(table[source.order])
+        permutation = np.lexsort((rank, row_key))
+    else:
+        permutation = np.argsort(row_key, kind="stable")
+    starts = np.zeros(len(key_values) + 1, np.int64)
+    np.cumsum(np.bincount(row_key, minlength=len(key_values)), out=starts[1:])
+    columns: dict[str, Column] = {}
+    for name in source.labels:
+        codes, values = _encode(table[name])
+        labels = tuple(values.to_pylist())
+        if len(codes) and codes.max(initial=-1) == len(labels):
+            labels = (*labels, None)
+        columns[name] = Labels(codes[permutation], labels)
+    for name in source.numbers:
+        columns[name] = _numbers(table[name])[permutation]
+    return Grouped(fixed_width(key_values.take(pa.array(order_of_keys))), starts, columns)
+
+
+def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(codes, distinct values) of a string column; nulls get the code len(values)."""
+    chunks = [
+        chunk if pa.types.is_dictionary(chunk.type) else pc.dictionary_encode(chunk)
+        for chunk in column.chunks
+        if len(chunk)
+    ]
+    if not chunks:
+        return np.empty(0, np.int32), pa.array([], pa.string())
+    unified = pa.chunked_array(chunks).unify_dictionaries()
+    values = unified.chunk(0).dictionary
+    codes = np.concatenate(
+        [
+            chunk.indices.fill_null(len(values)).to_numpy().astype(np.int32, copy=False)
+            for chunk in unified.chunks
+        ]
+    )
+    return codes, values
+
+
+def _numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """A numeric or timestamp column as numpy: timestamps as microseconds since the epoch (UTC), nulls as
+    NaN (floats) or the type's smallest value (integers, timestamps), which sorts first."""
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
+    if pa.types.is_integer(column.type):
+        smallest = np.iinfo(column.type.to_pandas_dtype()).min
+        column = column.fill_null(smallest)
+    if column.num_chunks == 0:
+        return np.empty(0, column.type.to_pandas_dtype())
+    return np.asarray(column.to_numpy())
+
+
+def fixed_width(strings: pa.Array) -> np.ndarray:
+    """Strings as numpy fixed-width UTF-8 bytes (dtype S, as wide as the longest), in numpy alone."""
+    data = strings.cast(pa.large_binary())
+    count = len(data)
+    if count == 0:
+        return np.empty(0, "S1")
+    _, offsets_buffer, data_buffer = data.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64, count=count + 1, offset=data.offset * 8)
+    content = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max()), 1)
+    out = np.zeros((count, width), np.uint8)
+    for first in range(0, count, BLOCK_ROWS):
+        block = slice(first, min(first + BLOCK_ROWS, count))
+        block_lengths = lengths[block]
+        rows = np.repeat(np.arange(block.start, block.stop), block_lengths)
+        within = np.arange(int(block_lengths.sum())) - np.repeat(
+            np.cumsum(block_lengths) - block_lengths, block_lengths
+        )
+        out[rows, within] = content[np.repeat(offsets[block.start : block.stop], block_lengths) + within]
+    return out.view(f"S{width}").ravel()
+
+
+# ---- popular items for unknown users ------------------------------------------------------------------------
+
+
+def popular_items(daily: Grouped, n: int) -> tuple[PopularItem, ...]:
+    """The list an unknown user gets: the recommend job's global popularity list (its `global_popular`
+    rows; score = share of all users with the item), then, when that list is shorter than n, the items
+    recommended to the most users (score = share of users whose list has the item). Ties: item id."""
+    items = daily.columns["item_id"]
+    sources = daily.columns["source"]
+    assert isinstance(items, Labels) and isinstance(sources, Labels)
+    scores = np.asarray(daily.columns["score"], np.float64)
+    chosen: list[PopularItem] = []
+    if GLOBAL_POPULAR in sources.values:
+        rows = sources.codes == sources.values.index(GLOBAL_POPULAR)
+        best: dict[int, float] = {}
+        for code, score in zip(items.codes[rows].tolist(), scores[rows].tolist(), strict=True):
+            if code not in best or score > best[code]:
+                best[code] = score
+        by_score = sorted(best.items(), key=lambda pair: (_descending(pair[1]), items.values[pair[0]] or ""))
+        for code, score in by_score:
+            item = items.values[code]
+            if item is not None and len(chosen) < n:
+                chosen.append(PopularItem(item, score, GLOBAL_POPULAR))
+    if len(chosen) < n and len(daily):
+        counts = np.bincount(items.codes, minlength=len(items.values))
+        taken = {popular.item_id for popular in chosen}
+        ranked = sorted(
+            (code for code in np.flatnonzero(counts).tolist() if items.values[code] is not None),
+            key=lambda code: (-counts[code], items.values[code]),
+        )
+        for code in ranked:
+            item = items.values[code]
+            if item is None or item in taken:
+                continue
+            chosen.append(PopularItem(item, round(float(counts[code]) / len(daily), 6), MOST_RECOMMENDED))
+            if len(chosen) == n:
+                break
+    return tuple(chosen)
+
+
+def _descending(score: float) -> float:
+    return -score if score == score else float("inf")  # NaN (a null score) last
+
+
+# ---- the store: the current snapshot, refreshed from the Delta logs -------------------------------------------
+
+
+def table_uri(root: str, table: catalog.Table) -> str:
+    """The table's location as deltalake spells it (Hadoop's s3a:// is s3:// to it)."""
+    uri = table.location(root)
+    return "s3://" + uri[len("s3a://") :] if uri.startswith("s3a://") else uri
+
+
+class Store:
+    """The current snapshot of every source, and the means to bring it up to date.
+
+    `refresh` (the poller's, one at a time) asks each table's Delta log for its newest version, loads the
+    tables whose version changed, and swaps in a new Snapshot; a table that fails to load keeps its old
+    version in the new snapshot and the failure is logged once per table, version and message."""
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: Mapping[str, str] | None = None,
+        popular_n: int = 100,
+        sources: Sequence[Source] = SOURCES,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.root = root.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.popular_n = popular_n
+        self.sources = tuple(sources)
+        self.clock = clock
+        self._snapshot = Snapshot()
+        self._handles: dict[str, DeltaTable] = {}
+        self._latest: dict[str, int | None] = {}
+        self._failures: dict[str, str] = {}
+        self._refreshing = threading.Lock()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def latest_versions(self) -> dict[str, int | None]:
+        """The newest version of each source's table the last refresh saw (None: not in the lake)."""
+        return dict(self._latest)
+
+    def refresh(self) -> bool:
+        """Load what changed and swap it in; True when a new snapshot was swapped in."""
+        with self._refreshing:
+            current = self._snapshot
+            tables = dict(current.tables)
+            changed = False
+            for source in self.sources:
+                try:
+                    version = self._newest_version(source)
+                except Exception as exc:  # an unreadable log: keep what is served
+                    self._failed(source, None, exc)
+                    continue
+                self._latest[source.name] = version
+                served = current.get(source)
+                if version is None:
+                    if served is not None:
+                        log.warning(
+                            "serve: %s is no longer in the lake; keeping version %d",
+                            source.table.name,
+                            served.version,
+                        )
+                    continue
+                if served is not None and served.version == version:
+                    continue
+                try:
+                    tables[source.name] = self._load(source, version)
+                except Exception as exc:  # a failed load keeps the old version
+                    self._failed(source, version, exc)
+                    continue
+                self._failures.pop(source.name, None)
+                changed = True
+            if not changed:
+                return False
+            daily = tables.get(DAILY.name)
+            popular = current.popular
+            if daily is not None and daily is not current.get(DAILY):
+                popular = popular_items(daily.rows, self.popular_n)
+            self._snapshot = Snapshot(tables, popular, self.clock())
+            return True
+
+    def _newest_version(self, source: Source) -> int | None:
+        handle = self._handles.get(source.name)
+        if handle is None:
+            uri = table_uri(self.root, source.table)
+            if not DeltaTable.is_deltatable(uri, self.storage_options):
+                return None
+            handle = DeltaTable(uri, storage_options=self.storage_options)
+            self._handles[source.name] = handle
+        else:
+            handle.update_incremental()
+        return int(handle.version())
+
+    def _load(self, source: Source, version: int) -> Loaded:
+        started = time.perf_counter()
+        table = DeltaTable(
+            table_uri(self.root, source.table), version=version, storage_options=self.storage_options
+        )
+        as_of_date = None
+        pruning = None
+        if source.latest_partition_only:
+            dates = [p[AS_OF_DATE] for p in table.partitions() if p.get(AS_OF_DATE) is not None]
+            as_of_date = max(dates) if dates else None
+            pruning = [(AS_OF_DATE, "=", as_of_date)] if as_of_date is not None else None
+        dataset = table.to_pyarrow_dataset(file_pruning_predicate=pruning)
+        data = read_encoded(dataset, source)
+        rows = group_rows(data, source)
+        seconds = time.perf_counter() - started
+        loaded = Loaded(
+            source, version, _commit_seconds(table, version), self.clock(), as_of_date, rows, seconds
+        )
+        log.info(
+            "serve: loaded %s version %d%s: %d keys, %d rows in %.2f s",
+            source.table.name,
+            version,
+            f" ({AS_OF_DATE} {as_of_date})" if as_of_date else "",
+            len(rows),
+            rows.rows,
+            seconds,
+        )
+        return loaded
+
+    def _failed(self, source: Source, version: int | None, exc: Exception) -> None:
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        said = f"{version}:{message}"
+        if self._failures.get(source.name) != said:
+            self._failures[source.name] = said
+            at = f" version {version}" if version is not None else ""
+            log.error(
+                "serve: cannot load %s%s (%s); still serving the version loaded before",
+                source.table.name,
+                at,
+                message,
+            )
+
+
+def _commit_seconds(table: DeltaTable, version: int) -> float:
+    for commit in table.history(limit=1):
+        if commit.get("version") == version and commit.get("timestamp") is not None:
+            return float(commit["timestamp"]) / 1000.0
+    return time.time()
+
+
+class Poller:
+    """A daemon thread that refreshes the store every `seconds`."""
+
+    def __init__(self, store: Store, seconds: float):
+        self.store = store
+        self.seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="marketlake-serve-poller", daemon=True)
+
+    def start(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                self.store.refresh()
+            except Exception as exc:  # the poller outlives any one failure
+                log.error("serve: refresh failed (%s); still serving the snapshot loaded before", exc)
+
+
+def iso_time(seconds: float) -> str:
+    return (
+        dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
