@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 from deltalake import DeltaTable
 
 from marketlake import catalog
@@ -125,6 +132,13 @@ SOURCES: tuple[Source, ...] = (DAILY, REALTIME, SIMILAR, SEGMENTS)
 
 
 @dataclass(frozen=True)
+class PopularItem:
+    item_id: str
+    score: float
+    source: str
+
+
+@dataclass(frozen=True)
 class Loaded:
     """One table at one version, in memory."""
 
@@ -135,13 +149,7 @@ class Loaded:
     as_of_date: str | None
     rows: Grouped
     load_seconds: float
-
-
-@dataclass(frozen=True)
-class PopularItem:
-    item_id: str
-    score: float
-    source: str
+    popular: tuple[PopularItem, ...] = ()  # of the daily recommendations: what unknown users get
 
 
 @dataclass(frozen=True)
@@ -149,49 +157,55 @@ class Snapshot:
     """What one request answers from; never changed after it is built."""
 
     tables: Mapping[str, Loaded] = field(default_factory=dict)
-    popular: tuple[PopularItem, ...] = ()
     built_at: float = 0.0
 
     def get(self, source: Source) -> Loaded | None:
         return self.tables.get(source.name)
 
+    @property
+    def popular(self) -> tuple[PopularItem, ...]:
+        daily = self.get(DAILY)
+        return daily.popular if daily is not None else ()
+
 
 # ---- reading a table into a Grouped ------------------------------------------------------------------------
 
 
-def read_encoded(dataset: Any, source: Source) -> pa.Table:
-    """The source's columns of a pyarrow dataset, its strings dictionary-encoded a batch at a time (so no
-    column of 10^7 repeated strings is ever held whole)."""
-    strings = {source.key, *source.labels}
-    batches = []
-    for batch in dataset.to_batches(columns=[source.key, *source.labels, *source.numbers]):
-        batches.append(
-            pa.table(
-                {
-                    name: pc.dictionary_encode(column) if name in strings else column
-                    for name, column in zip(batch.schema.names, batch.columns, strict=True)
-                }
-            )
-        )
-    if not batches:
-        return dataset.schema.empty_table().select([source.key, *source.labels, *source.numbers])
-    return pa.concat_tables(batches)
+def read_table(
+    root: str, storage_options: Mapping[str, str], source: Source, version: int
+) -> tuple[pa.Table, str | None, float]:
+    """(the source's columns at `version`, the as_of_date read, the commit's time). Only the newest
+    as_of_date partition's files are read when the table has that partition; strings come out of Parquet
+    as dictionaries, never as 10^7 separate strings."""
+    table = DeltaTable(table_uri(root, source.table), version=version, storage_options=dict(storage_options))
+    as_of_date = None
+    pruning = None
+    if source.latest_partition_only:
+        dates = [p[AS_OF_DATE] for p in table.partitions() if p.get(AS_OF_DATE) is not None]
+        as_of_date = max(dates) if dates else None
+        pruning = [(AS_OF_DATE, "=", as_of_date)] if as_of_date is not None else None
+    options = pds.ParquetReadOptions(dictionary_columns=[source.key, *source.labels])
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=pruning, parquet_read_options=options)
+    data = dataset.to_table(columns=[source.key, *source.labels, *source.numbers])
+    return data, as_of_date, _commit_seconds(table, version)
 
 
 def group_rows(table: pa.Table, source: Source) -> Grouped:
     """`table`'s rows grouped by the source's key (rows with a null key are left out), each key's rows in
     `order`."""
-    table = table.filter(pc.is_valid(table[source.key]))
+    if table[source.key].null_count:
+        table = table.filter(pc.is_valid(table[source.key]))
     key_codes, key_values = _encode(table[source.key])
     order_of_keys = pc.sort_indices(key_values).to_numpy()
     position = np.empty(len(key_values), np.int64)
     position[order_of_keys] = np.arange(len(key_values))
     row_key = position[key_codes]
+    sort_keys = {"key": row_key}
     if source.order is not None:
-        rank = _numbers(table[source.order])
-        permutation = np.lexsort((rank, row_key))
-    else:
-        permutation = np.argsort(row_key, kind="stable")
+        sort_keys["order"] = _numbers(table[source.order])
+    permutation = pc.sort_indices(
+        pa.table(sort_keys), sort_keys=[(name, "ascending") for name in sort_keys]
+    ).to_numpy()
     starts = np.zeros(len(key_values) + 1, np.int64)
     np.cumsum(np.bincount(row_key, minlength=len(key_values)), out=starts[1:])
     columns: dict[str, Column] = {}
@@ -200,9 +214,10 @@ def group_rows(table: pa.Table, source: Source) -> Grouped:
         labels = tuple(values.to_pylist())
         if len(codes) and codes.max(initial=-1) == len(labels):
             labels = (*labels, None)
-        columns[name] = Labels(codes[permutation], labels)
+        columns[name] = Labels(_narrow(codes[permutation], len(labels)), labels)
     for name in source.numbers:
-        columns[name] = _numbers(table[name])[permutation]
+        values = _numbers(table[name])[permutation]
+        columns[name] = _narrow(values, 0) if name == source.order else values
     return Grouped(fixed_width(key_values.take(pa.array(order_of_keys))), starts, columns)
 
 
@@ -224,6 +239,17 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
         ]
     )
     return codes, values
+
+
+def _narrow(values: np.ndarray, count: int) -> np.ndarray:
+    """Integers in the smallest type that holds them (and `count`): codes of 3 sources take 1 byte each."""
+    if not np.issubdtype(values.dtype, np.integer) or not len(values):
+        return values
+    low, high = min(int(values.min()), 0), max(int(values.max()), count)
+    for kind in (np.int8, np.int16, np.int32):
+        if np.iinfo(kind).min <= low and high <= np.iinfo(kind).max:
+            return values.astype(kind)
+    return values
 
 
 def _numbers(column: pa.ChunkedArray) -> np.ndarray:
@@ -329,8 +355,10 @@ class Store:
         popular_n: int = 100,
         sources: Sequence[Source] = SOURCES,
         clock: Callable[[], float] = time.time,
+        isolate: bool = True,
     ):
         self.root = root.rstrip("/")
+        self.isolate = isolate
         self.storage_options = dict(storage_options or {})
         self.popular_n = popular_n
         self.sources = tuple(sources)
@@ -383,11 +411,7 @@ class Store:
                 changed = True
             if not changed:
                 return False
-            daily = tables.get(DAILY.name)
-            popular = current.popular
-            if daily is not None and daily is not current.get(DAILY):
-                popular = popular_items(daily.rows, self.popular_n)
-            self._snapshot = Snapshot(tables, popular, self.clock())
+            self._snapshot = Snapshot(tables, self.clock())
             return True
 
     def _newest_version(self, source: Source) -> int | None:
@@ -404,30 +428,18 @@ class Store:
 
     def _load(self, source: Source, version: int) -> Loaded:
         started = time.perf_counter()
-        table = DeltaTable(
-            table_uri(self.root, source.table), version=version, storage_options=self.storage_options
-        )
-        as_of_date = None
-        pruning = None
-        if source.latest_partition_only:
-            dates = [p[AS_OF_DATE] for p in table.partitions() if p.get(AS_OF_DATE) is not None]
-            as_of_date = max(dates) if dates else None
-            pruning = [(AS_OF_DATE, "=", as_of_date)] if as_of_date is not None else None
-        dataset = table.to_pyarrow_dataset(file_pruning_predicate=pruning)
-        data = read_encoded(dataset, source)
-        rows = group_rows(data, source)
-        seconds = time.perf_counter() - started
-        loaded = Loaded(
-            source, version, _commit_seconds(table, version), self.clock(), as_of_date, rows, seconds
-        )
+        arguments = (self.root, self.storage_options, source.name, version, self.popular_n)
+        loaded = load_in_child(*arguments) if self.isolate else load(*arguments)
+        loaded = replace(loaded, loaded_at=self.clock())
         log.info(
-            "serve: loaded %s version %d%s: %d keys, %d rows in %.2f s",
+            "serve: loaded %s version %d%s: %d keys, %d rows in %.2f s (%.2f s reading and sorting)",
             source.table.name,
             version,
-            f" ({AS_OF_DATE} {as_of_date})" if as_of_date else "",
-            len(rows),
-            rows.rows,
-            seconds,
+            f" ({AS_OF_DATE} {loaded.as_of_date})" if loaded.as_of_date else "",
+            len(loaded.rows),
+            loaded.rows.rows,
+            time.perf_counter() - started,
+            loaded.load_seconds,
         )
         return loaded
 
@@ -443,6 +455,55 @@ class Store:
                 at,
                 message,
             )
+
+
+def load(
+    root: str, storage_options: Mapping[str, str], source_name: str, version: int, popular_n: int
+) -> Loaded:
+    """One source's table at `version`, in memory (the Store runs it in a child process)."""
+    started = time.perf_counter()
+    source = next(s for s in SOURCES if s.name == source_name)
+    data, as_of_date, committed_at = read_table(root, storage_options, source, version)
+    rows = group_rows(data, source)
+    popular = popular_items(rows, popular_n) if source is DAILY else ()
+    seconds = time.perf_counter() - started
+    return Loaded(source, version, committed_at, time.time(), as_of_date, rows, seconds, popular)
+
+
+def load_in_child(*arguments: Any) -> Loaded:
+    """`load(*arguments)` in a fresh Python process. Reading and sorting 10^7 rows here would hold the GIL
+    for seconds (every request waiting) and leave the allocators' high-water mark in the long-running
+    server. The child gets the arguments on stdin and pickles the result into a file the server reads."""
+    library = str(Path(__file__).resolve().parents[2])
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")])),
+    }
+    with tempfile.TemporaryDirectory(prefix="marketlake-serve-") as folder:
+        result = Path(folder) / "loaded.pickle"
+        child = subprocess.run(
+            [sys.executable, "-c", f"from {__name__} import child_main; child_main()"],
+            input=pickle.dumps((str(result), arguments)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=environment,
+            check=False,
+        )
+        if child.returncode != 0:
+            lines = child.stderr.decode(errors="replace").strip().splitlines() or [
+                f"exit code {child.returncode}"
+            ]
+            raise RuntimeError(f"the loading process failed: {lines[-1]}")
+        with result.open("rb") as handle:
+            loaded: Loaded = pickle.load(handle)
+    return loaded
+
+
+def child_main() -> None:
+    """The loading process: arguments from stdin, the Loaded pickled into the file named there."""
+    path, arguments = pickle.loads(sys.stdin.buffer.read())
+    with open(path, "wb") as handle:
+        pickle.dump(load(*arguments), handle, protocol=5)
 
 
 def _commit_seconds(table: DeltaTable, version: int) -> float:
