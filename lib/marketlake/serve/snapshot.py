@@ -72,9 +72,9 @@ class Grouped:
     def find(self, key: bytes) -> slice | None:
         """The rows of `key` (UTF-8 bytes without a trailing NUL), or None when the key is not there."""
         at = int(np.searchsorted(self.keys, key))
-        if at < len(self.keys) and self.keys[at] == key:
+        if at < len(self.keys) and self.keys[at] == key and self.starts[at] < self.starts[at + 1]:
             return slice(int(self.starts[at]), int(self.starts[at + 1]))
-        return None
+        return None  # (a key without rows: a Parquet dictionary may hold values no row has)
 
     def values(self, column: str, rows: slice) -> list[Any]:
         data = self.columns[column]
@@ -234,10 +234,10 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     values = unified.chunk(0).dictionary
     codes = np.concatenate(
         [
-            chunk.indices.fill_null(len(values)).to_numpy().astype(np.int32, copy=False)
+            (chunk.indices.fill_null(len(values)) if chunk.null_count else chunk.indices).to_numpy()
             for chunk in unified.chunks
         ]
-    )
+    ).astype(np.int32, copy=False)
     return codes, values
 
 
