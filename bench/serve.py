@@ -98,7 +98,14 @@ def build_lake(root: str, args: argparse.Namespace) -> tuple[str, list[AddAction
         pq.write_table(second.slice(start, per_file), Path(uri) / relative)
         stat = (Path(uri) / relative).stat()
         adds.append(
-            AddAction(relative, stat.st_size, {"as_of_date": DAY_2.isoformat()}, int(stat.st_mtime * 1000), True, None)
+            AddAction(
+                relative,
+                stat.st_size,
+                {"as_of_date": DAY_2.isoformat()},
+                int(stat.st_mtime * 1000),
+                True,
+                None,
+            )
         )
     return uri, adds, DeltaTable(uri).schema()
 
@@ -114,7 +121,17 @@ def start_server(lake: str, port: int, log_path: Path) -> subprocess.Popen[bytes
     env.pop("MARKETLAKE_SERVE_API_KEY", None)
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "marketlake.serve", "--lake", lake, "--port", str(port), "--poll-seconds", "1"],
+            [
+                sys.executable,
+                "-m",
+                "marketlake.serve",
+                "--lake",
+                lake,
+                "--port",
+                str(port),
+                "--poll-seconds",
+                "1",
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -167,7 +184,9 @@ def baseline(uri: str, users: int, requests: int, limit: float = 60) -> dict[str
     started = time.perf_counter()
     for user in user_ids(users)[rng.integers(0, users, requests)]:
         begin = time.perf_counter()
-        rows = DeltaTable(uri).to_pyarrow_table(filters=[("as_of_date", "=", DAY_1), ("user_id", "=", str(user))])
+        rows = DeltaTable(uri).to_pyarrow_table(
+            filters=[("as_of_date", "=", DAY_1), ("user_id", "=", str(user))]
+        )
         seconds.append(time.perf_counter() - begin)
         assert rows.num_rows > 0
         if time.perf_counter() - started > limit:
@@ -201,7 +220,9 @@ async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter
     return await asyncio.open_connection("127.0.0.1", port)
 
 
-async def fetch(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: bytes) -> tuple[int, bytes]:
+async def fetch(
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: bytes
+) -> tuple[int, bytes]:
     reader, writer = connection
     writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     head = await reader.readuntil(b"\r\n\r\n")
@@ -218,11 +239,21 @@ def check(phase: Phase, status: int, body: bytes, expected: dict[int, str]) -> N
     versions = {item.get("model_version") for item in answer["items"]}
     if answer["source"] == "daily" and (len(versions) != 1 or versions != {expected.get(answer["version"])}):
         phase.mixed += 1
-        phase.fail(f"mixed: table version {answer['version']} with model versions {sorted(map(str, versions))}")
+        phase.fail(
+            f"mixed: table version {answer['version']} with model versions {sorted(map(str, versions))}"
+        )
     phase.versions.append((time.time(), int(answer["version"])))
 
 
-async def load(port: int, paths: list[bytes], rps: float, seconds: float, connections: int, expected: dict[int, str], during: Any = None) -> Phase:
+async def load(
+    port: int,
+    paths: list[bytes],
+    rps: float,
+    seconds: float,
+    connections: int,
+    expected: dict[int, str],
+    during: Any = None,
+) -> Phase:
     loop = asyncio.get_running_loop()
     phase = Phase()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
@@ -282,7 +313,8 @@ def request_paths(users: int, count: int, recs: int) -> list[bytes]:
     known = user_ids(users)[rng.integers(0, users, count)]
     unknown = rng.random(count) < 0.05
     return [
-        (f"/recommendations/x{number}" if unknown[number] else f"/recommendations/{user}").encode() + f"?n={recs}".encode()
+        (f"/recommendations/x{number}" if unknown[number] else f"/recommendations/{user}").encode()
+        + f"?n={recs}".encode()
         for number, user in enumerate(known)
     ]
 
@@ -306,7 +338,9 @@ def main() -> int:
         lake = str(Path(folder) / "lake")
         began = time.perf_counter()
         uri, staged, schema = build_lake(lake, args)
-        print(f"lake: {args.users:,} users x {args.recs} recommendations written in {time.perf_counter() - began:.1f} s")
+        print(
+            f"lake: {args.users:,} users x {args.recs} recommendations written in {time.perf_counter() - began:.1f} s"
+        )
         port = args.port or free_port()
         server = start_server(lake, port, Path(folder) / "server.log")
         try:
@@ -329,7 +363,9 @@ def main() -> int:
             async def commit_later(start: float) -> None:
                 await asyncio.sleep(max(0.0, start + 5 - asyncio.get_running_loop().time()))
                 table = DeltaTable(uri)
-                await asyncio.to_thread(table.create_write_transaction, staged, "append", schema, partition_by=["as_of_date"])
+                await asyncio.to_thread(
+                    table.create_write_transaction, staged, "append", schema, partition_by=["as_of_date"]
+                )
                 table.update_incremental()
                 history = [c for c in table.history(limit=1) if c.get("version") == table.version()]
                 commit["at"] = float(history[0]["timestamp"]) / 1000
@@ -344,9 +380,15 @@ def main() -> int:
             swap_summary = summary(swap, time.process_time() - cpu)
             new_seen = [at for at, version in swap.versions if version == commit.get("version")]
             swap_s = round(min(new_seen) - commit["at"], 3) if new_seen and commit else None
-            old_after = sum(1 for at, version in swap.versions if new_seen and at > min(new_seen) and version != commit.get("version"))
+            old_after = sum(
+                1
+                for at, version in swap.versions
+                if new_seen and at > min(new_seen) and version != commit.get("version")
+            )
             swap_memory = memory(server.pid)
-            print(f"swap: {swap_summary}, swap_s {swap_s}, old version answers after the first new one {old_after}, server memory MB {swap_memory}")
+            print(
+                f"swap: {swap_summary}, swap_s {swap_s}, old version answers after the first new one {old_after}, server memory MB {swap_memory}"
+            )
             if swap.failures:
                 print("  first failures:", swap.failures)
         finally:

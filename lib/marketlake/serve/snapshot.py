@@ -504,6 +504,9 @@ def child_main() -> None:
     path, arguments = pickle.loads(sys.stdin.buffer.read())
     with open(path, "wb") as handle:
         pickle.dump(load(*arguments), handle, protocol=5)
+    # The result is written; skip the interpreter's teardown, where the deltalake and pyarrow thread pools
+    # can abort the process ("terminate called without an active exception").
+    os._exit(0)
 
 
 def _commit_seconds(table: DeltaTable, version: int) -> float:
