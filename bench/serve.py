@@ -16,15 +16,17 @@ Then, with the server as a subprocess on 127.0.0.1:
    exist, 5% do not (the popular fallback). Every response is parsed and checked: status 200, and all
    items of a list from one model_version. The generator's own overhead is reported: its CPU share and
    how late it started requests (gen_lag_p99_ms);
-4. swap: `--swap-seconds` s more at the same rate; after 5 s the staged partition is committed (one
-   Delta commit, as the recommend job's delta-rs engine commits staged files). swap_s = first response
-   from the new version minus the commit's timestamp in the Delta log; failed or mixed responses counted;
-5. memory: the server's RSS after the load and its peak (VmHWM) after the swap.
+4. swap: the same rate again; after 5 s the staged partition is committed (one Delta commit, as the
+   recommend job's delta-rs engine commits staged files), and the phase ends 3 s after the first answer
+   from the new version (or after `--swap-seconds`). swap_s = that first answer's time minus the commit's
+   timestamp in the Delta log; failed or mixed responses are counted;
+5. memory: the server's RSS after the load and its peak (VmHWM) after the swap; the server's CPU time per
+   request during the load (from /proc), which a busy machine disturbs less than latency.
 
 The last line of stdout is JSON: p50_ms, p99_ms, rps, errors, swap_s, rss_mb and more.
 
     python bench/serve.py [--users 1000000] [--recs 10] [--items 50000] [--rps 500] [--seconds 60]
-                          [--swap-seconds 30] [--connections 32] [--baseline-requests 200] [--port 0]
+                          [--swap-seconds 120] [--connections 32] [--baseline-requests 200] [--port 0]
 """
 
 from __future__ import annotations
@@ -171,6 +173,15 @@ def memory(pid: int) -> dict[str, float]:
     return figures
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -209,6 +220,7 @@ class Phase:
         self.mixed = 0
         self.failures: list[str] = []
         self.versions: list[tuple[float, int]] = []  # (wall time received, table version)
+        self.first_seen: dict[int, float] = {}  # table version -> wall time of its first answer
 
     def fail(self, what: str) -> None:
         self.errors += 1
@@ -242,7 +254,9 @@ def check(phase: Phase, status: int, body: bytes, expected: dict[int, str]) -> N
         phase.fail(
             f"mixed: table version {answer['version']} with model versions {sorted(map(str, versions))}"
         )
-    phase.versions.append((time.time(), int(answer["version"])))
+    received = time.time()
+    phase.versions.append((received, int(answer["version"])))
+    phase.first_seen.setdefault(int(answer["version"]), received)
 
 
 async def load(
@@ -253,7 +267,9 @@ async def load(
     connections: int,
     expected: dict[int, str],
     during: Any = None,
+    until: Any = None,
 ) -> Phase:
+    """`rps` requests/s for `seconds` s (or until `until(phase)` is true), `during(start)` beside them."""
     loop = asyncio.get_running_loop()
     phase = Phase()
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
@@ -279,6 +295,8 @@ async def load(
     tasks = []
     side = asyncio.ensure_future(during(start)) if during else None
     for number in range(total):
+        if until is not None and number % 50 == 0 and until(phase):
+            break
         due = start + number / rps
         delay = due - loop.time()
         if delay > 0:
@@ -326,13 +344,13 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--rps", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--swap-seconds", type=float, default=30)
+    parser.add_argument("--swap-seconds", type=float, default=120, help="the most the swap phase runs")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--baseline-requests", type=int, default=200)
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     args = parser.parse_args()
-    if not (1 <= args.rps <= 5000 and 1 <= args.seconds <= 600 and 0 <= args.swap_seconds <= 600):
-        parser.error("bounded load only: --rps 1..5000, --seconds 1..600, --swap-seconds 0..600")
+    if not (1 <= args.rps <= 5000 and 1 <= args.seconds <= 600 and 6 <= args.swap_seconds <= 600):
+        parser.error("bounded load only: --rps 1..5000, --seconds 1..600, --swap-seconds 6..600")
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="marketlake-bench-serve-") as folder:
         lake = str(Path(folder) / "lake")
@@ -351,9 +369,12 @@ def main() -> int:
             paths = request_paths(args.users, 200_000, args.recs)
             expected = {0: VERSION_1, 1: VERSION_2}
             asyncio.run(load(port, paths, args.rps, 3, args.connections, expected))  # warm-up
-            cpu = time.process_time()
+            cpu, server_cpu = time.process_time(), cpu_seconds(server.pid)
             steady = asyncio.run(load(port, paths, args.rps, args.seconds, args.connections, expected))
             steady_summary = summary(steady, time.process_time() - cpu)
+            steady_summary["server_cpu_ms_per_request"] = round(
+                (cpu_seconds(server.pid) - server_cpu) / max(steady_summary["requests"], 1) * 1000, 3
+            )
             steady_memory = memory(server.pid)
             print(f"load: {steady_summary}, server memory MB {steady_memory}")
             if steady.failures:
@@ -371,11 +392,23 @@ def main() -> int:
                 commit["at"] = float(history[0]["timestamp"]) / 1000
                 commit["version"] = table.version()
 
+            def swapped(phase: Phase) -> bool:
+                """3 s of answers after the new version's first one."""
+                seen = phase.first_seen.get(int(commit.get("version", -1)))
+                return seen is not None and time.time() - seen > 3
+
             cpu = time.process_time()
             swap = asyncio.run(
-                load(port, paths, args.rps, args.swap_seconds, args.connections, expected, commit_later)
-                if args.swap_seconds >= 6
-                else load(port, paths, args.rps, args.swap_seconds, args.connections, expected)
+                load(
+                    port,
+                    paths,
+                    args.rps,
+                    args.swap_seconds,
+                    args.connections,
+                    expected,
+                    commit_later,
+                    swapped,
+                )
             )
             swap_summary = summary(swap, time.process_time() - cpu)
             new_seen = [at for at, version in swap.versions if version == commit.get("version")]
@@ -412,6 +445,7 @@ def main() -> int:
         "old_after_new": old_after,
         "gen_lag_p99_ms": steady_summary["gen_lag_p99_ms"],
         "gen_cpu_share": steady_summary["gen_cpu_share"],
+        "server_cpu_ms_per_request": steady_summary["server_cpu_ms_per_request"],
         "startup_s": round(startup_s, 2),
         "baseline_p50_ms": round(base["p50_ms"], 2),
         "baseline_p99_ms": round(base["p99_ms"], 2),

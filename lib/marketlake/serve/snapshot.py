@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -195,10 +196,25 @@ def group_rows(table: pa.Table, source: Source) -> Grouped:
     `order`."""
     if table[source.key].null_count:
         table = table.filter(pc.is_valid(table[source.key]))
-    key_codes, key_values = _encode(table[source.key])
+    # pyarrow releases the GIL: the string columns are encoded side by side, the key on this thread.
+    with ThreadPoolExecutor(max(1, len(source.labels))) as pool:
+        encoded = {name: pool.submit(_encode, table[name]) for name in source.labels}
+        key_codes, key_values = _encode(table[source.key])
+        return _grouped(
+            table, source, key_codes, key_values, {name: job.result() for name, job in encoded.items()}
+        )
+
+
+def _grouped(
+    table: pa.Table,
+    source: Source,
+    key_codes: np.ndarray,
+    key_values: pa.Array,
+    encoded: Mapping[str, tuple[np.ndarray, pa.Array]],
+) -> Grouped:
     order_of_keys = pc.sort_indices(key_values).to_numpy()
-    position = np.empty(len(key_values), np.int64)
-    position[order_of_keys] = np.arange(len(key_values))
+    position = np.empty(len(key_values), np.int32)
+    position[order_of_keys] = np.arange(len(key_values), dtype=np.int32)
     row_key = position[key_codes]
     sort_keys = {"key": row_key}
     if source.order is not None:
@@ -210,7 +226,7 @@ def group_rows(table: pa.Table, source: Source) -> Grouped:
     np.cumsum(np.bincount(row_key, minlength=len(key_values)), out=starts[1:])
     columns: dict[str, Column] = {}
     for name in source.labels:
-        codes, values = _encode(table[name])
+        codes, values = encoded[name]
         labels = tuple(values.to_pylist())
         if len(codes) and codes.max(initial=-1) == len(labels):
             labels = (*labels, None)
@@ -358,7 +374,7 @@ class Store:
         isolate: bool = True,
     ):
         self.root = root.rstrip("/")
-        self.isolate = isolate
+        self._children = ChildLoader() if isolate else None
         self.storage_options = dict(storage_options or {})
         self.popular_n = popular_n
         self.sources = tuple(sources)
@@ -414,6 +430,11 @@ class Store:
             self._snapshot = Snapshot(tables, self.clock())
             return True
 
+    def close(self) -> None:
+        """Stop the child process waiting for the next load."""
+        if self._children is not None:
+            self._children.close()
+
     def _newest_version(self, source: Source) -> int | None:
         handle = self._handles.get(source.name)
         if handle is None:
@@ -429,7 +450,7 @@ class Store:
     def _load(self, source: Source, version: int) -> Loaded:
         started = time.perf_counter()
         arguments = (self.root, self.storage_options, source.name, version, self.popular_n)
-        loaded = load_in_child(*arguments) if self.isolate else load(*arguments)
+        loaded = self._children.load(*arguments) if self._children is not None else load(*arguments)
         loaded = replace(loaded, loaded_at=self.clock())
         log.info(
             "serve: loaded %s version %d%s: %d keys, %d rows in %.2f s (%.2f s reading and sorting)",
@@ -470,38 +491,60 @@ def load(
     return Loaded(source, version, committed_at, time.time(), as_of_date, rows, seconds, popular)
 
 
-def load_in_child(*arguments: Any) -> Loaded:
-    """`load(*arguments)` in a fresh Python process. Reading and sorting 10^7 rows here would hold the GIL
-    for seconds (every request waiting) and leave the allocators' high-water mark in the long-running
-    server. The child gets the arguments on stdin and pickles the result into a file the server reads."""
-    library = str(Path(__file__).resolve().parents[2])
-    environment = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")])),
-    }
-    with tempfile.TemporaryDirectory(prefix="marketlake-serve-") as folder:
-        result = Path(folder) / "loaded.pickle"
-        child = subprocess.run(
+class ChildLoader:
+    """Runs `load` in child processes, a fresh one per load, with the next one started ahead.
+
+    Reading and sorting 10^7 rows in the server would hold the GIL for seconds (every request waiting)
+    and leave the allocators' high-water mark in the long-running process. A child gets the arguments on
+    stdin and pickles the result into a file the server reads. The next child is started right after a
+    load, so its interpreter and imports (numpy, pyarrow, deltalake: seconds on a busy machine) are done
+    before the next version arrives; it waits on stdin and exits when the server does."""
+
+    def __init__(self) -> None:
+        self._next: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        library = str(Path(__file__).resolve().parents[2])
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [library, os.environ.get("PYTHONPATH")])),
+        }
+        return subprocess.Popen(
             [sys.executable, "-c", f"from {__name__} import child_main; child_main()"],
-            input=pickle.dumps((str(result), arguments)),
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=environment,
-            check=False,
         )
-        if child.returncode != 0:
-            lines = child.stderr.decode(errors="replace").strip().splitlines() or [
-                f"exit code {child.returncode}"
-            ]
-            raise RuntimeError(f"the loading process failed: {lines[-1]}")
-        with result.open("rb") as handle:
-            loaded: Loaded = pickle.load(handle)
-    return loaded
+
+    def load(self, *arguments: Any) -> Loaded:
+        child, self._next = self._next or self._start(), None
+        with tempfile.TemporaryDirectory(prefix="marketlake-serve-") as folder:
+            result = Path(folder) / "loaded.pickle"
+            _, errors = child.communicate(pickle.dumps((str(result), arguments)))
+            self._next = self._start()
+            if child.returncode != 0:
+                lines = errors.decode(errors="replace").strip().splitlines() or [
+                    f"exit code {child.returncode}"
+                ]
+                raise RuntimeError(f"the loading process failed: {lines[-1]}")
+            with result.open("rb") as handle:
+                loaded: Loaded = pickle.load(handle)
+        return loaded
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.kill()
+            self._next.communicate()
+            self._next = None
 
 
 def child_main() -> None:
     """The loading process: arguments from stdin, the Loaded pickled into the file named there."""
-    path, arguments = pickle.loads(sys.stdin.buffer.read())
+    request = sys.stdin.buffer.read()
+    if not request:  # the server stopped before it needed this child
+        os._exit(0)
+    path, arguments = pickle.loads(request)
     with open(path, "wb") as handle:
         pickle.dump(load(*arguments), handle, protocol=5)
     # The result is written; skip the interpreter's teardown, where the deltalake and pyarrow thread pools
@@ -532,6 +575,7 @@ class Poller:
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
         self._thread.join(timeout)
+        self.store.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.seconds):
