@@ -40,6 +40,7 @@ GLOBAL_POPULAR = "global_popular"
 # An unknown user's popular items beyond the recommend job's global list: the items recommended to most users.
 MOST_RECOMMENDED = "most_recommended"
 AS_OF_DATE = "as_of_date"
+LOADER_NICENESS = 10  # added to the loading process's niceness
 BLOCK_ROWS = 65_536  # rows per step when turning strings into fixed-width bytes (bounds the scratch memory)
 
 
@@ -541,6 +542,8 @@ class ChildLoader:
 
 def child_main() -> None:
     """The loading process: arguments from stdin, the Loaded pickled into the file named there."""
+    # Below the server's priority: when the cores are busy, answering requests comes before loading.
+    os.nice(LOADER_NICENESS)
     request = sys.stdin.buffer.read()
     if not request:  # the server stopped before it needed this child
         os._exit(0)
