@@ -543,7 +543,8 @@ class ChildLoader:
 def child_main() -> None:
     """The loading process: arguments from stdin, the Loaded pickled into the file named there."""
     # Below the server's priority: when the cores are busy, answering requests comes before loading.
-    os.nice(LOADER_NICENESS)
+    if hasattr(os, "nice"):
+        os.nice(LOADER_NICENESS)
     request = sys.stdin.buffer.read()
     if not request:  # the server stopped before it needed this child
         os._exit(0)
