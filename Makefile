@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 ARGS   ?=
 
-.PHONY: venv dev demo test test-fast lint bench clean java-check dag-check test-cluster docs
+.PHONY: venv dev demo test test-fast lint bench clean java-check dag-check test-cluster docs serve
 
 # Base install (what the jobs need). Idempotent: re-runs only when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -67,6 +67,10 @@ test-cluster: dev java-check
 # docs/tables.md from the table catalog (tests/test_catalog.py fails when it is stale).
 docs: venv
 	$(PY) -m marketlake.catalog > docs/tables.md
+
+# The HTTP service over the lake's gold tables (docs/jobs/serve.md); runs until stopped. No Spark, no Java.
+serve: dev
+	$(PY) -m marketlake.serve --config conf/local.yaml $(ARGS)
 
 bench: dev java-check
 	$(PY) bench/$(or $(BENCH),lake).py $(ARGS)

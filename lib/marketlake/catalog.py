@@ -30,6 +30,10 @@ class Table:
     def layer(self) -> str:
         return self.name.split(".")[0]
 
+    def location(self, root: str) -> str:
+        """Where the table lives under a lake root: `<root>/<layer>/<name>`."""
+        return f"{root.rstrip('/')}/{self.name.replace('.', '/', 1)}"
+
     @property
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
@@ -558,6 +562,42 @@ TABLES: tuple[Table, ...] = (
     INGESTED_FILES,
 )
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+
+# Tables that `serve` reads once the jobs writing them exist (issues 16 and 17, with the columns those issues
+# give). They join TABLES, and docs/tables.md, with the job that writes them; until then a lake has neither,
+# and serve serves neither.
+REALTIME_RECOMMENDATIONS = Table(
+    "gold.realtime_recommendations",
+    grain="one user x rank: the latest list, blending the live session with the daily list",
+    columns=(
+        ("user_id", "string"),
+        ("rank", "int"),
+        ("item_id", "string"),
+        ("score", "double"),
+        ("source", "string"),
+        ("updated_at", "timestamp"),
+        ("last_event_ts", "timestamp"),
+    ),
+    keys=("user_id", "rank"),
+    written_by=("stream",),
+)
+SIMILAR_ITEMS = Table(
+    "gold.similar_items",
+    grain="one item x rank x as_of_date: its look-alikes",
+    columns=(
+        ("item_id", "string"),
+        ("rank", "int"),
+        ("similar_item_id", "string"),
+        ("score", "double"),
+        ("source", "string"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("item_id", "rank", "as_of_date"),
+    written_by=("similar",),
+)
+PLANNED_TABLES: tuple[Table, ...] = (REALTIME_RECOMMENDATIONS, SIMILAR_ITEMS)
 
 
 def table(name: str) -> Table:

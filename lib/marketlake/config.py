@@ -433,6 +433,30 @@ class ReportConfig(Section):
         return code
 
 
+class ServeConfig(Section):
+    """The `serve` HTTP service (issue 20): recommendations from in-memory snapshots of gold tables."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # How often the Delta logs are checked for a new version (a new version is then loaded in the background).
+    poll_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # The API key is read from this environment variable; unset or empty: no key is asked for.
+    api_key_env: str = "MARKETLAKE_SERVE_API_KEY"
+    # ?n= of /recommendations: the default, and the most a caller may ask for.
+    default_n: int = Field(default=10, ge=1)
+    max_n: int = Field(default=100, ge=1, le=10_000)
+    # Items kept in the popular list that unknown users get.
+    popular_items: int = Field(default=100, ge=1, le=10_000)
+    # A longer id (in UTF-8 bytes) is refused with 422 without a lookup.
+    max_id_bytes: int = Field(default=256, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ServeConfig:
+        if self.default_n > self.max_n:
+            raise ValueError(f"default_n ({self.default_n}) is above max_n ({self.max_n})")
+        return self
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -447,6 +471,7 @@ class Config(Section):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     propensity: PropensityConfig = Field(default_factory=PropensityConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})
