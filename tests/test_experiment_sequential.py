@@ -131,14 +131,16 @@ def test_sequential_figures_equal_gbstats(spark, seed, variants, alpha, tuning):
             relative = gbstats(a, b, alpha, tuning, "relative")
             r = rows[(metric, "treatment", cuped)]
             assert close(r["lift"], absolute.expected), (metric, cuped)
-            # The test is on the relative scale (GrowthBook's default); the interval of the difference is
-            # the relative one times the control's observed mean, so the three always agree.
-            assert close(r["sequential_p_value"], relative.p_value), (metric, cuped)
-            assert close(r["sequential_rel_ci_low"], relative.ci[0]), (metric, cuped)
-            assert close(r["sequential_rel_ci_high"], relative.ci[1]), (metric, cuped)
+            # The test is on the difference (as the fixed tests); the relative interval is the interval of
+            # the difference over the control's observed mean, so p-value and intervals always agree.
+            assert close(r["sequential_p_value"], absolute.p_value), (metric, cuped)
+            assert close(r["sequential_ci_low"], absolute.ci[0]), (metric, cuped)
+            assert close(r["sequential_ci_high"], absolute.ci[1]), (metric, cuped)
             base = control[y].mean()
-            assert close(r["sequential_ci_low"], relative.ci[0] * base)
-            assert close(r["sequential_ci_high"], relative.ci[1] * base)
+            assert close(r["sequential_rel_ci_low"], absolute.ci[0] / base)
+            assert close(r["sequential_rel_ci_high"], absolute.ci[1] / base)
+            # gbstats' own relative test (its default) has the same point estimate, a wider interval.
+            assert close((r["sequential_rel_ci_low"] + r["sequential_rel_ci_high"]) / 2, relative.expected)
             excludes_zero = not r["sequential_rel_ci_low"] <= 0 <= r["sequential_rel_ci_high"]
             assert (r["sequential_p_value"] < alpha) == excludes_zero
             assert close(r["sequential_p_value_adjusted"], r["sequential_p_value"])  # one comparison
@@ -147,10 +149,10 @@ def test_sequential_figures_equal_gbstats(spark, seed, variants, alpha, tuning):
             assert r["decision_test"] == "sequential"
 
 
-def test_without_a_control_mean_the_sequential_test_is_on_the_difference():
-    """A control mean not above 0 (refunds larger than sales) has no relative difference: the absolute
-    test. gbstats refuses a baseline not above 0, so the reference is gbstats' absolute test on both arms
-    shifted by 10 (the difference and the variances do not change)."""
+def test_without_a_control_mean_there_is_no_relative_interval():
+    """A control mean not above 0 (refunds larger than sales): the test on the difference holds, there is no
+    relative interval. gbstats refuses a baseline not above 0, so the reference is gbstats' absolute test on
+    both arms shifted by 10 (the difference and the variances do not change)."""
     rng = np.random.default_rng(6)
     treatment = rng.lognormal(2.0, 1.0, 900) * (rng.random(900) < 0.2)
     control = rng.normal(-1.0, 5.0, 1000)

@@ -475,36 +475,27 @@ def compare_sequential(
     control: Arm, variant: Arm, alpha: float, tuning_users: float, proportions: bool
 ) -> SequentialComparison:
     """Always-valid (sequential) p-value and intervals: they stay valid however often they are looked at,
-    unlike the fixed-horizon ones. The test is on the relative difference (variant - control) / control's
-    observed mean with its delta-method variance, as GrowthBook decides by default, so the p-value, the
-    relative interval and the interval of the difference (the relative one times the control's observed
-    mean) always agree: p < alpha exactly when both exclude 0. A control mean not above 0 has no relative
-    difference: then the test is on the difference itself and there is no relative interval. A
-    proportion's variance is p (1 - p), a mean's its sample variance. Nothing without spread."""
+    unlike the fixed-horizon ones. The test is on the difference of means, as the fixed-horizon tests are
+    (GrowthBook's engine with difference_type absolute); a proportion's variance is p (1 - p), a mean's its
+    sample variance. The relative interval is the interval of the difference over the control's observed
+    mean, so the p-value and both intervals always agree: p < alpha exactly when they exclude 0 (none when
+    the control's mean is not above 0). Nothing without spread."""
     var_c = control.mean * (1 - control.mean) if proportions else control.var
     var_t = variant.mean * (1 - variant.mean) if proportions else variant.var
-    n = control.n + variant.n
-    rho = sequential_rho(alpha, tuning_users)
-    lift = variant.mean - control.mean
-    base, observed = control.observed_mean, variant.observed_mean
-    if base > 0:
-        variance = var_t / (base**2 * variant.n) + var_c * observed**2 / (base**4 * control.n)
-        if not variance > 0:
-            return SequentialComparison()
-        relative = lift / base
-        half, p_value = _always_valid(relative, variance, n, alpha, rho)
-        return SequentialComparison(
-            p_value=_finite(p_value),
-            ci_low=(relative - half) * base,
-            ci_high=(relative + half) * base,
-            rel_ci_low=relative - half,
-            rel_ci_high=relative + half,
-        )
     variance = var_c / control.n + var_t / variant.n
     if not variance > 0:
         return SequentialComparison()
-    half, p_value = _always_valid(lift, variance, n, alpha, rho)
-    return SequentialComparison(p_value=_finite(p_value), ci_low=lift - half, ci_high=lift + half)
+    rho = sequential_rho(alpha, tuning_users)
+    lift = variant.mean - control.mean
+    half, p_value = _always_valid(lift, variance, control.n + variant.n, alpha, rho)
+    base = control.observed_mean
+    return SequentialComparison(
+        p_value=_finite(p_value),
+        ci_low=lift - half,
+        ci_high=lift + half,
+        rel_ci_low=(lift - half) / base if base > 0 else None,
+        rel_ci_high=(lift + half) / base if base > 0 else None,
+    )
 
 
 def prob_beat_control(c_control: int, n_control: int, c_variant: int, n_variant: int) -> float:

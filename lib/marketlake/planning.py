@@ -4,9 +4,9 @@
   Cohen's h (proportion_effectsize) for a conversion rate, TTestIndPower on Cohen's d (the baseline's
   standard deviation) for revenue per user; two-sided, at alpha / (variants - 1). The job corrects with
   Holm (experiment.correction); Bonferroni is Holm's strictest step, so the plan is conservative.
-- Sequential (look every day): the job's always-valid test (experiment.compare_sequential), on the
-  relative difference. Its p-value falls below a level a exactly when the z statistic of the relative
-  difference, |lift / control mean| / its delta-method standard error, passes the boundary b(n) = sqrt(2 (n rho^2 + 1) / (n rho^2) * log(sqrt(n rho^2 + 1) / a)), n the users
+- Sequential (look every day): the job's always-valid test (experiment.compare_sequential). Its p-value
+  falls below a level a exactly when the z statistic of the difference, |lift| / its standard error,
+  passes the boundary b(n) = sqrt(2 (n rho^2 + 1) / (n rho^2) * log(sqrt(n rho^2 + 1) / a)), n the users
   of control and variant together, rho from sequential_tuning_users (sequential_rho). The plan is the
   smallest number of users at which the expected z statistic passes b with the requested power:
   P(Z > b(n)) for Z ~ N(lift / se, 1). That is the power of stopping at the last look; looking every day
@@ -184,25 +184,24 @@ def sequential_powers(total: float, question: Question, tuning_users: float | No
     found = []
     for share in question.split[1:]:
         variant = total * share
-        mean_z, sd_z = _relative_z(question, control, variant)
+        mean_z, sd_z = _z_statistic(question, control, variant)
         boundary = sequential_boundary(control + variant, level, rho)
         found.append(float(stats.norm.cdf((mean_z - boundary) / sd_z)))
     return found
 
 
-def _relative_z(question: Question, control: float, variant: float) -> tuple[float, float]:
-    """Mean and standard deviation, by the delta method, of compare_sequential's z statistic of the relative
-    difference: (m_t - m_c) / m_c over its estimated standard error, where the means m_c, m_t vary around the
-    baseline and the target and the variances are estimated from them as the job does (p (1 - p) of each
-    rate; for revenue the baseline's, fixed). The statistic's spread is not 1: its standard error moves with
-    the means."""
+def _z_statistic(question: Question, control: float, variant: float) -> tuple[float, float]:
+    """Mean and standard deviation, by the delta method, of compare_sequential's z statistic (m_t - m_c) over
+    its estimated standard error, where the means m_c, m_t vary around the baseline and the target and the
+    variances are estimated from them as the job does (p (1 - p) of each rate; for revenue the
+    baseline's, fixed). For rates the statistic's spread is not exactly 1: its standard error moves with
+    the rates."""
     base, target = question.mean, question.target
     proportions = question.metric == CONVERSION
 
     def z(m_c: float, m_t: float) -> float:
         v_c, v_t = (m_c * (1 - m_c), m_t * (1 - m_t)) if proportions else (question.sd**2, question.sd**2)
-        variance = v_t / (m_c**2 * variant) + v_c * m_t**2 / (m_c**4 * control)
-        return (m_t - m_c) / m_c / math.sqrt(variance)
+        return (m_t - m_c) / math.sqrt(v_c / control + v_t / variant)
 
     var_c, var_t = _variances(question)
     step_c, step_t = 1e-6 * base, 1e-6 * target
