@@ -177,6 +177,20 @@ class AlsSearchSpace(Section):
     max_iter: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
 
 
+class ColdStartConfig(Section):
+    """Items without interactions (issue 17): scored from their content and merged into user lists."""
+
+    enabled: bool = True
+    # Cold items per list at most; 0: none.
+    max_per_list: int = Field(default=2, ge=0, le=100)
+    # Ridge penalty of the regression from item content vectors to ALS factors and priors.
+    ridge: float = Field(default=1.0, gt=0)
+    # Share of the warm items held out as pseudo-cold to fit the blend (never the real cold items).
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Content vectors wider than this are refused (the regression's Gram matrix is solved on the driver).
+    max_feature_dim: int = Field(default=4096, ge=1)
+
+
 class RecommendConfig(Section):
     """Implicit-feedback ALS recommendations (issue 5)."""
 
@@ -223,6 +237,7 @@ class RecommendConfig(Section):
     k: int = Field(default=10, ge=1, le=100)
     # Fewer users with held-out items than this: no evaluation (logged).
     min_users: int = Field(default=10, ge=1)
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
 
 PropensityModel = Literal["logistic_regression", "random_forest", "gbt", "bgnbd"]
