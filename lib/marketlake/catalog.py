@@ -281,6 +281,26 @@ USER_RECOMMENDATIONS = Table(
     written_by=("recommend",),
     read_by=("activate", "report"),
 )
+SIMILAR_ITEMS = Table(
+    "gold.similar_items",
+    grain="one item x rank x as_of_date: its look-alikes (one blended list per active item)",
+    columns=(
+        ("item_id", "string"),
+        ("rank", "int"),
+        ("similar_item_id", "string"),
+        ("score", "double"),
+        ("source", "string"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("item_id", "rank", "as_of_date"),
+    written_by=("recommend",),
+    about="`source` says what the row's score is made of: `hybrid` (both items have ALS factors: the "
+    "collaborative and content cosines blended), `content` (either item has no history), `collaborative` "
+    "(the blend weight is 1). Inactive items neither get a list nor appear in one; an item is never its own "
+    "look-alike.",
+)
 RECOMMENDATION_EVALUATION = Table(
     "gold.recommendation_evaluation",
     grain="one model x metric x k x as_of_date, against a popularity baseline",
@@ -527,6 +547,7 @@ TABLES: tuple[Table, ...] = (
     ASSOCIATION_RULES,
     ITEM_CROSS_SELL,
     USER_RECOMMENDATIONS,
+    SIMILAR_ITEMS,
     RECOMMENDATION_EVALUATION,
     PURCHASE_PROPENSITY,
     PROPENSITY_EVALUATION,

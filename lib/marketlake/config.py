@@ -175,6 +175,34 @@ class AlsSearchSpace(Section):
     max_iter: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
 
 
+class ContentConfig(Section):
+    """Item content features and gold.similar_items (issue 17), written by the recommend job."""
+
+    # Block weights: with every block present, the content cosine of two items is the weighted mean of the
+    # blocks' own cosines (title+tags TF-IDF, same category, same brand, same price bucket).
+    title_weight: float = Field(default=1.0, ge=0)
+    category_weight: float = Field(default=1.0, ge=0)
+    brand_weight: float = Field(default=0.5, ge=0)
+    price_weight: float = Field(default=0.25, ge=0)
+    vocabulary_size: int = Field(default=5000, ge=1)  # title and tag words kept (most frequent first)
+    min_document_frequency: int = Field(default=2, ge=1)  # a word of fewer items is left out
+    price_buckets: int = Field(default=10, ge=2)  # price quantiles
+    # gold.similar_items: top_n look-alikes per active item, one blended list per item.
+    top_n: int = Field(default=10, ge=1, le=1000)
+    # Hybrid score of two items that both have ALS factors: w x collaborative + (1 - w) x content with
+    # w = collaborative_weight x min over the two items of users / (users + shrinkage_users); content
+    # alone when either item has no history.
+    collaborative_weight: float = Field(default=0.5, ge=0, le=1)
+    shrinkage_users: float = Field(default=20.0, ge=0)
+    # Exact top-N (blocked self-join) up to this many active items; approximate (LSH) above.
+    exact_max_items: int = Field(default=20_000, ge=0)
+    block_size: int = Field(default=2048, ge=16)  # items per block of the exact self-join
+    lsh_bucket_length: float = Field(default=0.5, gt=0)  # BucketedRandomProjectionLSH, on unit vectors
+    lsh_hash_tables: int = Field(default=8, ge=1)
+    lsh_max_distance: float = Field(default=1.0, gt=0, le=2)  # Euclidean; cosine = 1 - distance^2 / 2
+    seed: int = 17
+
+
 class RecommendConfig(Section):
     """Implicit-feedback ALS recommendations (issue 5)."""
 
@@ -221,6 +249,7 @@ class RecommendConfig(Section):
     k: int = Field(default=10, ge=1, le=100)
     # Fewer users with held-out items than this: no evaluation (logged).
     min_users: int = Field(default=10, ge=1)
+    content: ContentConfig = Field(default_factory=ContentConfig)
 
 
 PropensityModel = Literal["logistic_regression", "random_forest", "gbt", "bgnbd"]

@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 
 from marketlake import catalog
 from marketlake.config import Config, RecommendConfig, with_overrides
+from marketlake.content import item_factors, write_similar_items
 from marketlake.errors import UsageError
 from marketlake.models import model_version, record_model
 from marketlake.recommend import (
@@ -304,6 +305,9 @@ def recommend(
     else:
         rows_version = None
         ctx.note("no interactions in the window: no model, popular items only")
+    # gold.similar_items: content look-alikes of every active item, blended with the ALS item factors.
+    factors = item_factors(model, items) if path is not None else None
+    write_similar_items(ctx, settings.content, factors, pairs, rows_version)
     listed = settings.top_n + most_excluded(inputs.exclude, USER)
     active_pairs = pairs if inputs.inactive is None else pairs.join(inputs.inactive, ITEM, "left_anti")
     segment_lists = (
