@@ -9,11 +9,11 @@ number of users (Zipf-like), so the hybrid blend is exercised as in the job.
 
 Timed, per side, on the same cached comparison frame (content vectors from `item_content_model`, factors,
 users), forced by a count of the ranked rows: exact (`similar_items(..., "exact")`) and LSH for each
-`--lsh` setting (bucket length / hash tables / max distance). Recall of a setting = the share of the exact
+`--lsh` setting (bucket width / hashes per table / tables). Recall of a setting = the share of the exact
 top-N that its top-N holds, averaged over the items; tie-aware recall counts an approximate look-alike
 as a hit when its score reaches the exact list's N-th score (ties make the exact list one of several).
 
-    python bench/similar_items.py [--items 20000] [--top-n 10] [--lsh 0.02/8/1.0,0.05/4/1.0] [--seed 7]
+    python bench/similar_items.py [--items 20000] [--top-n 10] [--lsh 2/4/10,1.5/4/10] [--seed 7]
 
 The last line of stdout is JSON: items, exact_s, and per LSH setting its seconds, recall, tie-aware recall.
 """
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--top-n", type=int, default=10)
     parser.add_argument(
-        "--lsh", default="0.02/8/1.0,0.05/4/1.0", help="bucket_length/hash_tables/max_distance,..."
+        "--lsh", default="2/4/10,1.5/4/10", help="bucket_width/hashes_per_table/hash_tables,..."
     )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -140,7 +140,7 @@ def main() -> None:
     items, factors, users = catalogue(spark, args.items, args.seed)
     started = time.perf_counter()
     model = item_content_model(items, settings)
-    frame = comparison_frame(item_vectors(model, active_items(items)), factors, users).persist()
+    frame = comparison_frame(item_vectors(model, active_items(items)), factors, users, items).persist()
     count, dims = frame.count(), dimensions_of(frame)
     log(
         f"similar_items | {count} active items, {dims} dimensions, features {time.perf_counter() - started:.1f}s"
@@ -154,12 +154,12 @@ def main() -> None:
         "exact_s": round(exact_s, 1),
     }
     for spec in args.lsh.split(","):
-        bucket, tables, distance = spec.split("/")
+        width, per_table, tables = spec.split("/")
         lsh_settings = settings.model_copy(
             update={
-                "lsh_bucket_length": float(bucket),
+                "lsh_bucket_width": float(width),
+                "lsh_hashes_per_table": int(per_table),
                 "lsh_hash_tables": int(tables),
-                "lsh_max_distance": float(distance),
             }
         )
         lsh_s, approx = timed_rows(frame, lsh_settings, "lsh", count, dims)

@@ -72,7 +72,7 @@ def factors_for(spark, rows, seed: int, share: float = 0.6):
 
 def build(spark, items, settings, factors=None, users=None):
     model = item_content_model(items, settings)
-    frame = comparison_frame(item_vectors(model, active_items(items)), factors, users).persist()
+    frame = comparison_frame(item_vectors(model, active_items(items)), factors, users, items).persist()
     return frame, frame.count(), dimensions_of(frame)
 
 
@@ -120,10 +120,10 @@ def test_item_vectors_are_unit_length_and_same_category_matters_most(spark):
             ("e", "books", "paper", 11.0, "the history of land", True),
         ],
     )
-    model = item_content_model(items, ContentConfig(price_buckets=2))
+    # "a" shares three title words and the brand with "c", the category and "shoe" with "b".
+    model = item_content_model(items, ContentConfig(price_buckets=2, category_weight=0.25))
     vectors = {r.item_id: r.features.toArray() for r in item_vectors(model, items).collect()}
     assert all(np.linalg.norm(v) == pytest.approx(1.0) for v in vectors.values())
-    # "a" shares three title words and the brand with "c", only the category and "shoe" with "b".
     assert vectors["a"] @ vectors["c"] > vectors["a"] @ vectors["b"]
     # Make the category the heaviest block and the same-category item wins.
     heavy = item_content_model(items, ContentConfig(price_buckets=2, category_weight=4.0))
@@ -177,7 +177,7 @@ def test_exact_lists_equal_a_brute_force_computation_with_or_without_blocks(synt
     for result in (blocked, one_block):
         got = {a: list(g.sort_values("rank").similar_item_id) for a, g in result.groupby("item_id")}
         assert got == expected
-        assert (result.groupby("item_id")["rank"].agg(list).map(sorted) == [[1, 2, 3, 4, 5]]).all()
+        assert result.groupby("item_id")["rank"].agg(list).map(lambda r: sorted(r) == [1, 2, 3, 4, 5]).all()
     scores = brute_force(frame[0], settings)
     assert all(
         r.score == pytest.approx(scores[r.item_id, r.similar_item_id], abs=1e-6) for r in blocked.itertuples()

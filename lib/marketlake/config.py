@@ -197,9 +197,11 @@ class ContentConfig(Section):
     # Exact top-N (blocked self-join) up to this many active items; approximate (LSH) above.
     exact_max_items: int = Field(default=20_000, ge=0)
     block_size: int = Field(default=2048, ge=16)  # items per block of the exact self-join
-    lsh_bucket_length: float = Field(default=0.5, gt=0)  # BucketedRandomProjectionLSH, on unit vectors
-    lsh_hash_tables: int = Field(default=8, ge=1)
-    lsh_max_distance: float = Field(default=1.0, gt=0, le=2)  # Euclidean; cosine = 1 - distance^2 / 2
+    # LSH: pairs that share every bucket of one table's projections are scored (MLlib's
+    # BucketedRandomProjectionLSH; bucket length = lsh_bucket_width / sqrt(vector length)).
+    lsh_bucket_width: float = Field(default=2.0, gt=0)
+    lsh_hashes_per_table: int = Field(default=4, ge=1)
+    lsh_hash_tables: int = Field(default=10, ge=1)
     seed: int = 17
 
 

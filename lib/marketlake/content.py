@@ -16,9 +16,10 @@
   score (ties by similar_item_id), never itself, and only pairs with a positive score.
 - Exact or approximate: up to `exact_max_items` active items every pair is scored, blocked (items hashed
   into blocks of about `block_size`; each pair of blocks is one matrix product in a pandas function,
-  since Spark has no built-in dot product of two vectors). Above, candidate pairs come from MLlib's
-  BucketedRandomProjectionLSH (approxSimilarityJoin within `lsh_max_distance`) on the content vectors and
-  on the factors, and only those are scored, by the same formula.
+  since Spark has no built-in dot product of two vectors). Above, only pairs of the same category are
+  scored that way, plus the pairs of different categories that MLlib's BucketedRandomProjectionLSH finds
+  on the ALS factors (collaborative look-alikes across categories), scored by the same formula. LSH on the
+  content vectors was measured and left out: its near and far pairs collide at too similar rates.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pyspark.ml.feature import (
     StringIndexer,
     VectorAssembler,
 )
-from pyspark.ml.functions import array_to_vector
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import Vectors
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, Window
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from marketlake.runner import JobContext
 
 ITEM, SIMILAR, SCORE, RANK, SOURCE = "item_id", "similar_item_id", "score", "rank", "source"
-FEATURES, FACTORS, USERS = "features", "factors", "users"
+FEATURES, FACTORS, USERS, CATEGORY = "features", "factors", "users", "category"
 CONTENT, COLLABORATIVE, HYBRID = "content", "collaborative", "hybrid"
 SOURCES = (CONTENT, COLLABORATIVE, HYBRID)  # codes 0, 1, 2 in the numpy core
 SCORE_DECIMALS = 6
@@ -178,8 +179,14 @@ def item_users(pairs: DataFrame, user: str = "user_id") -> DataFrame:
     return pairs.groupBy(ITEM).agg(F.countDistinct(user).alias(USERS))
 
 
-def comparison_frame(vectors: DataFrame, factors: DataFrame | None, users: DataFrame | None) -> DataFrame:
-    """(item_id, features, factors or null, users): one row per item of `vectors` (the active items)."""
+def comparison_frame(
+    vectors: DataFrame,
+    factors: DataFrame | None,
+    users: DataFrame | None,
+    categories: DataFrame | None = None,
+) -> DataFrame:
+    """(item_id, features, factors or null, users, category): one row per item of `vectors` (the active
+    items); `categories`: (item_id, category), a missing category is ""."""
     frame = vectors
     if factors is not None:
         frame = frame.join(factors, ITEM, "left")
@@ -189,8 +196,16 @@ def comparison_frame(vectors: DataFrame, factors: DataFrame | None, users: DataF
         frame = frame.join(users, ITEM, "left")
     else:
         frame = frame.withColumn(USERS, F.lit(None).cast("bigint"))
+    if categories is not None:
+        frame = frame.join(categories.select(ITEM, CATEGORY), ITEM, "left")
+    else:
+        frame = frame.withColumn(CATEGORY, F.lit(None).cast("string"))
     return frame.select(
-        ITEM, FEATURES, FACTORS, F.coalesce(F.col(USERS), F.lit(0)).cast("bigint").alias(USERS)
+        ITEM,
+        FEATURES,
+        FACTORS,
+        F.coalesce(F.col(USERS), F.lit(0)).cast("bigint").alias(USERS),
+        F.coalesce(F.col(CATEGORY).cast("string"), F.lit("")).alias(CATEGORY),
     )
 
 
@@ -364,58 +379,95 @@ def dimensions_of(frame: DataFrame) -> int:
     return 0 if first is None else len(first[0])
 
 
-def exact_candidates(frame: DataFrame, settings: ContentConfig, items: int, dimensions: int) -> DataFrame:
-    """Every pair of items of the comparison frame scored; per item its top_n within each pair of blocks.
+def exact_candidates(
+    frame: DataFrame, settings: ContentConfig, items: int, dimensions: int, within_category: bool = False
+) -> DataFrame:
+    """Every pair of items of the comparison frame scored (only pairs of the same category when
+    `within_category`); per item its top_n within each pair of blocks.
 
-    Items are hashed into ceil(items / block_size) blocks; each item row is copied to every pair of blocks
-    its block belongs to, and each pair of blocks is one group of a pandas function (two matrix products)."""
-    blocks = max(1, -(-items // settings.block_size))
-    block = F.pmod(F.xxhash64(F.lit(settings.seed), F.col(ITEM)), F.lit(blocks)).cast("int")
+    Items are hashed into ceil(items / block_size) blocks (per category: ceil(its items / block_size));
+    each item row is copied to every pair of blocks its block belongs to, and each pair of blocks is one
+    group of a pandas function (two matrix products)."""
+    if within_category:
+        sizes: dict[str, int] = dict(frame.groupBy(CATEGORY).count().collect())  # one row per category
+        group = F.col(CATEGORY)
+        per_group = {c: max(1, -(-int(n) // settings.block_size)) for c, n in sorted(sizes.items())}
+        pairs = [F.lit(x) for c, b in per_group.items() for x in (c, b)]
+        blocks = F.element_at(F.create_map(*pairs), group) if pairs else F.lit(1)
+    else:
+        group, blocks = F.lit(""), F.lit(max(1, -(-items // settings.block_size)))
+    block = F.pmod(F.xxhash64(F.lit(settings.seed), F.col(ITEM)), blocks).cast("int")
     copies = (
-        frame.withColumn("_block", block)
-        .withColumn("_other", F.explode(F.sequence(F.lit(0), F.lit(blocks - 1))))
+        frame.withColumn("_group", group)
+        .withColumn("_block", block)
+        .withColumn("_other", F.explode(F.sequence(F.lit(0), blocks - 1)))
         .withColumn("_lo", F.least("_block", "_other"))
         .withColumn("_hi", F.greatest("_block", "_other"))
         .drop("_other")
     )
     scorer = block_pair_top(dimensions, Blend.of(settings), settings.top_n)
-    return copies.groupBy("_lo", "_hi").applyInPandas(scorer, OUTPUT_SCHEMA)
+    return copies.groupBy("_group", "_lo", "_hi").applyInPandas(scorer, OUTPUT_SCHEMA)
 
 
 def lsh_pairs(frame: DataFrame, column: str, settings: ContentConfig) -> DataFrame:
-    """(a, b) with a < b: pairs of unit vectors within lsh_max_distance that share a bucket of
-    BucketedRandomProjectionLSH in at least one hash table."""
+    """(a, b) with a < b: pairs of unit vectors that share all `lsh_hashes_per_table` bucket numbers of at
+    least one of `lsh_hash_tables` tables of MLlib's BucketedRandomProjectionLSH.
+
+    approxSimilarityJoin is one projection per table (OR only), which makes nearly every pair a candidate
+    (measured, docs/jobs/similar-items.md); several projections per table (AND) drop most far pairs. The bucket length is `lsh_bucket_width` / sqrt(dimensions): a projection of a unit vector
+    on a random unit direction spreads about 1 / sqrt(dimensions)."""
+    tables, per_table = settings.lsh_hash_tables, settings.lsh_hashes_per_table
+    first = frame.select(column).first()
+    dimensions = len(first[0]) if first is not None else 1
     lsh = BucketedRandomProjectionLSH(
         inputCol=column,
         outputCol="_hashes",
-        bucketLength=settings.lsh_bucket_length,
-        numHashTables=settings.lsh_hash_tables,
+        bucketLength=settings.lsh_bucket_width / np.sqrt(max(dimensions, 1)),
+        numHashTables=tables * per_table,
         seed=settings.seed,
     )
-    model = lsh.fit(frame)
-    joined = model.approxSimilarityJoin(frame, frame, settings.lsh_max_distance, distCol="_distance")
-    return joined.select(F.col(f"datasetA.{ITEM}").alias("a"), F.col(f"datasetB.{ITEM}").alias("b")).filter(
-        F.col("a") < F.col("b")
+    hashed = (
+        lsh.fit(frame)
+        .transform(frame)
+        .select(ITEM, F.transform("_hashes", lambda h: vector_to_array(h)[0]).alias("_h"))
     )
+    keys = hashed.select(
+        ITEM,
+        F.explode(
+            F.array(
+                *[
+                    F.struct(F.lit(t).alias("t"), F.slice("_h", t * per_table + 1, per_table).alias("h"))
+                    for t in range(tables)
+                ]
+            )
+        ).alias("_key"),
+    )
+    left, right = keys.withColumnRenamed(ITEM, "a"), keys.withColumnRenamed(ITEM, "b")
+    return left.join(right, "_key").filter(F.col("a") < F.col("b")).select("a", "b").distinct()
 
 
 def approximate_candidates(frame: DataFrame, settings: ContentConfig, dimensions: int) -> DataFrame:
-    """Candidate pairs from LSH on the content vectors and on the ALS factors, scored like the exact path."""
-    pairs = lsh_pairs(frame.select(ITEM, FEATURES), FEATURES, settings)
+    """Every pair of the same category scored exactly (blocked as in the exact path), plus the pairs of
+    different categories that LSH on the ALS factors finds (collaborative look-alikes across categories),
+    scored by the same formula."""
+    same_category = exact_candidates(frame, settings, 0, dimensions, within_category=True)
     warm = frame.filter(F.col(FACTORS).isNotNull()).select(
         ITEM, array_to_vector(F.col(FACTORS)).alias("_raw")
     )
-    if warm.limit(1).count():
-        unit = Normalizer(inputCol="_raw", outputCol="_unit", p=2.0).transform(warm).select(ITEM, "_unit")
-        pairs = pairs.unionByName(lsh_pairs(unit, "_unit", settings))
+    if settings.collaborative_weight == 0 or not warm.limit(1).count():
+        return same_category
+    unit = Normalizer(inputCol="_raw", outputCol="_unit", p=2.0).transform(warm).select(ITEM, "_unit")
     sides = [frame.select(*[F.col(c).alias(f"{p}{c}") for c in frame.columns]) for p in ("a_", "b_")]
-    joined = (
-        pairs.distinct()
+    across = (
+        lsh_pairs(unit, "_unit", settings)
         .join(sides[0], F.col("a") == F.col(f"a_{ITEM}"))
         .join(sides[1], F.col("b") == F.col(f"b_{ITEM}"))
+        .filter(F.col(f"a_{CATEGORY}") != F.col(f"b_{CATEGORY}"))
         .drop("a", "b")
     )
-    return joined.mapInPandas(pair_scores(dimensions, Blend.of(settings)), OUTPUT_SCHEMA)
+    return same_category.unionByName(
+        across.mapInPandas(pair_scores(dimensions, Blend.of(settings)), OUTPUT_SCHEMA)
+    )
 
 
 def rank_similar(candidates: DataFrame, n: int) -> DataFrame:
@@ -496,7 +548,7 @@ def write_similar_items(
             fit_seconds = time.perf_counter() - started
             path = save_model(model, lake, MODEL_NAME, version)
             vectors = item_vectors(model, active_items(catalogue))
-            kept.append(comparison_frame(vectors, factors, item_users(pairs)).persist())
+            kept.append(comparison_frame(vectors, factors, item_users(pairs), catalogue).persist())
             frame = kept[-1]
             count, dimensions = frame.count(), dimensions_of(frame)
             words = len(vocabulary(model))
