@@ -197,11 +197,12 @@ class ContentConfig(Section):
     # Exact top-N (blocked self-join) up to this many active items; approximate (LSH) above.
     exact_max_items: int = Field(default=20_000, ge=0)
     block_size: int = Field(default=2048, ge=16)  # items per block of the exact self-join
-    # LSH: pairs that share every bucket of one table's projections are scored (MLlib's
-    # BucketedRandomProjectionLSH; bucket length = lsh_bucket_width / sqrt(vector length)).
-    lsh_bucket_width: float = Field(default=2.0, gt=0)
+    # Above exact_max_items: pairs of the same category only, plus (with lsh_hash_tables > 0) pairs of
+    # different categories that share every bucket of one table of BucketedRandomProjectionLSH on the ALS
+    # factors (bucket length = lsh_bucket_width / sqrt(rank)). Off by default: measured weak and slow.
+    lsh_hash_tables: int = Field(default=0, ge=0)
     lsh_hashes_per_table: int = Field(default=4, ge=1)
-    lsh_hash_tables: int = Field(default=10, ge=1)
+    lsh_bucket_width: float = Field(default=2.0, gt=0)
     seed: int = 17
 
 

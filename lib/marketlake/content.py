@@ -17,9 +17,9 @@
 - Exact or approximate: up to `exact_max_items` active items every pair is scored, blocked (items hashed
   into blocks of about `block_size`; each pair of blocks is one matrix product in a pandas function,
   since Spark has no built-in dot product of two vectors). Above, only pairs of the same category are
-  scored that way, plus the pairs of different categories that MLlib's BucketedRandomProjectionLSH finds
-  on the ALS factors (collaborative look-alikes across categories), scored by the same formula. LSH on the
-  content vectors was measured and left out: its near and far pairs collide at too similar rates.
+  scored that way, plus (when `lsh_hash_tables` > 0) the pairs of different categories that MLlib's
+  BucketedRandomProjectionLSH finds on the ALS factors, scored by the same formula. LSH on the content
+  vectors was measured and left out: its near and far pairs collide at too similar rates.
 """
 
 from __future__ import annotations
@@ -454,7 +454,7 @@ def approximate_candidates(frame: DataFrame, settings: ContentConfig, dimensions
     warm = frame.filter(F.col(FACTORS).isNotNull()).select(
         ITEM, array_to_vector(F.col(FACTORS)).alias("_raw")
     )
-    if settings.collaborative_weight == 0 or not warm.limit(1).count():
+    if settings.lsh_hash_tables == 0 or settings.collaborative_weight == 0 or not warm.limit(1).count():
         return same_category
     unit = Normalizer(inputCol="_raw", outputCol="_unit", p=2.0).transform(warm).select(ITEM, "_unit")
     sides = [frame.select(*[F.col(c).alias(f"{p}{c}") for c in frame.columns]) for p in ("a_", "b_")]
