@@ -194,8 +194,8 @@ class ContentConfig(Section):
     # alone when either item has no history.
     collaborative_weight: float = Field(default=0.5, ge=0, le=1)
     shrinkage_users: float = Field(default=20.0, ge=0)
-    # Exact top-N (blocked self-join) up to this many active items; approximate (LSH) above.
-    exact_max_items: int = Field(default=20_000, ge=0)
+    # Exact top-N (blocked self-join) up to this many active items; above, same-category pairs only.
+    exact_max_items: int = Field(default=50_000, ge=0)
     block_size: int = Field(default=2048, ge=16)  # items per block of the exact self-join
     # Above exact_max_items: pairs of the same category only, plus (with lsh_hash_tables > 0) pairs of
     # different categories that share every bucket of one table of BucketedRandomProjectionLSH on the ALS
