@@ -1,7 +1,7 @@
 """Content features and gold.similar_items: the content model (unit vectors, block weights, tags), the exact
 top-N against a brute-force computation (blocked or not), ties, symmetry, the item itself and inactive items
-left out, LSH recall on a synthetic catalogue; through the recommend job on a hand-built shop: a new item's
-content neighbours, sources, the saved model, identical re-runs."""
+left out, the approximate path's recall on a synthetic catalogue; through the recommend job on a hand-built
+shop: a new item's content neighbours, sources, the saved model, identical re-runs."""
 
 from __future__ import annotations
 
@@ -233,10 +233,10 @@ def test_ties_are_broken_by_the_similar_item_id(spark):
     assert set(result.score) == {1.0}
 
 
-# ---- LSH -------------------------------------------------------------------------------------------------------------
+# ---- the approximate path ---------------------------------------------------------------------------------------
 
 
-def test_lsh_recall_against_the_exact_lists_is_above_its_floor(spark):
+def test_approximate_lists_recall_the_exact_ones_above_a_measured_floor(spark):
     rows = catalogue_rows(600, seed=11)
     items = items_frame(spark, rows)
     factors, users = factors_for(spark, rows, seed=12)
