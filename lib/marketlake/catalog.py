@@ -270,7 +270,7 @@ ITEM_CROSS_SELL = Table(
 )
 USER_RECOMMENDATIONS = Table(
     "gold.user_recommendations",
-    grain="one user x rank x as_of_date (sources: als, content, segment_popular, global_popular)",
+    grain="one user x rank x as_of_date (sources: als, segment_popular, global_popular)",
     columns=(
         ("user_id", "string"),
         ("rank", "int"),
@@ -284,6 +284,26 @@ USER_RECOMMENDATIONS = Table(
     keys=("user_id", "rank", "as_of_date"),
     written_by=("recommend",),
     read_by=("activate", "report"),
+)
+SIMILAR_ITEMS = Table(
+    "gold.similar_items",
+    grain="one item x rank x as_of_date: its look-alikes (one blended list per active item)",
+    columns=(
+        ("item_id", "string"),
+        ("rank", "int"),
+        ("similar_item_id", "string"),
+        ("score", "double"),
+        ("source", "string"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("item_id", "rank", "as_of_date"),
+    written_by=("recommend",),
+    about="`source` says what the row's score is made of: `hybrid` (both items have ALS factors: the "
+    "collaborative and content cosines blended), `content` (either item has no history), `collaborative` "
+    "(the blend weight is 1). Inactive items neither get a list nor appear in one; an item is never its own "
+    "look-alike.",
 )
 RECOMMENDATION_EVALUATION = Table(
     "gold.recommendation_evaluation",
@@ -550,6 +570,7 @@ TABLES: tuple[Table, ...] = (
     ASSOCIATION_RULES,
     ITEM_CROSS_SELL,
     USER_RECOMMENDATIONS,
+    SIMILAR_ITEMS,
     RECOMMENDATION_EVALUATION,
     PURCHASE_PROPENSITY,
     PROPENSITY_EVALUATION,
@@ -563,9 +584,8 @@ TABLES: tuple[Table, ...] = (
 )
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
-# Tables that `serve` reads once the jobs writing them exist (issues 16 and 17, with the columns those issues
-# give). They join TABLES, and docs/tables.md, with the job that writes them; until then a lake has neither,
-# and serve serves neither.
+# A table that `serve` reads once the job writing it exists (issue 16, with the columns it gives). It joins
+# TABLES, and docs/tables.md, with that job; until then no lake has it, and serve does not serve it.
 REALTIME_RECOMMENDATIONS = Table(
     "gold.realtime_recommendations",
     grain="one user x rank: the latest list, blending the live session with the daily list",
@@ -581,23 +601,7 @@ REALTIME_RECOMMENDATIONS = Table(
     keys=("user_id", "rank"),
     written_by=("stream",),
 )
-SIMILAR_ITEMS = Table(
-    "gold.similar_items",
-    grain="one item x rank x as_of_date: its look-alikes",
-    columns=(
-        ("item_id", "string"),
-        ("rank", "int"),
-        ("similar_item_id", "string"),
-        ("score", "double"),
-        ("source", "string"),
-        ("model_version", "string"),
-        ("as_of_date", "date"),
-    ),
-    partition_by=("as_of_date",),
-    keys=("item_id", "rank", "as_of_date"),
-    written_by=("similar",),
-)
-PLANNED_TABLES: tuple[Table, ...] = (REALTIME_RECOMMENDATIONS, SIMILAR_ITEMS)
+PLANNED_TABLES: tuple[Table, ...] = (REALTIME_RECOMMENDATIONS,)
 
 
 def table(name: str) -> Table:

@@ -178,9 +178,9 @@ class AlsSearchSpace(Section):
 
 
 class ColdStartConfig(Section):
-    """Items without interactions (issue 17): scored from their content and merged into user lists."""
+    """Items without interactions (issue 17, marketlake.coldstart): scored from their content and merged
+    into user lists. The recommend job does not call it yet (docs/jobs/recommend.md)."""
 
-    enabled: bool = True
     # Cold items per list at most; 0: none.
     max_per_list: int = Field(default=2, ge=0, le=100)
     # Ridge penalty of the regression from item content vectors to ALS factors and priors.
@@ -189,6 +189,37 @@ class ColdStartConfig(Section):
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Content vectors wider than this are refused (the regression's Gram matrix is solved on the driver).
     max_feature_dim: int = Field(default=4096, ge=1)
+
+
+class ContentConfig(Section):
+    """Item content features and gold.similar_items (issue 17), written by the recommend job."""
+
+    # Block weights: with every block present, the content cosine of two items is the weighted mean of the
+    # blocks' own cosines (title+tags TF-IDF, same category, same brand, same price bucket).
+    title_weight: float = Field(default=1.0, ge=0)
+    category_weight: float = Field(default=1.0, ge=0)
+    brand_weight: float = Field(default=0.5, ge=0)
+    price_weight: float = Field(default=0.25, ge=0)
+    vocabulary_size: int = Field(default=5000, ge=1)  # title and tag words kept (most frequent first)
+    min_document_frequency: int = Field(default=2, ge=1)  # a word of fewer items is left out
+    price_buckets: int = Field(default=10, ge=2)  # price quantiles
+    # gold.similar_items: top_n look-alikes per active item, one blended list per item.
+    top_n: int = Field(default=10, ge=1, le=1000)
+    # Hybrid score of two items that both have ALS factors: w x collaborative + (1 - w) x content with
+    # w = collaborative_weight x min over the two items of users / (users + shrinkage_users); content
+    # alone when either item has no history.
+    collaborative_weight: float = Field(default=0.5, ge=0, le=1)
+    shrinkage_users: float = Field(default=20.0, ge=0)
+    # Exact top-N (blocked self-join) up to this many active items; above, same-category pairs only.
+    exact_max_items: int = Field(default=50_000, ge=0)
+    block_size: int = Field(default=2048, ge=16)  # items per block of the exact self-join
+    # Above exact_max_items: pairs of the same category only, plus (with lsh_hash_tables > 0) pairs of
+    # different categories that share every bucket of one table of BucketedRandomProjectionLSH on the ALS
+    # factors (bucket length = lsh_bucket_width / sqrt(rank)). Off by default: measured weak and slow.
+    lsh_hash_tables: int = Field(default=0, ge=0)
+    lsh_hashes_per_table: int = Field(default=4, ge=1)
+    lsh_bucket_width: float = Field(default=2.0, gt=0)
+    seed: int = 17
 
 
 class RecommendConfig(Section):
@@ -238,6 +269,7 @@ class RecommendConfig(Section):
     # Fewer users with held-out items than this: no evaluation (logged).
     min_users: int = Field(default=10, ge=1)
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
 
 
 PropensityModel = Literal["logistic_regression", "random_forest", "gbt", "bgnbd"]

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake import catalog
-from marketlake.coldstart import cold_scores, content_model, content_vectors, fit_cold_model, merge_cold
 from marketlake.config import Config, RecommendConfig, with_overrides
+from marketlake.content import item_factors, write_similar_items
 from marketlake.errors import UsageError
 from marketlake.models import model_version, record_model
 from marketlake.recommend import (
@@ -137,8 +136,6 @@ class Inputs:
     exclude: DataFrame  # user_id, item_id: never recommended to that user
     inactive: DataFrame | None  # item_id: never recommended
     segments: DataFrame | None  # user_id, segment_id of the run date
-    touched: DataFrame  # user_id, item_id: any event up to the run date (no cold item is offered again)
-    catalogue: DataFrame | None  # silver.items
 
 
 def read_inputs(ctx: JobContext, settings: RecommendConfig) -> Inputs:
@@ -154,17 +151,15 @@ def read_inputs(ctx: JobContext, settings: RecommendConfig) -> Inputs:
     exclude = (
         history.filter(F.col("event_type").isin(settings.exclude_event_types)).select(USER, ITEM).distinct()
     )
-    inactive, catalogue = None, None
+    inactive = None
     if lake.exists(ITEMS):
-        catalogue = lake.read(ITEMS)
-        inactive = catalogue.filter(F.col("active") == F.lit(False)).select(ITEM)
+        inactive = lake.read(ITEMS).filter(F.col("active") == F.lit(False)).select(ITEM)
     segments = None
     if lake.exists(SEGMENTS):
         segments = lake.read_as_of(SEGMENTS, run_date).select(USER, "segment_id")
         if segments.limit(1).count() == 0:
             segments = None
-    touched = history.select(USER, ITEM).where(F.col(USER).isNotNull() & F.col(ITEM).isNotNull())
-    return Inputs(pairs, windowed, audience.distinct(), exclude, inactive, segments, touched, catalogue)
+    return Inputs(pairs, windowed, audience.distinct(), exclude, inactive, segments)
 
 
 def run(ctx: JobContext, args: argparse.Namespace) -> None:
@@ -296,7 +291,7 @@ def recommend(
     lake, run_date = ctx.lake, ctx.run_date
     params = model_params(settings, tuned.chosen, blocks)
     version = model_version(run_date, params)
-    als_candidates, path, train_seconds, model = None, None, 0.0, None
+    als_candidates, path, train_seconds, factors = None, None, 0.0, None
     rows_version: str | None = version  # the model the rows name: none without interactions
     if indexed.limit(1).count():
         with ctx.step(f"fit ALS on all interactions ({tuned.chosen.describe()})") as step:
@@ -307,9 +302,12 @@ def recommend(
             save_recommender(model, users, items, path)
             step.detail = f"saved {path}"
         als_candidates = Recommender(model, users, items).top(settings.top_n, inputs.exclude, inputs.inactive)
+        factors = item_factors(model, items)
     else:
         rows_version = None
         ctx.note("no interactions in the window: no model, popular items only")
+    # gold.similar_items: content look-alikes of every active item, blended with the ALS item factors.
+    write_similar_items(ctx, settings.content, factors, pairs, rows_version)
     listed = settings.top_n + most_excluded(inputs.exclude, USER)
     active_pairs = pairs if inputs.inactive is None else pairs.join(inputs.inactive, ITEM, "left_anti")
     segment_lists = (
@@ -351,39 +349,6 @@ def recommend(
             "trials": len(tuned.trials),
         }
     )
-
-
-def with_cold_items(
-    spark: SparkSession,
-    settings: RecommendConfig,
-    inputs: Inputs,
-    pairs: DataFrame,
-    model: ALSModel,
-    users: DataFrame,
-    items: DataFrame,
-    rows: DataFrame,
-    chosen: AlsParams,
-    blocks: int,
-) -> tuple[DataFrame, str]:
-    """rows with the active catalogue items ALS does not know (no interactions in the window) merged in,
-    scored from their content (marketlake.coldstart)."""
-    assert inputs.catalogue is not None
-    cold_items = (
-        inputs.catalogue.filter(F.col("active") != F.lit(False)).select(ITEM).join(items, ITEM, "left_anti")
-    )
-    cold_count = cold_items.count()
-    if cold_count == 0:
-        return rows, "no cold items"
-    vectors = content_vectors(content_model(inputs.catalogue), inputs.catalogue)
-    params = settings.cold_start
-
-    def fit_factors(indexed: DataFrame) -> ALSModel:
-        return fit(indexed, chosen, settings.seed, blocks)
-
-    cold = fit_cold_model(spark, pairs, vectors, users, items, fit_factors, params, settings.seed)
-    scores = cold_scores(spark, cold.blend, pairs, vectors, model, users, items, cold_items, params)
-    merged = merge_cold(rows, scores, inputs.touched, params.max_per_list, settings.top_n)
-    return merged, f"{cold_count} cold items; blend fitted on validation items: {cold.blend}"
 
 
 def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> dict[str, Any]:
