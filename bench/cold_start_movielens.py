@@ -39,6 +39,7 @@ import tempfile
 import time
 
 import numpy as np
+from recommend_movielens import ratings_as_events  # bench/ is on sys.path when a bench runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "..", "shared", "data", "movielens-100k")
@@ -63,21 +64,6 @@ def read_items(spark, path: str):
             rows.append((item_id, title, "|".join(genres.split()), None, [f"year{bucket}"]))
     return spark.createDataFrame(
         rows, "item_id string, title string, category string, brand string, tags array<string>"
-    )
-
-
-def ratings_as_events(spark, path: str):
-    from pyspark.sql import functions as F
-
-    raw = spark.read.csv(path, sep="\t", schema="user long, item long, rating double, unix_ts long")
-    ts = F.timestamp_seconds("unix_ts")
-    return raw.select(
-        F.col("user").cast("string").alias("user_id"),
-        F.col("item").cast("string").alias("item_id"),
-        F.lit("rating").alias("event_type"),
-        ts.alias("event_ts"),
-        F.to_date(ts).alias("event_date"),
-        "rating",
     )
 
 
