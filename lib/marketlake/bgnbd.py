@@ -138,12 +138,11 @@ def fit(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, weights: ArrayLi
         bounds=[(-LOG_BOUND, LOG_BOUND)] * 4,
         options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 1000},
     )
-    # A line search that gives up at the optimum (no better point in double precision) is not a failure.
-    converged = result.success or float(np.max(np.abs(result.jac))) < 1e-6
-    if not converged or not np.all(np.isfinite(result.x)):
-        raise BgNbdFitError(f"BG/NBD fit failed to converge: {result.message}")
     # a -> 0 or b -> infinity is the drop-out probability p -> 0: nobody seen dropping out (short
     # histories do that). That limit is the NBD model, a usable fit with P(alive) ~ 1; any other bound is not.
+    # Checked before convergence: a run to a bound along a ridge (r and alpha growing together) may end in an
+    # abnormal line search (seen with scipy 1.17's L-BFGS-B) with the ridge's gradient not yet small; the cause
+    # to report is the bound.
     no_drop_out = {("a", -1.0), ("b", 1.0)}
     at_bound = [
         name
@@ -155,6 +154,10 @@ def fit(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, weights: ArrayLi
             f"BG/NBD fit failed: the data do not identify {', '.join(at_bound)} (it ran to a bound); too few "
             "customers, repeat purchases or drop-outs in the calibration period?"
         )
+    # A line search that gives up at the optimum (no better point in double precision) is not a failure.
+    converged = result.success or float(np.max(np.abs(result.jac))) < 1e-6
+    if not converged or not np.all(np.isfinite(result.x)):
+        raise BgNbdFitError(f"BG/NBD fit failed to converge: {result.message}")
     r, alpha, a, b = np.exp(result.x)
     alpha *= scale
     log_likelihood, _ = _LogLikelihood(x, t_x, big_t, w)(np.log([r, alpha, a, b]))
