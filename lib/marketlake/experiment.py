@@ -745,7 +745,9 @@ def experiment_rows(
                 others, comparisons, adjusted, sequentials, sequential_adjusted, strict=True
             ):
                 arm = metric_arms[variant]
-                needed = users_needed(control, arm, settings, len(others), proportions)
+                # The power solve feeds only the fixed test's futility step.
+                fixed = settings.test == "fixed"
+                needed = users_needed(control, arm, settings, len(others), proportions) if fixed else None
                 decision, reason = decide(
                     srm, control, arm, comparison, p_adjusted, needed, settings, sequential, sequential_p
                 )
