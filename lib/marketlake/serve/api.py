@@ -16,6 +16,7 @@ from marketlake.serve.snapshot import (
     SEGMENTS,
     SIMILAR,
     SOURCES,
+    Grouped,
     Loaded,
     Snapshot,
     Store,
@@ -98,26 +99,7 @@ class Api:
     def _list(
         self, user_id: str, kind: str, loaded: Loaded, rows: slice, n: int, extra: dict[str, Any]
     ) -> Reply:
-        rows = slice(rows.start, min(rows.stop, rows.start + n))
-        grouped = loaded.rows
-        has_version = "model_version" in grouped.columns
-        items = [
-            {
-                "rank": rank,
-                "item_id": item,
-                "score": _number(score),
-                "source": source,
-                **({"model_version": version} if has_version else {}),
-            }
-            for rank, item, score, source, version in zip(
-                grouped.values("rank", rows),
-                grouped.values("item_id", rows),
-                grouped.values("score", rows),
-                grouped.values("source", rows),
-                grouped.values("model_version", rows) if has_version else [None] * (rows.stop - rows.start),
-                strict=True,
-            )
-        ]
+        items = ranked_items(loaded.rows, slice(rows.start, min(rows.stop, rows.start + n)), "item_id")
         return Reply(
             200, as_json({"user_id": user_id, "source": kind, **_origin(loaded), **extra, "items": items})
         )
@@ -142,25 +124,9 @@ class Api:
         rows = loaded.rows.find(key)
         if rows is None:
             return error(404, f"unknown item_id {item_id!r}")
-        rows = slice(rows.start, min(rows.stop, rows.start + n))
-        grouped = loaded.rows
-        items = [
-            {
-                "rank": rank,
-                "item_id": item,
-                "score": _number(score),
-                "source": source,
-                "model_version": version,
-            }
-            for rank, item, score, source, version in zip(
-                grouped.values("rank", rows),
-                grouped.values("similar_item_id", rows),
-                grouped.values("score", rows),
-                grouped.values("source", rows),
-                grouped.values("model_version", rows),
-                strict=True,
-            )
-        ]
+        items = ranked_items(
+            loaded.rows, slice(rows.start, min(rows.stop, rows.start + n)), "similar_item_id"
+        )
         return Reply(200, as_json({"item_id": item_id, **_origin(loaded), "items": items}))
 
     def segments(self, user_id: str) -> Reply:
@@ -217,3 +183,27 @@ class Api:
 def _origin(loaded: Loaded) -> dict[str, Any]:
     """Which table version an answer comes from."""
     return {"table": loaded.source.table.name, "version": loaded.version, "as_of_date": loaded.as_of_date}
+
+
+def ranked_items(grouped: Grouped, rows: slice, item_column: str) -> list[dict[str, Any]]:
+    """The answer's items from a key's rows: rank, item_id (from `item_column`), score, source, and
+    model_version when the table has one (the real-time table has none)."""
+    has_version = "model_version" in grouped.columns
+    versions = grouped.values("model_version", rows) if has_version else [None] * (rows.stop - rows.start)
+    return [
+        {
+            "rank": rank,
+            "item_id": item,
+            "score": _number(score),
+            "source": source,
+            **({"model_version": version} if has_version else {}),
+        }
+        for rank, item, score, source, version in zip(
+            grouped.values("rank", rows),
+            grouped.values(item_column, rows),
+            grouped.values("score", rows),
+            grouped.values("source", rows),
+            versions,
+            strict=True,
+        )
+    ]
