@@ -235,6 +235,49 @@ def test_table_names_are_layer_dot_name(lake):
     assert not lake.exists("gold.missing")
 
 
+def test_compact_rewrites_small_files_into_fewer_with_the_same_rows(lake, spark):
+    for offset in range(0, 400, 100):  # four appends: several small files per partition
+        lake.write("silver.events", events(spark, n=100, days=2, offset=offset), partition_by=["event_date"])
+    before = len(delta_files(lake, "silver.events"))
+    expected = lake.read("silver.events")
+    first_day = dt.date(2024, 1, 1)
+
+    only_one = lake.compact("silver.events", partitions={"event_date": [first_day]})
+    assert only_one.partitions == 1 and only_one.files_added == 1
+    assert only_one.files_removed == len(
+        [
+            a
+            for a in delta_files(lake, "silver.events", version=3).to_pylist()
+            if a["partition.event_date"] == first_day
+        ]
+    )
+    everything = lake.compact("silver.events")
+    assert everything.partitions == 1 and everything.files_added == 1  # the first day was already compact
+    assert len(delta_files(lake, "silver.events")) == 2 < before
+    assert_df_equality(lake.read("silver.events"), expected, ignore_row_order=True, ignore_nullable=True)
+    assert pl.read_delta(lake.path("silver.events")).height == 400
+
+
+def test_expire_log_keeps_the_table_and_ends_time_travel_before_the_checkpoint(lake, spark):
+    for offset in range(0, 300, 100):
+        lake.write("gold.t", events(spark, n=100, days=1, offset=offset))
+    log = os.path.join(lake.path("gold.t"), "_delta_log")
+    assert lake.read("gold.t", version=0).count() == 100
+
+    lake.checkpoint("gold.t")
+    assert glob.glob(os.path.join(log, "*.checkpoint.parquet"))
+    deleted = lake.expire_log("gold.t", retention_hours=0)
+
+    assert deleted >= 3
+    assert not glob.glob(os.path.join(log, "00000000000000000000.json"))
+    assert lake.read("gold.t").count() == 300
+    assert DeltaTable(lake.path("gold.t")).to_pyarrow_table().num_rows == 300
+    with pytest.raises(Exception, match="(?i)version"):
+        lake.read("gold.t", version=0).count()
+    lake.write("gold.t", events(spark, n=10, days=1, offset=900))  # the table takes writes after
+    assert pl.read_delta(lake.path("gold.t")).height == 310
+
+
 # ---- delta-rs specifics: staging, vacuum, concurrency ----------------------------------------------
 
 

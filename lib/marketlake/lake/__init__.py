@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
@@ -34,8 +34,10 @@ from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
 from marketlake.lake.engine import (
     NO_TABLE,
     TABLE_NAME,
+    CompactResult,
     Engine,
     Partitions,
+    PartitionValue,
     TableSummary,
     WriteOptions,
     WriteResult,
@@ -44,6 +46,7 @@ from marketlake.lake.files import Files, absolute
 
 __all__ = [
     "NO_TABLE",
+    "CompactResult",
     "Engine",
     "Files",
     "Lake",
@@ -60,6 +63,8 @@ T_ = TypeVar("T_")
 REPORT_FILE = "marketlake-report.html"
 PROFILE_EXPORTS = "_profiles"
 TableRef = str | catalog.Table
+# What compaction aims for: Delta's usual target file size.
+DEFAULT_FILE_BYTES = 128 * 1024 * 1024
 
 
 def table_name(table: TableRef) -> str:
@@ -305,3 +310,30 @@ class Lake(Layout):
         table = table_name(table)
         hours = self.config.vacuum_retention_hours if retention_hours is None else retention_hours
         return self.engine.vacuum(table, self.path(table), hours)
+
+    def compact(
+        self,
+        table: TableRef,
+        partitions: Mapping[str, Sequence[PartitionValue]] | None = None,
+        target_bytes: int = DEFAULT_FILE_BYTES,
+    ) -> CompactResult:
+        """Rewrite small files into files of about `target_bytes` (the whole table, or the given partitions),
+        in one commit; contents and version history are unchanged, only the file count falls."""
+        table = table_name(table)
+        with self._storage_errors(table):
+            return self.engine.compact(table, self.path(table), partitions, target_bytes)
+
+    def checkpoint(self, table: TableRef) -> None:
+        """Write a Delta checkpoint of the current version (readers stop replaying the log before it)."""
+        table = table_name(table)
+        with self._storage_errors(table):
+            self.engine.checkpoint(table, self.path(table))
+
+    def expire_log(self, table: TableRef, retention_hours: int) -> int:
+        """Checkpoint and delete log entries older than `retention_hours` before it: time travel to those
+        versions stops working. The retention is kept as the table's `delta.logRetentionDuration`, which
+        both Delta implementations also apply when they checkpoint on their own later. Returns how many log
+        files went."""
+        table = table_name(table)
+        with self._storage_errors(table):
+            return self.engine.expire_log(table, self.path(table), retention_hours)

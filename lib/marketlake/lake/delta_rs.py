@@ -18,7 +18,7 @@ import json
 import os
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -35,13 +35,17 @@ from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
 from marketlake.lake.engine import (
+    DELTA_LOG,
+    LOG_RETENTION,
     NO_TABLE,
     SESSION_SETTINGS,
+    CompactResult,
     Partitions,
     PartitionValue,
     TableSummary,
     WriteOptions,
     WriteResult,
+    log_retention,
     table_folders,
 )
 from marketlake.lake.files import Files, store_uri
@@ -88,6 +92,11 @@ class DeltaRsEngine:
     def _open(self, table: str, uri: str, version: int | None = None) -> DeltaTable:
         delta_table = self._table(uri, version)
         if delta_table is None:
+            if version is not None and self.exists(uri):
+                raise TableError(
+                    f"version {version} of {table} is no longer readable: its log entries were expired "
+                    "(housekeeping or an erasure); time travel reaches back only to the oldest checkpoint kept"
+                )
             raise TableError(f"table {table} does not exist at {uri}")
         _check_features(table, delta_table)
         return delta_table
@@ -510,6 +519,54 @@ class DeltaRsEngine:
                 self.files.delete(write.uri)
                 deleted.append(write.uri)
         return list(deleted)
+
+    def compact(
+        self,
+        table: str,
+        uri: str,
+        partitions: Mapping[str, Sequence[PartitionValue]] | None,
+        target_bytes: int,
+    ) -> CompactResult:
+        """Rewrite the small files of the table (or of the given partitions) into files of about
+        `target_bytes`, in one commit; the replaced files stay for time travel until a vacuum."""
+        delta_table = self._open(table, uri)
+        filters: FilterConjunctionType | None = None
+        if partitions:
+            filters = [
+                (column, "in", sorted({_hive_value(v) for v in values}))
+                for column, values in partitions.items()
+            ]
+        try:
+            metrics = delta_table.optimize.compact(partition_filters=filters, target_size=target_bytes)
+        except CommitFailedError as exc:
+            raise ConcurrentWriteError(
+                f"{table}: another writer committed during compaction ({exc})"
+            ) from exc
+        return CompactResult(
+            files_removed=int(metrics.get("numFilesRemoved", 0)),
+            files_added=int(metrics.get("numFilesAdded", 0)),
+            partitions=int(metrics.get("partitionsOptimized", 0)),
+        )
+
+    def checkpoint(self, table: str, uri: str) -> None:
+        """Write a checkpoint of the current version, so readers need not replay the whole log."""
+        self._open(table, uri).create_checkpoint()
+
+    def expire_log(self, table: str, uri: str, retention_hours: int) -> int:
+        """Checkpoint, then delete the log entries before the checkpoint older than `retention_hours`
+        (time travel to those versions ends). Returns the number of log files deleted."""
+        delta_table = self._open(table, uri)
+        before = self._log_entries(uri)  # a property commit may already clean up expired entries
+        wanted = log_retention(retention_hours)
+        if delta_table.metadata().configuration.get(LOG_RETENTION) != wanted:
+            delta_table.alter.set_table_properties({LOG_RETENTION: wanted})
+            delta_table.update_incremental()
+        delta_table.create_checkpoint()
+        delta_table.cleanup_metadata()
+        return len(before - self._log_entries(uri))
+
+    def _log_entries(self, uri: str) -> set[str]:
+        return {entry.uri for entry in self.files.list(_join(uri, DELTA_LOG))}
 
 
 def _join(uri: str, relative: str) -> str:

@@ -11,11 +11,15 @@ from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
 from marketlake.lake.engine import (
+    DELTA_LOG,
+    LOG_RETENTION,
     NO_TABLE,
+    CompactResult,
     PartitionValue,
     TableSummary,
     WriteOptions,
     WriteResult,
+    log_retention,
     table_folders,
 )
 from marketlake.lake.files import Files
@@ -184,6 +188,42 @@ class DeltaSparkEngine:
         with _session_conf(self.spark, "spark.databricks.delta.retentionDurationCheck.enabled", "false"):
             self._open(table, uri).vacuum(float(retention_hours))
         return []  # delta-spark reports the count in its own log, not the paths
+
+    def compact(
+        self,
+        table: str,
+        uri: str,
+        partitions: Mapping[str, Sequence[PartitionValue]] | None,
+        target_bytes: int,
+    ) -> CompactResult:
+        builder = self._open(table, uri).optimize()
+        if partitions:
+            builder = builder.where(_replace_where(partitions))
+        with _session_conf(self.spark, "spark.databricks.delta.optimize.maxFileSize", str(target_bytes)):
+            metrics = _first(builder.executeCompaction().select("metrics"))[0]
+        return CompactResult(
+            files_removed=int(metrics["numFilesRemoved"]),
+            files_added=int(metrics["numFilesAdded"]),
+            partitions=int(metrics["partitionsOptimized"]),
+        )
+
+    def checkpoint(self, table: str, uri: str) -> None:
+        # No Python API; the JVM DeltaLog writes one (delta-spark also checkpoints every 10 commits by itself).
+        self._open(table, uri)
+        jvm = self.spark._jvm
+        assert jvm is not None
+        jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, uri).checkpoint()
+
+    def expire_log(self, table: str, uri: str, retention_hours: int) -> int:
+        # delta-spark deletes expired log entries when it writes a checkpoint.
+        self._open(table, uri)
+        log = uri.rstrip("/") + "/" + DELTA_LOG
+        before = {entry.uri for entry in self.files.list(log)}
+        self.spark.sql(
+            f"ALTER TABLE delta.`{uri}` SET TBLPROPERTIES ('{LOG_RETENTION}' = '{log_retention(retention_hours)}')"
+        )
+        self.checkpoint(table, uri)
+        return len(before - {entry.uri for entry in self.files.list(log)})
 
     def _result(self, table: str, uri: str) -> WriteResult:
         last = _first(self._open(table, uri).history(1))

@@ -28,6 +28,14 @@ Partitions = Mapping[str, Sequence[PartitionValue]] | Literal["dynamic"] | None
 # Session settings the lake's files depend on, set when the session is built (marketlake.spark), never by
 # a write: Delta readers and statistics want INT64 microsecond timestamps, not Spark's default INT96.
 SESSION_SETTINGS = {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}
+DELTA_LOG = "_delta_log"
+# The table property both Delta implementations read to decide which log entries have expired.
+LOG_RETENTION = "delta.logRetentionDuration"
+
+
+def log_retention(hours: int) -> str:
+    """The value of LOG_RETENTION for `hours` (Delta's interval syntax)."""
+    return f"interval {hours} hours"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,15 @@ class WriteOptions:
     @property
     def checked(self) -> bool:
         return self.expected_version is not None
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What a compaction did: files rewritten into fewer, larger ones (0 and 0 when nothing was small)."""
+
+    files_removed: int
+    files_added: int
+    partitions: int
 
 
 class TableSummary(NamedTuple):
@@ -89,6 +106,18 @@ class Engine(Protocol):
     ) -> WriteResult: ...
 
     def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]: ...
+
+    def compact(
+        self,
+        table: str,
+        uri: str,
+        partitions: Mapping[str, Sequence[PartitionValue]] | None,
+        target_bytes: int,
+    ) -> CompactResult: ...
+
+    def checkpoint(self, table: str, uri: str) -> None: ...
+
+    def expire_log(self, table: str, uri: str, retention_hours: int) -> int: ...
 
     def tables_under(self, root: str) -> list[TableSummary]: ...
 
