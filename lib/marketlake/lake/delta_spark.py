@@ -23,7 +23,7 @@ from marketlake.lake.engine import (
     table_folders,
 )
 from marketlake.lake.files import Files
-from marketlake.lake.jvm import class_loads
+from marketlake.lake.jvm import class_loads, delta_checkpoint
 from marketlake.lake.schema import align_to_table, check_partition_columns
 
 if TYPE_CHECKING:
@@ -210,9 +210,7 @@ class DeltaSparkEngine:
     def checkpoint(self, table: str, uri: str) -> None:
         # No Python API; the JVM DeltaLog writes one (delta-spark also checkpoints every 10 commits by itself).
         self._open(table, uri)
-        jvm = self.spark._jvm
-        assert jvm is not None
-        jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, uri).checkpoint()
+        delta_checkpoint(self.spark, uri)
 
     def expire_log(self, table: str, uri: str, retention_hours: int) -> int:
         # delta-spark deletes expired log entries when it writes a checkpoint.

@@ -1,5 +1,5 @@
 """The one module that reaches into Spark's JVM through py4j: whether a class loads (the delta-spark
-probe), and listing input files through Hadoop's FileSystem, which sees every store Spark reads (s3a,
+probe), a delta-spark checkpoint, and listing input files through Hadoop's FileSystem, which sees every store Spark reads (s3a,
 hdfs, abfs, gs, file) the way Spark itself will. Classic sessions only (Spark Connect has no JVM)."""
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def class_loads(spark: SparkSession, name: str) -> bool:
     except Exception:  # py4j wraps ClassNotFoundException; no JVM at all is a no too
         return False
     return True
+
+
+def delta_checkpoint(spark: SparkSession, uri: str) -> None:
+    """Write a checkpoint of the Delta table at `uri` through delta-spark's DeltaLog (it has no Python API)."""
+    _jvm(spark).org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).checkpoint()
 
 
 def hadoop_files(spark: SparkSession, source: str, hidden: Callable[[str], bool]) -> list[HadoopFile] | None:
