@@ -535,9 +535,17 @@ class DeltaRsEngine:
     def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
         """Delete files no snapshot within the retention needs, and staged files of writes that died."""
         delta_table = self._open(table, uri)
-        deleted = delta_table.vacuum(
-            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
-        )
+
+        def vacuum(dry_run: bool) -> list[str]:
+            return delta_table.vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+            )
+
+        # deltalake names the removed files it still knows of from the log even when they are gone already,
+        # and records every vacuum in two commits: ask first, and vacuum only when a file is really there.
+        deleted = [p for p in vacuum(True) if self.files.exists(_join(uri, urllib.parse.unquote(p)))]
+        if deleted:
+            vacuum(False)
         cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=retention_hours)
         for write in self.files.list(_join(uri, STAGING), recursive=False):
             newest = max([write.mtime] + [e.mtime for e in self.files.list(write.uri)], key=_as_utc)
