@@ -518,10 +518,10 @@ class RetentionConfig(Section):
         default_factory=lambda: {"bronze": 90, "quarantine": 90, "silver": None, "gold": 400, "ops": None}
     )
     tables: dict[str, int | None] = Field(
-        default_factory=lambda: dict[str, int | None]({"ops.job_runs": 400})
+        default_factory=lambda: dict[str, int | None]({catalog.JOB_RUNS.name: 400})
     )
     # Unpartitioned tables expire rows by this date or timestamp column (rows with a null value are kept).
-    date_columns: dict[str, str] = Field(default_factory=lambda: {"ops.job_runs": "run_date"})
+    date_columns: dict[str, str] = Field(default_factory=lambda: {catalog.JOB_RUNS.name: "run_date"})
     # Folders of a run date under the lake root: campaign and profile exports, HTML reports.
     exports_days: int | None = Field(default=30, ge=1)
     reports_days: int | None = Field(default=400, ge=1)
