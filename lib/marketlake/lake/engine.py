@@ -77,7 +77,7 @@ class DataFile:
     """One data file of a table's current version: its partition values as a Hive-style path spells them
     (column, value; None is the null partition), its bytes and rows."""
 
-    path: str
+    path: str  # as the engine names it: relative to the table (delta-rs) or a URI (delta-spark)
     partition: tuple[tuple[str, str | None], ...]
     size: int
     rows: int
