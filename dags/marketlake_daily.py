@@ -6,7 +6,8 @@ start date, is the day the jobs are run for (`--run-date`). The jobs are idempot
 retries and re-runs of a date are safe.
 
 The task graph follows the tables each job reads: rules and experiment run beside features -> segment
--> recommend, and report waits for all of them. The job list comes from the marketlake checkout
+-> recommend, report waits for all of them, and housekeeping (which reads no table in the catalog's
+sense, so waits for every job before it) runs last. The job list comes from the marketlake checkout
 (`PIPELINE_ORDER` in lib/marketlake/jobs/__init__.py, those whose files exist), read as text:
 this file imports neither marketlake nor Spark, so the Airflow environment needs neither. That order
 starts at ingest, which reads the landing folder: the synthetic shop generator (`generate`) is for demos

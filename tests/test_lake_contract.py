@@ -278,6 +278,37 @@ def test_expire_log_keeps_the_table_and_ends_time_travel_before_the_checkpoint(l
     assert pl.read_delta(lake.path("gold.t")).height == 310
 
 
+def test_data_files_list_the_current_version_with_partitions_bytes_and_rows(lake, spark):
+    lake.write("silver.events", events(spark, days=3), partition_by=["event_date"])
+    files = lake.data_files("silver.events")
+    assert sum(f.rows for f in files) == 600 and all(f.size > 0 for f in files)
+    assert {dict(f.partition)["event_date"] for f in files} == {"2024-01-01", "2024-01-02", "2024-01-03"}
+    per_day = lake.read("silver.events").groupBy("event_date").count().collect()
+    rows = {str(r["event_date"]): r["count"] for r in per_day}
+    for day, count in rows.items():
+        assert sum(f.rows for f in files if dict(f.partition)["event_date"] == day) == count
+
+
+def test_delete_partitions_removes_whole_partitions_in_one_commit(lake, spark):
+    lake.write("silver.events", events(spark, days=3), partition_by=["event_date"])
+    gone = dt.date(2024, 1, 1)
+    result = lake.delete_partitions("silver.events", {"event_date": [gone, dt.date(2030, 1, 1)]})
+
+    assert result.version == 1 and result.files_added == 0
+    expected = events(spark, days=3).filter(F.col("event_date") != F.lit(gone))
+    assert_df_equality(lake.read("silver.events"), expected, ignore_row_order=True, ignore_nullable=True)
+    assert pl.read_delta(lake.path("silver.events")).height == expected.count()
+    assert lake.read("silver.events", version=0).count() == 600  # removed, not rewritten: time travel holds
+    assert lake.history("silver.events", 1)[0]["user_metadata"].get("marketlake.operation") == (
+        "delete partitions"
+    )
+    # nothing left to delete: no commit
+    assert lake.delete_partitions("silver.events", {"event_date": [gone]}).version == 1
+    assert lake.version("silver.events") == 1
+    with pytest.raises(TableError, match="partition columns"):
+        lake.delete_partitions("silver.events", {"user_id": ["u1"]})
+
+
 # ---- delta-rs specifics: staging, vacuum, concurrency ----------------------------------------------
 
 
@@ -352,6 +383,33 @@ def test_append_from_a_stale_snapshot_lands_unless_checked(rs_lake, spark):
     assert lake.version("gold.t") == 1
     lake.engine.write("gold.t", lake.path("gold.t"), events(spark, n=7, days=1, offset=200), WriteOptions())
     assert lake.version("gold.t") == 2 and lake.read("gold.t").count() == 62
+
+
+def test_delete_partitions_beside_a_concurrent_append_loses_nothing(rs_lake, spark, config, lake_root):
+    """An append that commits between the delete's snapshot and its commit: the delete is decided again
+    on the new version, and both land."""
+    from marketlake.lake import Lake
+
+    lake = rs_lake
+    other = Lake(spark, config.lake.model_copy(update={"engine": "delta-rs"}), lake_root)
+    lake.write("silver.events", events(spark, n=60, days=3), partition_by=["event_date"])
+    stage, raced = lake.engine._stage, []
+
+    def stage_then_race(*args, **kwargs):
+        staged = stage(*args, **kwargs)
+        if not raced:  # another writer appends, into the partition being deleted and into another
+            raced.append(other.write("silver.events", events(spark, n=10, days=2, offset=1000)))
+        return staged
+
+    lake.engine._stage = stage_then_race
+    lake.delete_partitions("silver.events", {"event_date": [dt.date(2024, 1, 1)]})
+
+    assert raced and lake.version("silver.events") == 2
+    rows = lake.read("silver.events")
+    assert rows.filter(F.col("event_date") == F.lit(dt.date(2024, 1, 1))).count() == 0
+    appended = rows.filter(F.col("event_id").isin([f"e{i}" for i in range(1000, 1010)]))
+    assert appended.count() == 5  # the appended day 2 rows: they landed (the day 1 ones went with their day)
+    assert rows.count() == 40 + 5
 
 
 # ---- the engine protocol, the table listing, session settings ---------------------------------------

@@ -35,6 +35,14 @@ class Table:
         return f"{root.rstrip('/')}/{self.name.replace('.', '/', 1)}"
 
     @property
+    def date_partition(self) -> str | None:
+        """The partition column when the table is partitioned by one date column, else None (retention
+        drops whole partitions by it)."""
+        if len(self.partition_by) == 1 and dict(self.columns).get(self.partition_by[0]) == "date":
+            return self.partition_by[0]
+        return None
+
+    @property
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
 

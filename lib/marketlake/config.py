@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from marketlake import catalog
 from marketlake.errors import ConfigError, UsageError
 
 Engine = Literal["auto", "delta-spark", "delta-rs"]
@@ -504,6 +505,74 @@ class ServeConfig(Section):
         return self
 
 
+DAY_TYPES = ("date", "timestamp")
+
+
+class RetentionConfig(Section):
+    """What the housekeeping job keeps how long (issue 18), in days; null: kept for ever. A table's days are
+    its own entry in `tables`, else its layer's. A table partitioned by a date (ingest_date, event_date,
+    as_of_date) loses whole partitions older than the run date minus its days; a table without one loses
+    rows by the column named in `date_columns`, or nothing."""
+
+    layers: dict[str, int | None] = Field(
+        default_factory=lambda: {"bronze": 90, "quarantine": 90, "silver": None, "gold": 400, "ops": None}
+    )
+    tables: dict[str, int | None] = Field(
+        default_factory=lambda: dict[str, int | None]({catalog.JOB_RUNS.name: 400})
+    )
+    # Unpartitioned tables expire rows by this date or timestamp column (rows with a null value are kept).
+    date_columns: dict[str, str] = Field(default_factory=lambda: {catalog.JOB_RUNS.name: "run_date"})
+    # Folders of a run date under the lake root: campaign and profile exports, HTML reports.
+    exports_days: int | None = Field(default=30, ge=1)
+    reports_days: int | None = Field(default=400, ge=1)
+    # delta.logRetentionDuration of every table: older log entries go once a checkpoint is past them.
+    log_retention_hours: int = Field(default=720, ge=0)
+    # A partition (or an unpartitioned table) is compacted when it has more files than this ...
+    compact_max_files: int = Field(default=8, ge=1)
+    # ... or at least two files averaging under this many bytes; compaction aims at files of target bytes.
+    compact_small_file_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    compact_target_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+
+    @field_validator("layers", "tables")
+    @classmethod
+    def _days_positive(cls, value: dict[str, int | None]) -> dict[str, int | None]:
+        for name, days in value.items():
+            if days is not None and days < 1:
+                raise ValueError(f"{name}: days must be at least 1, or null to keep for ever (got {days})")
+        return value
+
+    @model_validator(mode="after")
+    def _known_tables(self) -> RetentionConfig:
+        layers = {t.layer for t in catalog.TABLES}
+        for layer in self.layers:
+            if layer not in layers:
+                raise ValueError(f"layers: no layer {layer!r}; layers: {', '.join(sorted(layers))}")
+        for name in [*self.tables, *self.date_columns]:
+            if name not in catalog.BY_NAME:
+                raise ValueError(f"no table {name!r} in the catalog")
+        for name, column in self.date_columns.items():
+            table = catalog.table(name)
+            types = dict(table.columns)
+            if table.partition_by or types.get(column) not in DAY_TYPES:
+                raise ValueError(
+                    f"date_columns: {name}.{column} must be a date or timestamp column of an unpartitioned "
+                    "table (a partitioned table expires by its partition)"
+                )
+        for name, days in self.tables.items():
+            table = catalog.table(name)
+            if days is not None and table.date_partition is None and name not in self.date_columns:
+                raise ValueError(
+                    f"tables: {name} has no date partition; name a column in date_columns to expire it by"
+                )
+        return self
+
+    def days(self, table: str) -> int | None:
+        """The days `table` (layer.name) is kept for; None: for ever."""
+        if table in self.tables:
+            return self.tables[table]
+        return self.layers.get(table.split(".")[0])
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -519,6 +588,17 @@ class Config(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     propensity: PropensityConfig = Field(default_factory=PropensityConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    @model_validator(mode="after")
+    def _log_outlives_vacuum(self) -> Config:
+        # Vacuum learns which files were removed when from the log: entries it still needs must not go first.
+        if self.retention.log_retention_hours < self.lake.vacuum_retention_hours:
+            raise ValueError(
+                f"retention.log_retention_hours ({self.retention.log_retention_hours}) is below "
+                f"lake.vacuum_retention_hours ({self.lake.vacuum_retention_hours})"
+            )
+        return self
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})

@@ -20,6 +20,7 @@ PIPELINE_ORDER = [
     "activate",
     "experiment",
     "report",
+    "housekeeping",
 ]
 # The synthetic shop, written into the landing folder ingest reads: run only when asked for (`pipeline
 # --generate`, as `make demo` does, or `--only generate,...`), never by a default pipeline, since on a

@@ -1,4 +1,4 @@
-"""pipeline: every job in order for one run date (ingest to report), skipping those already done unless
+"""pipeline: every job in order for one run date (ingest to housekeeping), skipping those already done unless
 --force. The synthetic shop generator runs first only when asked for: --generate, or generate in --only."""
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
@@ -35,6 +36,7 @@ from marketlake.lake.engine import (
     NO_TABLE,
     TABLE_NAME,
     CompactResult,
+    DataFile,
     Engine,
     Partitions,
     PartitionValue,
@@ -47,6 +49,8 @@ from marketlake.lake.files import Files, absolute
 __all__ = [
     "NO_TABLE",
     "CompactResult",
+    "DataFile",
+    "DatedFolder",
     "Engine",
     "Files",
     "Lake",
@@ -89,6 +93,15 @@ def resolve_engine(spark: SparkSession, wanted: str, storage_options: dict[str, 
     return DeltaRsEngine(spark, storage_options)
 
 
+@dataclass(frozen=True)
+class DatedFolder:
+    """A folder of one run date that is not a table: a campaign's exports, the profile exports or a report."""
+
+    kind: Literal["exports", "reports"]
+    run_date: dt.date
+    uri: str
+
+
 class Layout:
     """Where what is not a table lives under a lake root (same folders and names on every engine)."""
 
@@ -116,6 +129,24 @@ class Layout:
     def report_path(self, run_date: dt.date) -> str:
         """The HTML report of a run date."""
         return f"{self.root}/reports/{run_date.isoformat()}/{REPORT_FILE}"
+
+    def dated_folders(self, files: Files) -> list[DatedFolder]:
+        """Every export folder (`exports/<campaign id or _profiles>/<run date>`) and report folder
+        (`reports/<run date>`) there is, found with `files`; other names (a replace's staging folder) are
+        not run dates and are left out."""
+        found: list[DatedFolder] = []
+        exports = [e.uri for e in files.list(f"{self.root}/exports", recursive=False) if e.is_dir]
+        places: list[tuple[Literal["exports", "reports"], str]] = [("exports", uri) for uri in exports]
+        places.append(("reports", f"{self.root}/reports"))
+        for kind, parent in places:
+            for entry in files.list(parent, recursive=False):
+                try:
+                    run_date = dt.date.fromisoformat(entry.relative)
+                except ValueError:
+                    continue
+                if entry.is_dir:
+                    found.append(DatedFolder(kind, run_date, entry.uri))
+        return found
 
 
 class Lake(Layout):
@@ -323,6 +354,52 @@ class Lake(Layout):
         with self._storage_errors(table):
             return self.engine.compact(table, self.path(table), partitions, target_bytes)
 
+    def data_files(self, table: TableRef) -> list[DataFile]:
+        """The data files of the table's current version, with their partition values, bytes and rows."""
+        table = table_name(table)
+        return self.engine.data_files(table, self.path(table))
+
+    def delete_partitions(
+        self, table: TableRef, partitions: Mapping[str, Sequence[PartitionValue]]
+    ) -> WriteResult:
+        """Remove whole partitions ({column: [values]}) in one commit that only removes files (an overwrite
+        of those partitions by nothing). The commit is checked: when another writer committed first it is
+        decided again on the new version, so a concurrent append is never lost. Values not present are
+        ignored; with none present nothing is committed. The partition values go into the commit's
+        parameters (the overwrite's filter); partition dates are not personal data, so that is acceptable
+        here (an erasure must not delete this way by a personal value)."""
+        table = table_name(table)
+        uri = self.path(table)
+        found = self.engine.schema(table, uri)
+        if found is None:
+            raise TableError(f"table {table} does not exist at {uri}")
+        schema, partition_columns = found
+        unknown = sorted(set(partitions) - set(partition_columns))
+        if unknown or not partitions:
+            raise TableError(
+                f"{table}: delete_partitions needs partition columns ({partition_columns}), not {unknown}"
+            )
+        wanted = {c: {_spelled(v) for v in values} for c, values in partitions.items()}
+
+        def attempt(version: int) -> WriteResult:
+            present: dict[str, set[str]] = {c: set() for c in wanted}
+            for file in self.engine.data_files(table, uri):
+                values = dict(file.partition)
+                if all(values.get(c) in wanted[c] for c in wanted):
+                    for c in wanted:
+                        present[c].add(str(values[c]))
+            if not all(present.values()):
+                return WriteResult(version, 0, 0, 0)
+            options = WriteOptions(
+                mode="overwrite",
+                partitions={c: sorted(v) for c, v in present.items()},
+                operation="delete partitions",
+            )
+            with self._storage_errors(table):
+                return self.engine.write(table, uri, self.spark.createDataFrame([], schema), options)
+
+        return self.retry_on_conflict(table, attempt)
+
     def checkpoint(self, table: TableRef) -> None:
         """Write a Delta checkpoint of the current version (readers stop replaying the log before it)."""
         table = table_name(table)
@@ -337,3 +414,10 @@ class Lake(Layout):
         table = table_name(table)
         with self._storage_errors(table):
             return self.engine.expire_log(table, self.path(table), retention_hours)
+
+
+def _spelled(value: PartitionValue) -> str:
+    """A partition value as DataFile.partition spells it (Hive-style)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value.isoformat() if isinstance(value, dt.date) else str(value)

@@ -40,6 +40,7 @@ from marketlake.lake.engine import (
     NO_TABLE,
     SESSION_SETTINGS,
     CompactResult,
+    DataFile,
     Partitions,
     PartitionValue,
     TableSummary,
@@ -137,6 +138,31 @@ class DeltaRsEngine:
             rows = sum(n or 0 for n in actions.column("num_records").to_pylist()) if actions.num_rows else 0
             found.append(TableSummary(table, delta_table.version(), rows))
         return found
+
+    def data_files(self, table: str, uri: str) -> list[DataFile]:
+        """The current version's data files, from the log alone."""
+        delta_table = self._open(table, uri)
+        columns = list(delta_table.metadata().partition_columns)
+        actions = pa.table(delta_table.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return []
+        values = {c: actions.column(f"partition.{c}").to_pylist() for c in columns}
+        return [
+            DataFile(
+                path=urllib.parse.unquote(path),
+                partition=tuple((c, _hive_value(values[c][i])) for c in columns),
+                size=int(size),
+                rows=int(rows or 0),
+            )
+            for i, (path, size, rows) in enumerate(
+                zip(
+                    actions.column("path").to_pylist(),
+                    actions.column("size_bytes").to_pylist(),
+                    actions.column("num_records").to_pylist(),
+                    strict=True,
+                )
+            )
+        ]
 
     # ---- read ------------------------------------------------------------------------------------
 
@@ -509,9 +535,17 @@ class DeltaRsEngine:
     def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
         """Delete files no snapshot within the retention needs, and staged files of writes that died."""
         delta_table = self._open(table, uri)
-        deleted = delta_table.vacuum(
-            retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True
-        )
+
+        def vacuum(dry_run: bool) -> list[str]:
+            return delta_table.vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+            )
+
+        # deltalake names the removed files it still knows of from the log even when they are gone already,
+        # and records every vacuum in two commits: ask first, and vacuum only when a file is really there.
+        deleted = [p for p in vacuum(True) if self.files.exists(_join(uri, urllib.parse.unquote(p)))]
+        if deleted:
+            vacuum(False)
         cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=retention_hours)
         for write in self.files.list(_join(uri, STAGING), recursive=False):
             newest = max([write.mtime] + [e.mtime for e in self.files.list(write.uri)], key=_as_utc)

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake.errors import ConcurrentWriteError, TableError
@@ -15,6 +16,7 @@ from marketlake.lake.engine import (
     LOG_RETENTION,
     NO_TABLE,
     CompactResult,
+    DataFile,
     PartitionValue,
     TableSummary,
     WriteOptions,
@@ -90,6 +92,25 @@ class DeltaSparkEngine:
             TableSummary(table, self.version(table, uri), self.spark.read.format("delta").load(uri).count())
             for table, uri in table_folders(self.files, root)
             if self.exists(uri)
+        ]
+
+    def data_files(self, table: str, uri: str) -> list[DataFile]:
+        """The current version's data files. delta-spark has no Python API for its file list, so Spark's
+        file metadata column names each file of a scan (a metadata-only scan: no data column is read)."""
+        _, partition_columns = self.schema(table, uri) or (None, [])
+        frame = self.read(table, uri).select(
+            F.col("_metadata.file_path").alias("path"),
+            F.col("_metadata.file_size").alias("size"),
+            *[F.col(f"`{c}`").cast("string").alias(c) for c in partition_columns],
+        )
+        return [
+            DataFile(
+                path=row["path"],
+                partition=tuple((c, row[c]) for c in partition_columns),
+                size=int(row["size"]),
+                rows=int(row["count"]),
+            )
+            for row in frame.groupBy("path", "size", *partition_columns).count().collect()  # one per file
         ]
 
     def read(self, table: str, uri: str, version: int | None = None) -> DataFrame:

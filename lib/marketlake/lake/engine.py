@@ -72,6 +72,17 @@ class CompactResult:
     partitions: int
 
 
+@dataclass(frozen=True)
+class DataFile:
+    """One data file of a table's current version: its partition values as a Hive-style path spells them
+    (column, value; None is the null partition), its bytes and rows."""
+
+    path: str  # as the engine names it: relative to the table (delta-rs) or a URI (delta-spark)
+    partition: tuple[tuple[str, str | None], ...]
+    size: int
+    rows: int
+
+
 class TableSummary(NamedTuple):
     table: str
     version: int
@@ -118,6 +129,8 @@ class Engine(Protocol):
     def checkpoint(self, table: str, uri: str) -> None: ...
 
     def expire_log(self, table: str, uri: str, retention_hours: int) -> int: ...
+
+    def data_files(self, table: str, uri: str) -> list[DataFile]: ...
 
     def tables_under(self, root: str) -> list[TableSummary]: ...
 
