@@ -132,7 +132,9 @@ def last_run(lake: Lake) -> dict:
 
 
 def last_model(lake: Lake):
-    return lake.read("ops.models").filter("model_name = 'recommend_als'").orderBy(F.desc("created_at")).first()
+    return (
+        lake.read("ops.models").filter("model_name = 'recommend_als'").orderBy(F.desc("created_at")).first()
+    )
 
 
 def recommendations(lake: Lake, day: dt.date):

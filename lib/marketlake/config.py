@@ -258,7 +258,7 @@ class RecommendConfig(Section):
     # The search's time budget scales with the data: seconds per million interactions, at least
     # tuning_budget_min_seconds, at most tuning_budget_seconds (the cap; also --tuning-budget-seconds).
     tuning_budget_seconds: float = Field(default=300.0, gt=0)
-    tuning_budget_min_seconds: float = Field(default=120.0, gt=0)
+    tuning_budget_min_seconds: float = Field(default=180.0, gt=0)
     tuning_budget_seconds_per_million: float = Field(default=100.0, ge=0)
     tuning_max_trials: int = Field(default=8, ge=1)
     # Searched params are reused (from ops.models) until the search is more than retune_days old, or the
