@@ -593,7 +593,7 @@ def reuse_note(past: Search, run_date: dt.date, interactions: int, settings: Rec
     change = interactions_change(past.interactions, interactions)
     return (
         f"reused from the search of {past.searched_on} (model {past.reused_from}): "
-        f"{(run_date - past.searched_on).days} days old (limit {settings.retune_days}), "
+        f"age {(run_date - past.searched_on).days} days (limit {settings.retune_days}), "
         f"interactions {change:+.1%} (limit {settings.retune_change:.0%})"
     )
 
