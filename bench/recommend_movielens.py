@@ -7,7 +7,8 @@ relevant. Three models on the same split, in one run:
   the protocol, which should land near the published nDCG@10 of 0.040;
 - popularity: the items most users rated in the training part (the baseline for the ratio);
 - marketlake: implicit ALS tuned by `marketlake.recommend.tune` with the config's `recommend` section
-  (its search space, budget and validation split, on the training part only), refitted on the whole
+  (its search space, the job's budget for the training part's interactions (`tuning_budget`), and its
+  validation split, on the training part only), refitted on the whole
   training part; the test part is used once, for the table.
 
 Interactions come from the ratings the way the recommend job makes them from events: a rating is an event of
@@ -131,6 +132,7 @@ def run(spark, args, settings, partitions: int, blocks: int) -> int:
         split_random,
         to_indexes,
         tune,
+        tuning_budget,
         window_events,
     )
 
@@ -179,7 +181,10 @@ def run(spark, args, settings, partitions: int, blocks: int) -> int:
     rows["popularity"] = (evaluate("popularity", top, test, K, catalogue), 0.0, recommend_s)
     top.unpersist()
 
-    log(f"tuning: up to {settings.tuning_max_trials} trials within {settings.tuning_budget_seconds:.0f} s")
+    # The job's budget for this many interactions (it scales with the data).
+    budget = tuning_budget(settings, train.count())
+    settings = settings.model_copy(update={"tuning_budget_seconds": budget})
+    log(f"tuning: up to {settings.tuning_max_trials} trials within {budget:.0f} s")
     tuned, tune_s = timed(lambda: tune(train, settings, blocks))
     model, train_s = timed(lambda: fit(train, tuned.chosen, settings.seed, blocks))
     top, recommend_s = timed(lambda: _materialise(als_top(model, K, exclude=train)))
@@ -238,7 +243,7 @@ def report(rows: dict, tuned, tune_s: float, settings, blocks: int, blas_name: s
         )
     print()
     print(
-        f"tuning: {len(tuned.trials)} trials in {tune_s:.1f} s on a validation split of the training part "
+        f"tuning: {len(tuned.trials)} trials in {tune_s:.1f} s (budget {settings.tuning_budget_seconds:.0f} s) on a validation split of the training part "
         f"({tuned.users} users){'; ' + tuned.reason if tuned.reason else ''}"
     )
     for number, trial in enumerate(tuned.trials, 1):

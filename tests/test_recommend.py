@@ -530,6 +530,15 @@ def test_a_rerun_writes_the_same_tables(demo):
         .collect()
     )
     assert len(versions) == 2 and len({v.model_version for v in versions}) == 1
+    # The re-run reused the first run's search (no search step), and wrote the same tables above.
+    rerun = (
+        demo.lake.read("ops.models")
+        .filter(F.col("model_name") == "recommend_als")
+        .orderBy(F.desc("created_at"))
+        .first()
+    )
+    assert rerun.params["params_source"] == '"reused"' and rerun.params["tuned"] == "false"
+    assert rerun.metrics["trials"] == 0
     assert not (Path(demo.root) / "_checkpoints").exists()  # ALS's checkpoints are removed after each run
 
 

@@ -542,7 +542,7 @@ MODELS = Table(
     partition_by=(),
     keys=("model_name", "model_version"),
     written_by=("segment", "recommend"),
-    read_by=("report",),
+    read_by=("recommend", "report"),
 )
 INGESTED_FILES = Table(
     "ops.ingested_files",

@@ -256,8 +256,18 @@ class RecommendConfig(Section):
     # Tuning: random search over `search`, scored by nDCG@k on a validation split of the training part.
     tune: bool = True
     search: AlsSearchSpace = Field(default_factory=AlsSearchSpace)
+    # The search's time budget scales with the data: seconds per million interactions, at least
+    # tuning_budget_min_seconds, at most tuning_budget_seconds (the cap; also --tuning-budget-seconds).
     tuning_budget_seconds: float = Field(default=300.0, gt=0)
+    tuning_budget_min_seconds: float = Field(default=180.0, gt=0)
+    tuning_budget_seconds_per_million: float = Field(default=100.0, ge=0)
     tuning_max_trials: int = Field(default=8, ge=1)
+    # Searched params are reused (from ops.models) until the search is more than retune_days old, or the
+    # interaction count moved by more than the share retune_change since, or the tuning settings changed,
+    # or retune is set (--retune).
+    retune_days: int = Field(default=7, ge=0)
+    retune_change: float = Field(default=0.2, ge=0)
+    retune: bool = False
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
     # Fewer validation users than this: no search (too few to tell candidates apart), the params above.
     tuning_min_users: int = Field(default=100, ge=1)

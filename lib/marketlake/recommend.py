@@ -25,8 +25,11 @@ ranking metrics, tuning, scoring and the popularity fallbacks).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
+import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -447,12 +450,27 @@ class Trial:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where searched params come from: the search's run date, the interaction count it saw, the
+    fingerprint of the settings it ran with, and (when reused) the model version whose ops.models row
+    gave them."""
+
+    params: AlsParams
+    searched_on: dt.date
+    interactions: int
+    fingerprint: str
+    reused_from: str | None = None
+
+
 @dataclass
 class Tuned:
     chosen: AlsParams
     trials: list[Trial] = field(default_factory=list)
-    reason: str = ""  # why no search ran (then `chosen` is the configured params)
+    reason: str = ""  # why no search ran (configured params, or reused ones)
     users: int = 0  # validation users
+    search: Search | None = None  # set when `chosen` came from a search, this run's or a reused one
+    budget_seconds: float | None = None  # the search's budget in this run (None: no search ran)
 
 
 def tune(
@@ -500,6 +518,84 @@ def tune(
         return Tuned(best.params, trials, users=users)
     finally:
         marked.unpersist()
+
+
+# ---- reusing a search ---------------------------------------------------------------------------------------
+
+# The settings a search's outcome depends on: a change to any of them makes the next run search again.
+SEARCH_SETTINGS = (
+    "event_weights",
+    "rating_value",
+    "half_life_days",
+    "strength",
+    "lookback_days",
+    "rank",
+    "reg_param",
+    "alpha",
+    "max_iter",
+    "seed",
+    "search",
+    "tuning_max_trials",
+    "validation_fraction",
+    "tuning_min_users",
+    "evaluate",
+    "split",
+    "test_fraction",
+    "test_days",
+    "k",
+)
+
+
+def search_fingerprint(settings: RecommendConfig) -> str:
+    """The first 12 hex digits of SHA-256 over the SEARCH_SETTINGS as sorted JSON."""
+    values = settings.model_dump(include=set(SEARCH_SETTINGS))
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def tuning_budget(settings: RecommendConfig, interactions: int) -> float:
+    """The search's seconds: tuning_budget_seconds_per_million per million interactions, at least
+    tuning_budget_min_seconds, at most tuning_budget_seconds (the cap wins over the floor)."""
+    scaled = settings.tuning_budget_seconds_per_million * interactions / 1e6
+    return min(settings.tuning_budget_seconds, max(settings.tuning_budget_min_seconds, scaled))
+
+
+def interactions_change(before: int, now: int) -> float:
+    """The relative change of the interaction count since a search (inf from none)."""
+    return (now - before) / before if before else math.inf
+
+
+def retune_reason(
+    past: Search | None, run_date: dt.date, interactions: int, settings: RecommendConfig
+) -> str | None:
+    """Why this run searches again, or None when `past`'s params are reused: no earlier search, `retune`,
+    other tuning settings, a search older than retune_days, or an interaction count that moved by more
+    than retune_change."""
+    if settings.retune:
+        return "asked for (--retune)"
+    if past is None:
+        return "no earlier search in ops.models"
+    if past.fingerprint != search_fingerprint(settings):
+        return f"the tuning settings changed since the search of {past.searched_on}"
+    age = (run_date - past.searched_on).days
+    if age > settings.retune_days:
+        return f"the search of {past.searched_on} is {age} days old, more than recommend.retune_days={settings.retune_days}"
+    change = interactions_change(past.interactions, interactions)
+    if abs(change) > settings.retune_change:
+        return (
+            f"{interactions:,} interactions, {change:+.1%} since the search of {past.searched_on} "
+            f"({past.interactions:,}), more than recommend.retune_change={settings.retune_change:g}"
+        )
+    return None
+
+
+def reuse_note(past: Search, run_date: dt.date, interactions: int, settings: RecommendConfig) -> str:
+    change = interactions_change(past.interactions, interactions)
+    return (
+        f"reused from the search of {past.searched_on} (model {past.reused_from}): "
+        f"age {(run_date - past.searched_on).days} days (limit {settings.retune_days}), "
+        f"interactions {change:+.1%} (limit {settings.retune_change:.0%})"
+    )
 
 
 def params_record(params: AlsParams) -> dict[str, float]:

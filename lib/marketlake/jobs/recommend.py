@@ -8,7 +8,9 @@ date's partitions and appends the model to ops.models."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from marketlake.recommend import (
     AlsParams,
     Evaluation,
     Recommender,
+    Search,
     Split,
     Tuned,
     als_top,
@@ -47,12 +50,16 @@ from marketlake.recommend import (
     lookback_start,
     most_excluded,
     popular_top,
+    retune_reason,
+    reuse_note,
     save_recommender,
+    search_fingerprint,
     segment_popular,
     split_random,
     split_time,
     to_indexes,
     tune,
+    tuning_budget,
     window_events,
 )
 from marketlake.runner import Job, JobContext
@@ -75,7 +82,7 @@ EVALUATION_SCHEMA = T.StructType(
     ]
 )
 # Command-line options that override the config's recommend section (option dest = config key).
-OVERRIDES = ("top_n", "split", "tune", "tuning_budget_seconds", "evaluate")
+OVERRIDES = ("top_n", "split", "tune", "tuning_budget_seconds", "evaluate", "retune")
 
 log = logging.getLogger("marketlake")
 
@@ -98,7 +105,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the configured ALS params, no search",
     )
     parser.add_argument(
-        "--tuning-budget-seconds", type=float, help="time budget of the search (default: config)"
+        "--tuning-budget-seconds",
+        type=float,
+        help="the search's time budget at most; it scales with the interactions below it (default: config)",
+    )
+    parser.add_argument(
+        "--retune",
+        action="store_const",
+        const=True,
+        help="search ALS params now instead of reusing the last search's (default: config recommend.retune)",
     )
     parser.add_argument(
         "--no-evaluate",
@@ -205,7 +220,10 @@ def fit_and_recommend(
         known_users, known_items = users.count(), items.count()
         step.detail = f"{known_users} users, {known_items} items"
     ctx.counts.update(interactions=interactions_count, users_known=known_users, items_known=known_items)
-    evaluation, tuned = evaluate_and_tune(ctx, settings, inputs, pairs, users, items, indexed, blocks, keep)
+    plan = plan_tuning(ctx, settings, interactions_count)
+    evaluation, tuned = evaluate_and_tune(
+        ctx, settings, inputs, pairs, users, items, indexed, blocks, keep, plan
+    )
     recommend(ctx, settings, inputs, pairs, users, items, indexed, tuned, evaluation, blocks)
 
 
@@ -219,12 +237,14 @@ def evaluate_and_tune(
     indexed: DataFrame,
     blocks: int,
     keep: Keep,
+    plan: TuningPlan,
 ) -> tuple[list[Evaluation] | None, Tuned]:
-    """Tune on the training part of the held-out split (or on everything when evaluation is off), then
-    evaluate the chosen params and the popularity baseline on the held-out part."""
+    """Tune on the training part of the held-out split (or on everything when evaluation is off), or reuse
+    the last search's params (`plan`), then evaluate the chosen params and the popularity baseline on the
+    held-out part."""
     if not settings.evaluate:
         ctx.note("evaluation: off (recommend.evaluate: false)")
-        return None, tune_logged(ctx, settings, indexed, blocks)
+        return None, tune_logged(ctx, settings, indexed, blocks, plan)
     split: Split = (
         split_time(inputs.windowed, settings, ctx.run_date)
         if settings.split == "time"
@@ -237,7 +257,7 @@ def evaluate_and_tune(
         .select(USER_INDEX, ITEM_INDEX)
         .join(known, USER_INDEX, "left_semi")
     )
-    tuned = tune_logged(ctx, settings, train, blocks)
+    tuned = tune_logged(ctx, settings, train, blocks, plan)
     evaluated = test.select(USER_INDEX).distinct().count()
     if evaluated < settings.min_users:
         ctx.note(
@@ -262,9 +282,87 @@ def evaluate_and_tune(
     return [als, baseline], tuned
 
 
-def tune_logged(ctx: JobContext, settings: RecommendConfig, train: DataFrame, blocks: int) -> Tuned:
+@dataclass(frozen=True)
+class TuningPlan:
+    """What this run does about ALS params: reuse `reuse` (an earlier search), or search within
+    `budget_seconds` because of `reason` (or take the configured params when tuning is off)."""
+
+    interactions: int
+    fingerprint: str
+    budget_seconds: float
+    reuse: Search | None = None
+    reason: str = ""
+
+
+def plan_tuning(ctx: JobContext, settings: RecommendConfig, interactions: int) -> TuningPlan:
+    """Reuse the last recorded search while it is recent, its interaction count close and its settings the
+    same; otherwise search (logged either way)."""
+    fingerprint = search_fingerprint(settings)
+    budget = tuning_budget(settings, interactions)
+    if not settings.tune:
+        return TuningPlan(interactions, fingerprint, budget, reason="tuning is off (recommend.tune: false)")
+    past = last_search(ctx, settings) if not settings.retune else None
+    reason = retune_reason(past, ctx.run_date, interactions, settings)
+    if reason is None and past is not None:
+        ctx.note(
+            f"ALS params {past.params.describe()}: {reuse_note(past, ctx.run_date, interactions, settings)}"
+        )
+        return TuningPlan(interactions, fingerprint, budget, reuse=past)
+    ctx.note(
+        f"ALS params: a new search ({reason}) within {budget:.0f} s "
+        f"(budget for {interactions:,} interactions, at most recommend.tuning_budget_seconds={settings.tuning_budget_seconds:g})"
+    )
+    return TuningPlan(interactions, fingerprint, budget, reason=reason or "")
+
+
+def last_search(ctx: JobContext, settings: RecommendConfig) -> Search | None:
+    """The newest search recorded in ops.models for this model up to the run date (a later date's search
+    never decides a backfill), or None."""
+    if not ctx.lake.exists(catalog.MODELS.name):
+        return None
+    row = (
+        ctx.lake.read(catalog.MODELS.name)
+        .filter(
+            (F.col("model_name") == MODEL_NAME)
+            & (F.col("run_date") <= F.lit(ctx.run_date))
+            & F.col("params").getItem("searched_on").isNotNull()
+        )
+        .orderBy(F.desc("run_date"), F.desc("created_at"))
+        .select("model_version", "params")
+        .first()
+    )
+    if row is None:
+        return None
+    params = {key: json.loads(value) for key, value in row["params"].items()}
+    return Search(
+        AlsParams(
+            int(params["rank"]), float(params["reg_param"]), float(params["alpha"]), int(params["max_iter"])
+        ),
+        dt.date.fromisoformat(params["searched_on"]),
+        int(params["searched_interactions"]),
+        str(params["search_fingerprint"]),
+        reused_from=row["model_version"],
+    )
+
+
+def tune_logged(
+    ctx: JobContext, settings: RecommendConfig, train: DataFrame, blocks: int, plan: TuningPlan
+) -> Tuned:
+    if plan.reuse is not None:
+        ctx.counts["params_reused"] = 1
+        return Tuned(
+            plan.reuse.params,
+            reason=reuse_note(plan.reuse, ctx.run_date, plan.interactions, settings),
+            search=plan.reuse,
+        )
+    ctx.counts["params_reused"] = 0
     with ctx.step("tune ALS") as step:
-        tuned = tune(train, settings, blocks)
+        tuned = tune(
+            train, settings.model_copy(update={"tuning_budget_seconds": plan.budget_seconds}), blocks
+        )
+        if tuned.trials:
+            searched = Search(tuned.chosen, ctx.run_date, plan.interactions, plan.fingerprint)
+            tuned = dataclasses.replace(tuned, search=searched, budget_seconds=plan.budget_seconds)
         step.rows = len(tuned.trials)
         best = max((t.ndcg for t in tuned.trials), default=None)
         chosen = f"chose {tuned.chosen.describe()}"
@@ -370,11 +468,27 @@ def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> d
 
 
 def tuning_params(settings: RecommendConfig, tuned: Tuned) -> dict[str, Any]:
+    """How the params were chosen. A search's origin (searched_on, searched_interactions,
+    search_fingerprint) is carried by every row that reuses it, so reuse never outlives the search."""
+    search = tuned.search
+    source = "configured" if search is None else "search" if search.reused_from is None else "reused"
+    origin = (
+        {}
+        if search is None
+        else {
+            "searched_on": search.searched_on.isoformat(),
+            "searched_interactions": search.interactions,
+            "search_fingerprint": search.fingerprint,
+            "reused_from": search.reused_from,
+        }
+    )
     return {
         "tuned": bool(tuned.trials),
         "tuning_note": tuned.reason,
+        "params_source": source,
+        **origin,
         "search": settings.search.model_dump(),
-        "tuning_budget_seconds": settings.tuning_budget_seconds,
+        "tuning_budget_seconds": tuned.budget_seconds,
         "split": settings.split,
         "k": settings.k,
         "top_n": settings.top_n,
