@@ -217,6 +217,7 @@ def test_tuning_stops_within_its_budget_and_keeps_the_best_candidate(small_train
             "tuning_min_users": 5,
             "search": search,
             "tuning_budget_seconds": 250,
+            "tuning_min_trials": 1,
         }
     )
 
@@ -232,6 +233,11 @@ def test_tuning_stops_within_its_budget_and_keeps_the_best_candidate(small_train
     roomy = tune(small_train, settings.model_copy(update={"tuning_budget_seconds": 10_000.0}), blocks=1)
     assert sorted(t.params.rank for t in roomy.trials) == [2, 4]
     assert roomy.chosen == max(roomy.trials, key=lambda t: t.ndcg).params
+    ticks = itertools.count(0, 50)
+    at_least_two = tune(
+        small_train, settings.model_copy(update={"tuning_min_trials": 2}), blocks=1, clock=clock
+    )
+    assert sorted(t.params.rank for t in at_least_two.trials) == [2, 4]  # over budget, but two must run
     few = tune(small_train, settings.model_copy(update={"tuning_min_users": 1000}), blocks=1)
     assert few.trials == [] and few.chosen.rank == 2 and "tuning_min_users" in few.reason
 

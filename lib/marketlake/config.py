@@ -262,6 +262,8 @@ class RecommendConfig(Section):
     tuning_budget_min_seconds: float = Field(default=180.0, gt=0)
     tuning_budget_seconds_per_million: float = Field(default=100.0, ge=0)
     tuning_max_trials: int = Field(default=8, ge=1)
+    # Trials that run whatever the budget: a busy machine must not end the search after one candidate.
+    tuning_min_trials: int = Field(default=3, ge=1)
     # Searched params are reused (from ops.models) until the search is more than retune_days old, or the
     # interaction count moved by more than the share retune_change since, or the tuning settings changed,
     # or retune is set (--retune).

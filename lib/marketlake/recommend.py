@@ -478,8 +478,8 @@ def tune(
 ) -> Tuned:
     """Random search over `search_space` scored by nDCG@k on a per-user random validation split of
     `train` (user_index, item_index, strength), within `tuning_budget_seconds` and `tuning_max_trials`: a
-    trial starts only while the time spent plus the mean trial time fits the budget (the first always
-    runs). The best nDCG wins; on a tie, the earlier candidate. `train` should be persisted."""
+    trial starts only while the time spent plus the mean trial time fits the budget (the first
+    `tuning_min_trials` always run). The best nDCG wins; on a tie, the earlier candidate. `train` should be persisted."""
     fallback = default_params(settings)
     if not settings.tune:
         return Tuned(fallback, reason="tuning is off (recommend.tune: false)")
@@ -499,7 +499,8 @@ def tune(
         started = clock()
         for params in search_space(settings)[: settings.tuning_max_trials]:
             spent = clock() - started
-            if trials and spent + spent / len(trials) > settings.tuning_budget_seconds:
+            over_budget = spent + spent / max(len(trials), 1) > settings.tuning_budget_seconds
+            if len(trials) >= settings.tuning_min_trials and over_budget:
                 break
             trial_started = clock()
             model = fit(fitting, params, settings.seed, blocks)
@@ -536,6 +537,7 @@ SEARCH_SETTINGS = (
     "seed",
     "search",
     "tuning_max_trials",
+    "tuning_min_trials",
     "validation_fraction",
     "tuning_min_users",
     "evaluate",
