@@ -127,6 +127,7 @@ def test_the_graph_follows_the_tables_each_job_reads(load_dag):
         "propensity": ["ingest"],
         "segment": ["features"],
         "rules": ["ingest"],
+        "sessions": ["ingest"],
         "recommend": ["segment"],
         "activate": ["rules", "recommend", "propensity"],
         "experiment": ["ingest"],
@@ -148,6 +149,7 @@ def test_missing_jobs_are_bridged_by_what_they_read(load_dag):
         "propensity": ["ingest"],
         "segment": ["features"],
         "rules": ["ingest"],
+        "sessions": ["ingest"],
         "activate": ["segment", "rules", "propensity"],
         "report": ["activate"],
     }

@@ -64,6 +64,8 @@ class GenerateConfig(Section):
     dirty_rate: float = Field(default=0.01, ge=0.0, le=0.3)
     # Share of the items released during the window (truth/new_items.csv), a few of them too late for events.
     new_item_share: float = Field(default=0.1, ge=0.0, le=0.5)
+    # Share of sessions with an intent: all their picks from one category, any category (truth/intent_sessions.csv).
+    intent_share: float = Field(default=0.1, ge=0.0, le=0.5)
     # Folder name under the landing root.
     shop: str = "shop"
 

@@ -122,23 +122,6 @@ def next_items(top_n: int, min_sessions: int = 1) -> Callable[[DataFrame], DataF
     return transform
 
 
-def model_rows(
-    run_date: dt.date, event_types: list[str], gap_minutes: float, steps: int, top_n: int, min_sessions: int
-) -> Callable[[DataFrame], DataFrame]:
-    """silver.events -> gold.next_items rows without as_of_date and model_version: the events up to the run
-    date, their sessions, the rules, the top next items per item."""
-
-    def transform(events: DataFrame) -> DataFrame:
-        return (
-            events.filter(F.col("event_date") <= F.lit(run_date))
-            .transform(session_steps(event_types, gap_minutes))
-            .transform(sequential_rules(steps))
-            .transform(next_items(top_n, min_sessions))
-        )
-
-    return transform
-
-
 # ---- scoring a session ---------------------------------------------------------------------------
 
 
