@@ -5,8 +5,8 @@ Protocol: each user's ratings, ordered by time (then movie id), split into sessi
 `--gap-minutes` (30) pass; sessions of one rating are dropped; the last `--test-fraction` (10%) of
 sessions by start time are the test part, the rest train every model. For every test session and every
 prefix of it (its first k ratings, k = 1..n-1) each method ranks 20 movies, without the prefix's own
-movies (a user rates a movie once), topped up with the most popular training movies where it has fewer
-than 20; the next rating's movie is the target. HR@20: the share of prefixes whose target is listed;
+movies (a user rates a movie once), topped up from the 220 most popular training movies where it has
+fewer than 20; the next rating's movie is the target. HR@20: the share of prefixes whose target is listed;
 MRR@20: the mean of 1 / its rank (0 when not listed).
 
 Methods:
@@ -39,6 +39,8 @@ DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "movielens-100k", "u.d
 K = 20
 NEIGHBOURS = 100
 WINDOW = 10
+# The top-up list holds this many popular movies beyond K, for prefixes that have seen some of them.
+TOP_UP_SEEN = 200
 
 
 def log(message: str) -> None:
@@ -126,7 +128,11 @@ def run(spark, args, settings) -> dict[str, tuple[float, float]]:
     test = steps.join(test_keys, SESSION).select(SESSION, "user_id", "step", "item_id", "length")
     # One row per (test session, prefix length k) and step of the prefix; the target is step k + 1.
     prefix_key = F.concat(F.col(SESSION), F.lit("@"), F.col("k").cast("string"))
-    cut = test.select(SESSION, F.explode(F.sequence(F.lit(1), F.col("length") - 1)).alias("k")).distinct()
+    cut = (
+        test.select(SESSION, "length")
+        .distinct()
+        .select(SESSION, F.explode(F.sequence(F.lit(1), F.col("length") - 1)).alias("k"))
+    )
     prefixes = (
         test.join(cut, SESSION)
         .filter(F.col("step") <= F.col("k"))
@@ -148,7 +154,7 @@ def run(spark, args, settings) -> dict[str, tuple[float, float]]:
         .groupBy("item_id")
         .agg(F.count("*").alias("score"))
         .orderBy(F.desc("score"), "item_id")
-        .limit(K + 800)
+        .limit(K + TOP_UP_SEEN)
         # Below any method's score (all are positive): a top-up only.
         .withColumn("score", F.col("score") / F.lit(1e9) - 1)
     )
