@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML merged over the default config (its sessions section is used)")
     parser.add_argument("--test-fraction", type=float, default=0.1)
     parser.add_argument("--gap-minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--skip-sknn",
+        action="store_true",
+        help="leave session-kNN out (the slowest baseline, about 15 min under load)",
+    )
     args = parser.parse_args(argv)
 
     from marketlake.config import load_config
@@ -200,8 +205,9 @@ def run(spark, args, settings) -> dict[str, tuple[float, float]]:
         _from_item(last_step(prefixes), rules.withColumnRenamed("weight", "score"))
     )
     log(f"SR {results['sequential rules (last item)']}")
-    results["session-kNN"] = evaluate(_sknn(prefixes, train))
-    log(f"SKNN {results['session-kNN']}")
+    if not args.skip_sknn:
+        results["session-kNN"] = evaluate(_sknn(prefixes, train))
+        log(f"SKNN {results['session-kNN']}")
 
     # As the sessions job builds gold.next_items from session steps.
     model = train.transform(sequential_rules(settings.steps)).transform(
