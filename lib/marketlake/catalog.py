@@ -100,7 +100,17 @@ SILVER_EVENTS = Table(
     partition_by=("event_date",),
     keys=("event_id",),
     written_by=("ingest",),
-    read_by=("ingest", "features", "propensity", "rules", "recommend", "activate", "experiment", "plan"),
+    read_by=(
+        "ingest",
+        "features",
+        "propensity",
+        "rules",
+        "sessions",
+        "recommend",
+        "activate",
+        "experiment",
+        "plan",
+    ),
 )
 SILVER_USERS = Table(
     "silver.users",
@@ -275,6 +285,23 @@ ITEM_CROSS_SELL = Table(
     keys=("item_id", "rank", "as_of_date"),
     written_by=("rules",),
     read_by=("activate", "report"),
+)
+NEXT_ITEMS = Table(
+    "gold.next_items",
+    grain="one item x rank x as_of_date: what a session that holds it goes on to (sequential rules)",
+    columns=(
+        ("item_id", "string"),
+        ("rank", "int"),
+        ("next_item_id", "string"),
+        ("score", "double"),
+        ("model_version", "string"),
+        ("as_of_date", "date"),
+    ),
+    partition_by=("as_of_date",),
+    keys=("item_id", "rank", "as_of_date"),
+    written_by=("sessions",),
+    about="`score`: the rule's share of the item's next-item weight (pairs at distance d weigh 1/d); an "
+    "item's scores over all its next items sum to 1, the table keeps its top ones.",
 )
 USER_RECOMMENDATIONS = Table(
     "gold.user_recommendations",
@@ -577,6 +604,7 @@ TABLES: tuple[Table, ...] = (
     SEGMENT_PROFILES,
     ASSOCIATION_RULES,
     ITEM_CROSS_SELL,
+    NEXT_ITEMS,
     USER_RECOMMENDATIONS,
     SIMILAR_ITEMS,
     RECOMMENDATION_EVALUATION,

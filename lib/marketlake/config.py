@@ -65,6 +65,8 @@ class GenerateConfig(Section):
     dirty_rate: float = Field(default=0.01, ge=0.0, le=0.3)
     # Share of the items released during the window (truth/new_items.csv), a few of them too late for events.
     new_item_share: float = Field(default=0.1, ge=0.0, le=0.5)
+    # Share of sessions with an intent: all their picks from one category, any category (truth/intent_sessions.csv).
+    intent_share: float = Field(default=0.1, ge=0.0, le=0.5)
     # Folder name under the landing root.
     shop: str = "shop"
 
@@ -167,6 +169,36 @@ class RulesConfig(Section):
     top_n: int = Field(default=10, ge=1)
     # The guard: stop before fitting when an upper bound on the frequent itemsets exceeds this.
     max_itemsets: int = Field(default=1_000_000, ge=1)
+
+
+SESSION_EVENT_TYPES = ["view", "click", "add_to_cart", "purchase"]
+
+
+class SessionsConfig(Section):
+    """The daily next-item model (issue 16): sequential rules over sessions into gold.next_items."""
+
+    # The events whose items make a session's steps (exposures are left out: the shop chose their item).
+    event_types: list[str] = Field(default_factory=lambda: list(SESSION_EVENT_TYPES), min_length=1)
+    # Events without a session_id are split into sessions per user where more than this passes.
+    session_gap_minutes: float = Field(default=30.0, gt=0)
+    # A rule a -> b counts pairs at most this many steps apart, each weighing 1 / distance.
+    steps: int = Field(default=10, ge=1, le=1000)
+    # Next items kept per item, and the fewest sessions a pair must be seen in.
+    top_n: int = Field(default=50, ge=1, le=10_000)
+    min_sessions: int = Field(default=1, ge=1)
+
+
+class RealtimeConfig(Section):
+    """The real-time list (issue 16): a live session's next-item candidates blended with the daily list."""
+
+    list_size: int = Field(default=10, ge=1, le=1000)
+    # Weight of the session's candidates (score / the user's best) against the daily list's 1 / rank.
+    session_weight: float = Field(default=0.7, ge=0, le=1)
+    # The current session: its session_id, or for events without one, a gap longer than this ends it.
+    session_gap_minutes: float = Field(default=30.0, gt=0)
+    event_types: list[str] = Field(default_factory=lambda: list(SESSION_EVENT_TYPES), min_length=1)
+    # Session candidates kept per user before blending.
+    candidates: int = Field(default=100, ge=1, le=100_000)
 
 
 class AlsSearchSpace(Section):
@@ -594,6 +626,8 @@ class Config(Section):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     activate: ActivateConfig = Field(default_factory=ActivateConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)

@@ -15,6 +15,7 @@ planted in it written beside, so that tests can measure how much of that truth e
                             whose categories include the item's category; empty when none)
         experiment.json     the experiment: variants, planned split, base rate, true lift, realised counts
         dirty_counts.json   dirty lines per kind, late events, and the other counts generate_shop returns
+        intent_sessions.csv    user_id, session_id, category: the sessions with an intent
         purchase_sessions.csv  user_id, session_id, first_date, last_date, p_purchase: each user's true
                             purchase propensity, one row per session that may hold a purchase
         dirty/date=YYYY-MM-DD/part-NNNNN.json   one JSON line per dirty line: kind, reason, event_id,
@@ -53,6 +54,12 @@ Truth:
   purchases, ctr and purchase rate recovers them with an adjusted Rand index of about 0.98 (the
   lowest-cost run of a few seeds; single runs can stop in a local optimum).
 - taste_groups.csv — users in a group view and buy mostly (85% of picks) items of the group's categories.
+- intent_sessions.csv — `intent_share` of the candidate sessions (10% by default) have an intent: all
+  their picks come from one category, drawn uniformly whatever the user's taste, by popularity within it
+  (an unreleased pick is then made again in the same category). From a random stream of their own
+  (`INTENT_STREAM`): with `intent_share` 0 the shop is the one without intent; with it, the timing,
+  clicks, carts and conversion of every session are drawn as before and only the intent sessions' items
+  change (and, where that changes a bundle, which sessions fit the user's budget). Lists the kept ones.
 - bundles.csv — 2-3 items of one category; when an order contains the anchor (first item), the other
   items are added to the same order with probability `rate` (as an add_to_cart and a purchase), so the
   share of anchor orders holding the whole bundle is about `rate` (a little more from organic purchases).

@@ -82,6 +82,8 @@ class Context:
     bundle_members: np.ndarray
     bundle_rate: np.ndarray
     bounds: np.ndarray
+    intent_share: float = 0.0
+    category_names: tuple[str, ...] = ()
 
 
 def pick_table(catalog: Catalog, pickable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +137,8 @@ def build_context(
         bundle_members=bundles.members,
         bundle_rate=bundles.rate,
         bounds=chunk_bounds(population.budget, spec.events),
+        intent_share=spec.intent_share,
+        category_names=tuple(catalog.categories),
     )
 
 
@@ -152,6 +156,29 @@ def pick_items(ctx: Context, rng: np.random.Generator, group: int, n: int) -> np
     )
     position = np.searchsorted(ctx.pick_keys, category + rng.random(n), side="right")
     return ctx.pick_items[position]
+
+
+def draw_intents(ctx: Context, intent_rng: np.random.Generator, count: int) -> np.ndarray:
+    """Per candidate session, its intent: a category (any, whatever the user's taste) whose items all its
+    picks come from, with probability intent_share; -1 for none. From its own stream (`intent_rng`)."""
+    if ctx.intent_share <= 0:
+        return np.full(count, -1)
+    has_intent = intent_rng.random(count) < ctx.intent_share
+    category = intent_rng.integers(0, ctx.n_categories, count)
+    return np.where(has_intent, category, -1)
+
+
+def with_intent(
+    ctx: Context, intent_rng: np.random.Generator, item: np.ndarray, intent: np.ndarray
+) -> np.ndarray:
+    """The picks of sessions with an intent made again, by popularity, among the items of its category."""
+    focused = np.flatnonzero(intent >= 0)
+    if len(focused) == 0:
+        return item
+    keys = intent[focused] + intent_rng.random(len(focused))
+    picked: np.ndarray = item.copy()
+    picked[focused] = ctx.pick_items[np.searchsorted(ctx.pick_keys, keys, side="right")]
+    return picked
 
 
 def released_only(
@@ -262,12 +289,17 @@ def browse_and_buy(
     u: int,
     persona: Persona,
     sessions: Sessions,
+    intent_rng: np.random.Generator | None = None,
+    intent: np.ndarray | None = None,
 ) -> Events:
-    """Views, clicks, carts and orders for every candidate session (bundles included)."""
+    """Views, clicks, carts and orders for every candidate session (bundles included); a session with an
+    intent (`intent` >= 0, a category) picks from that category only."""
     count = len(sessions.start)
     views = 1 + rng.poisson(max(0.0, persona.views - 1), count)
     session = _segment_ids(views)
     item = pick_items(ctx, rng, int(ctx.group[u]), len(session))
+    if intent is not None and intent_rng is not None:
+        item = with_intent(ctx, intent_rng, item, intent[session])
     item = released_only(ctx, release_rng, item, sessions.start[session])
     gap = np.minimum(rng.exponential(VIEW_GAP_MS, len(session)), MAX_VIEW_GAP_MS).astype(np.int64) + 1000
     first_view = np.cumsum(views) - views

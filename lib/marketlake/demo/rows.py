@@ -14,6 +14,7 @@ import pyarrow as pa
 from marketlake.demo.behaviour import (
     Context,
     browse_and_buy,
+    draw_intents,
     draw_sessions,
     fit_budget,
     format_ts,
@@ -29,6 +30,7 @@ from marketlake.demo.spec import (
     EVENT_TYPES,
     EXPERIMENT_ID,
     EXPOSURE,
+    INTENT_STREAM,
     PERSONAS,
     PURCHASE,
     RELEASE_STREAM,
@@ -38,6 +40,8 @@ from marketlake.demo.spec import (
 LATE_RATE = 0.005
 PURCHASE_SESSIONS = "purchase_sessions"  # the target of the rows of truth/purchase_sessions.csv
 PURCHASE_SESSIONS_HEADER = "user_id,session_id,first_date,last_date,p_purchase"
+INTENT_SESSIONS = "intent_sessions"  # the target of the rows of truth/intent_sessions.csv
+INTENT_SESSIONS_HEADER = "user_id,session_id,category"
 
 
 def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -46,8 +50,10 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     rng = np.random.default_rng([ctx.seed, USER_STREAM, u])
     release_rng = np.random.default_rng([ctx.seed, RELEASE_STREAM, u])
     persona = PERSONAS[int(ctx.persona[u])]
+    intent_rng = np.random.default_rng([ctx.seed, INTENT_STREAM, u])
     sessions = draw_sessions(ctx, rng, u, persona, int(ctx.budget[u]))
-    candidates = browse_and_buy(ctx, rng, release_rng, u, persona, sessions)
+    intent = draw_intents(ctx, intent_rng, len(sessions.start))
+    candidates = browse_and_buy(ctx, rng, release_rng, u, persona, sessions, intent_rng, intent)
     budget = int(ctx.budget[u])
     events, n_sessions, keep = fit_budget(ctx, rng, release_rng, u, persona, sessions, candidates, budget)
     events = events.take(np.argsort(events.t, kind="stable"))
@@ -123,7 +129,9 @@ def user_rows(ctx: Context, u: int, chunk: int) -> tuple[dict[str, np.ndarray], 
     truth["target"] = np.full(len(bad), "dirty", dtype=object)
     index, first, last, p = purchase_windows(ctx, u, persona, sessions, keep)
     planted = planted_rows(ctx, u, session_ids[index], first, last, p)
-    rows = {k: np.concatenate([rows[k], truth[k], planted[k]]) for k in rows}
+    focused = np.flatnonzero(keep & (intent >= 0))
+    intents = intent_rows(ctx, u, session_ids[focused], intent[focused])
+    rows = {k: np.concatenate([rows[k], truth[k], planted[k], intents[k]]) for k in rows}
 
     kinds = np.bincount(np.r_[dirty[dirty >= 0]], minlength=len(DIRTY_KINDS))
     in_first = events.session == sessions.first_exposure
@@ -158,6 +166,19 @@ def planted_rows(
     rows["override"][:] = [
         f"{ctx.user_ids[u]},{s},{a},{b},{round(float(q), 6)!r}"
         for s, a, b, q in zip(session_id, first_date, last_date, p, strict=True)
+    ]
+    rows["date"][:] = "all"
+    rows["user_idx"][:] = u
+    rows["seq"] = np.arange(len(session_id), dtype=np.int32)
+    return rows
+
+
+def intent_rows(ctx: Context, u: int, session_id: np.ndarray, category: np.ndarray) -> dict[str, np.ndarray]:
+    """A row per kept session with an intent, its line of truth/intent_sessions.csv in `override`."""
+    rows = blank_rows(INTENT_SESSIONS, len(session_id))
+    rows["override"][:] = [
+        f"{ctx.user_ids[u]},{s},{ctx.category_names[int(c)]}"
+        for s, c in zip(session_id, category, strict=True)
     ]
     rows["date"][:] = "all"
     rows["user_idx"][:] = u

@@ -57,6 +57,10 @@ REPEAT_EXPOSURE_P = 0.3
 # made again among the established ones. The last two are streams of their own so that a shop without new
 # items is drawn exactly as before they existed.
 DRIVER_STREAM, USER_STREAM, NEW_ITEM_STREAM, RELEASE_STREAM = 1, 2, 3, 4
+# Per user, which sessions have an intent (one category) and their picks: a stream of its own, so that
+# with intent_share 0 the shop is exactly the one without intent, and with it only those sessions' items
+# change (their timing, clicks, carts and conversion are drawn as before).
+INTENT_STREAM = 5
 # New items released so late (COLD_RELEASE_HOUR UTC on the last day, after the last session start) that
 # they have no events: this share of the new items, at least 2.
 COLD_SHARE = 0.2
@@ -77,6 +81,7 @@ class ShopSpec:
     dirty_rate: float = 0.01
     end_date: dt.date = DEFAULT_END_DATE
     new_item_share: float = 0.1
+    intent_share: float = 0.1
 
     DEMO: ClassVar[ShopSpec]
 
@@ -102,6 +107,10 @@ class ShopSpec:
             (
                 0.0 <= self.new_item_share <= 0.5,
                 f"new_item_share must be between 0 and 0.5, got {self.new_item_share}",
+            ),
+            (
+                0.0 <= self.intent_share <= 0.5,
+                f"intent_share must be between 0 and 0.5, got {self.intent_share}",
             ),
         ]
         for ok, message in checks:

@@ -18,6 +18,8 @@ from pyspark.sql import functions as F
 
 from marketlake.demo.behaviour import build_context
 from marketlake.demo.rows import (
+    INTENT_SESSIONS,
+    INTENT_SESSIONS_HEADER,
     PURCHASE_SESSIONS,
     PURCHASE_SESSIONS_HEADER,
     ROW_DDL,
@@ -282,6 +284,12 @@ def generate_shop(
         f"{out_dir}/_staging/target={PURCHASE_SESSIONS}/date=all",
         f"{out_dir}/truth/{PURCHASE_SESSIONS}.csv",
         PURCHASE_SESSIONS_HEADER,
+    )
+    join_parts(
+        files,
+        f"{out_dir}/_staging/target={INTENT_SESSIONS}/date=all",
+        f"{out_dir}/truth/{INTENT_SESSIONS}.csv",
+        INTENT_SESSIONS_HEADER,
     )
     totals: dict[str, float] = {}
     for stats in files.list(f"{out_dir}/_staging/target=stats"):

@@ -16,6 +16,7 @@ PIPELINE_ORDER = [
     "propensity",
     "segment",
     "rules",
+    "sessions",
     "recommend",
     "activate",
     "experiment",

@@ -11,7 +11,7 @@ from marketlake.demo import ShopSpec, generate_shop
 from marketlake.runner import Job, JobContext
 
 # Command-line options that override the config's generate section (option dest = config key).
-OVERRIDES = ("users", "items", "events", "seed", "days", "dirty_rate", "new_item_share")
+OVERRIDES = ("users", "items", "events", "seed", "days", "dirty_rate", "new_item_share", "intent_share")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of the items released during the window, 0-0.5 (default: config, 0.1)",
     )
     parser.add_argument(
+        "--intent-share",
+        type=float,
+        help="share of sessions focused on one category, 0-0.5 (default: config, 0.1)",
+    )
+    parser.add_argument(
         "--out",
         help="output folder, a path or a URI such as s3a://bucket/shop "
         "(default: <landing root>/<generate.shop>, where ingest looks)",
@@ -50,6 +55,7 @@ def spec_from(args: argparse.Namespace, config: Config) -> ShopSpec:
         dirty_rate=shop.dirty_rate,
         end_date=args.run_date,
         new_item_share=shop.new_item_share,
+        intent_share=shop.intent_share,
     )
 
 
