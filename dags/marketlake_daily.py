@@ -5,9 +5,9 @@ Each run covers one finished UTC day: the data interval runs from 02:30 UTC on t
 start date, is the day the jobs are run for (`--run-date`). The jobs are idempotent per run date, so
 retries and re-runs of a date are safe.
 
-The task graph follows the tables each job reads: rules and experiment run beside features -> segment
--> recommend, report waits for all of them, and housekeeping (which reads no table in the catalog's
-sense, so waits for every job before it) runs last. The job list comes from the marketlake checkout
+The task graph follows the tables each job reads: rules, sessions and experiment run beside features ->
+segment -> recommend, report waits for what it shows, and housekeeping (which reads no table in the
+catalog's sense, so waits for every job before it) runs last. The job list comes from the marketlake checkout
 (`PIPELINE_ORDER` in lib/marketlake/jobs/__init__.py, those whose files exist), read as text:
 this file imports neither marketlake nor Spark, so the Airflow environment needs neither. That order
 starts at ingest, which reads the landing folder: the synthetic shop generator (`generate`) is for demos
