@@ -1,6 +1,7 @@
 """Cold start: recommending items nobody has interacted with yet (issue 17), from their content.
 
-An item ALS has never seen has no factors. Its content (title, category, brand, tags) places it:
+An item ALS has never seen has no factors. Its content vector (marketlake.content.item_vectors, the model of
+gold.similar_items: title words and tags, category, brand, price) places it:
 
 - Regression: a ridge regression, fitted on the warm items, from an item's content vector to its ALS
   factors and to two priors: popularity (log1p of its users) and appeal (the mean over its users of their
@@ -19,13 +20,17 @@ An item ALS has never seen has no factors. Its content (title, category, brand, 
 - Merge: each user's best `max_per_list` cold items by that score, never an item the user has any event
   for, enter the list where their `als_score` places them among the user's ALS rows (the same scale);
   fallback rows come after them; the warm rows keep their order, and the list is cut at top_n again.
+- The recommend job's step (fit_cold_run): cold items are the active items with fewer than `min_users`
+  users in the window; the fitted model is saved as JSON beside the run's other models.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
@@ -44,7 +49,9 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from marketlake.config import ColdStartConfig
+from marketlake.content import active_items, item_vectors
 from marketlake.errors import UsageError
+from marketlake.models import model_version
 from marketlake.recommend import (
     ALS_SOURCE,
     ITEM,
@@ -56,7 +63,11 @@ from marketlake.recommend import (
     STRENGTH,
     USER,
     USER_INDEX,
+    Recommender,
 )
+
+if TYPE_CHECKING:
+    from marketlake.runner import JobContext
 
 CONTENT_SOURCE = "content"
 FEATURES, FACTORS = "features", "factors"
@@ -346,23 +357,35 @@ def fit_cold_model(
     return ColdModel(blend=fit_blend(features, held_out_pairs), regression=regression)
 
 
+def full_regression(
+    pairs: DataFrame,
+    vectors: DataFrame,
+    model: ALSModel,
+    users: DataFrame,
+    items: DataFrame,
+    settings: ColdStartConfig,
+) -> ContentRegression:
+    """The regression fitted on every warm item of `model` (the run's ALS), the one that scores cold items."""
+    _, item_factors = factors_by_id(model, users, items)
+    return fit_regression(
+        vectors, item_targets(pairs, item_factors), settings.ridge, settings.max_feature_dim
+    )
+
+
 def cold_scores(
     spark: SparkSession,
     blend: Blend,
+    regression: ContentRegression,
     pairs: DataFrame,
     vectors: DataFrame,
     model: ALSModel,
     users: DataFrame,
     items: DataFrame,
     cold_items: DataFrame,
-    settings: ColdStartConfig,
 ) -> DataFrame:
     """(user_id, item_id, score, als_score, profile, popularity, appeal) for every user of the model and
-    every cold item (item_id): the regression refitted on all warm items of `model`, the blend applied."""
-    user_factors, item_factors = factors_by_id(model, users, items)
-    regression = fit_regression(
-        vectors, item_targets(pairs, item_factors), settings.ridge, settings.max_feature_dim
-    )
+    every cold item (item_id); `regression`: full_regression of the same model, the blend applied."""
+    user_factors, _ = factors_by_id(model, users, items)
     long_vectors = vectors_long(vectors)
     cold_long = long_vectors.join(cold_items, ITEM, "left_semi")
     features = cold_features(
@@ -435,3 +458,97 @@ def merge_cold(
             "as_of_date",
         )
     )
+
+
+# ---- the recommend job's step -------------------------------------------------------------------------------------
+
+MODEL_NAME = "recommend_cold_start"
+MODEL_FILE = "cold_start.json"
+
+
+def cold_items_of(catalogue: DataFrame, pairs: DataFrame, min_users: int) -> DataFrame:
+    """(item_id): the active items of the catalogue with fewer than `min_users` distinct users in the
+    interactions (with the default 1: the items ALS does not know)."""
+    known = (
+        pairs.groupBy(ITEM).agg(F.countDistinct(USER).alias("_users")).filter(F.col("_users") >= min_users)
+    )
+    return active_items(catalogue).select(ITEM).join(known.select(ITEM), ITEM, "left_anti")
+
+
+@dataclass
+class ColdRun:
+    """The run's fitted cold-start model: the scores of its cold items and what ops.models records."""
+
+    scores: DataFrame  # cold_scores
+    cold_items: int
+    version: str
+    path: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def fit_cold_run(
+    ctx: JobContext,
+    settings: ColdStartConfig,
+    content: PipelineModel,
+    catalogue: DataFrame,
+    pairs: DataFrame,
+    recommender: Recommender,
+    fit_factors: FitFactors,
+    versions: dict[str, str | None],
+    seed: int,
+) -> ColdRun | None:
+    """Fits the cold model of the run (the blend on pseudo-cold warm items, the regression on all warm items
+    of the run's ALS model), saves it to models/recommend_cold_start/<version>/cold_start.json and scores
+    the cold items for every user of the ALS model. None without cold items. `versions`: the ALS and
+    content model versions the cold model builds on (part of its params)."""
+    cold_items = cold_items_of(catalogue, pairs, settings.min_users).persist()
+    count = cold_items.count()
+    if count == 0:
+        cold_items.unpersist()
+        ctx.note("cold start: no cold items (every active item has interactions)")
+        return None
+    started = time.perf_counter()
+    params: dict[str, Any] = {
+        "model": "cold-start-hybrid",
+        **settings.model_dump(),
+        "seed": seed,
+        **{f"{name}_model_version": version for name, version in sorted(versions.items())},
+    }
+    version = model_version(ctx.run_date, params)
+    vectors = item_vectors(content, catalogue)
+    model, users, items = recommender.model, recommender.users, recommender.items
+    strengths = pairs.select(USER, ITEM, STRENGTH)
+    fitted = fit_cold_model(ctx.spark, strengths, vectors, users, items, fit_factors, settings, seed)
+    regression = full_regression(strengths, vectors, model, users, items, settings)
+    path = ctx.lake.model_path(MODEL_NAME, version)
+    ctx.lake.files.write_text(f"{path}/{MODEL_FILE}", model_json(fitted.blend, regression))
+    scores = cold_scores(
+        ctx.spark, fitted.blend, regression, strengths, vectors, model, users, items, cold_items
+    )
+    interacts, engages = fitted.blend.interacts, fitted.blend.engages
+    metrics = {
+        "cold_items": count,
+        "fit_seconds": round(time.perf_counter() - started, 3),
+        "content_dims": regression.weights.shape[0] - 1,
+        **{f"interacts_{n}": c for n, c in zip(interacts.inputs, interacts.coefficients, strict=True)},
+        "interacts_intercept": interacts.intercept,
+        **{f"engages_{n}": c for n, c in zip(engages.inputs, engages.coefficients, strict=True)},
+        "engages_intercept": engages.intercept,
+    }
+    return ColdRun(scores, count, version, path, params, metrics)
+
+
+def model_json(blend: Blend, regression: ContentRegression) -> str:
+    """The fitted cold model as JSON: the two logits and the regression's weights (rows: content dims, then
+    the intercept; columns: the ALS factors, then popularity and appeal)."""
+    logits = {
+        name: {
+            "inputs": list(logit.inputs),
+            "coefficients": list(logit.coefficients),
+            "intercept": logit.intercept,
+        }
+        for name, logit in (("interacts", blend.interacts), ("engages", blend.engages))
+    }
+    weights = [[round(float(w), 12) for w in row] for row in regression.weights]
+    return json.dumps({**logits, "rank": regression.rank, "weights": weights}, separators=(",", ":"))
