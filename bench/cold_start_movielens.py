@@ -19,8 +19,10 @@ by marketlake.recommend.tune on the training part) against the same ALS with the
 rating in the training part are the cold items, at most `recommend.cold_start.max_per_list` per list.
 
 Baselines printed: random scores; popularity among cold items is undefined (none has a rating); the user
-content profile alone. Items: ../shared/data/movielens-100k/items.tsv (title, year, genres); genres are
-the category, the year's bucket a tag.
+content profile alone. Items: ../shared/data/movielens-100k/items.tsv as the movielens_items mapping shapes
+it (title "Toy Story (1995) | Animation Children's Comedy", the first genre the category), plus tags (every
+genre, the year's bucket); content vectors from the job's pipeline (marketlake.content, config
+recommend.content).
 
     python bench/cold_start_movielens.py [--seeds 0 1 2 3 4] [--config conf/X.yaml] [--tuning-budget S]
 
@@ -102,12 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         "--tuning-budget", type=float, help="seconds for today's ALS search (default: config)"
     )
     parser.add_argument("--no-warm", action="store_true", help="skip the warm part")
-    parser.add_argument(
-        "--content",
-        choices=["job", "local"],
-        default="job",
-        help="content vectors: the job's (marketlake.content) or coldstart's former local pipeline",
-    )
     args = parser.parse_args(argv)
     for name in ("u.data", "items.tsv"):
         if not os.path.isfile(os.path.join(args.data, name)):
@@ -140,12 +136,7 @@ def run(spark, args, settings, content) -> int:
     events = ratings_as_events(spark, os.path.join(args.data, "u.data")).persist()
     run_date = events.agg(F.max("event_date")).first()[0]
     items = read_items(spark, os.path.join(args.data, "items.tsv"))
-    if args.content == "local":
-        from marketlake.coldstart import content_model, content_vectors
-
-        vectors = content_vectors(content_model(items), items).persist()
-    else:
-        vectors = item_vectors(item_content_model(items, content), items).persist()
+    vectors = item_vectors(item_content_model(items, content), items).persist()
     dims = vectors.first()["features"].size
     rated = settings.model_copy(update={"rating_value": True})
     pairs = (

@@ -33,14 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
+from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import (
-    IDF,
-    CountVectorizer,
-    Normalizer,
-    RegexTokenizer,
-    StopWordsRemover,
     VectorAssembler,
 )
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -74,55 +69,12 @@ FEATURES, FACTORS = "features", "factors"
 DIM, VALUE = "dim", "value"
 ALS_SCORE, PROFILE, POPULARITY, APPEAL = "als_score", "profile", "popularity", "appeal"
 CENTRED = "centred"
-TITLE_VOCABULARY = 2000
 
 # Fits ALS on a subset of the interactions (user_index, item_index, strength) with the job's parameters.
 FitFactors = Callable[[DataFrame], ALSModel]
 
 
-# ---- content vectors (a small local builder; marketlake.content.item_vectors has the same output) --------------
-
-
-def content_model(items: DataFrame) -> PipelineModel:
-    """silver.items-shaped frame (item_id, title, category, brand, optional tags array<string>) -> a fitted
-    pipeline: TF-IDF of the title's words and one-hot labels (category words, brand, tags), each block
-    L2-normalised, assembled and L2-normalised again."""
-    prepared = _labelled(items)
-    stages: list[Estimator[Any] | Transformer] = [
-        RegexTokenizer(inputCol="_title", outputCol="_words", pattern=r"[^\p{L}\p{N}]+", minTokenLength=2),
-        StopWordsRemover(inputCol="_words", outputCol="_kept"),
-        CountVectorizer(inputCol="_kept", outputCol="_tf", vocabSize=TITLE_VOCABULARY, minDF=2.0),
-        IDF(inputCol="_tf", outputCol="_tfidf"),
-        Normalizer(inputCol="_tfidf", outputCol="_title_vec"),
-        CountVectorizer(inputCol="_labels", outputCol="_label_counts", binary=True),
-        Normalizer(inputCol="_label_counts", outputCol="_label_vec"),
-        VectorAssembler(inputCols=["_label_vec", "_title_vec"], outputCol="_assembled"),
-        Normalizer(inputCol="_assembled", outputCol=FEATURES),
-    ]
-    return Pipeline(stages=stages).fit(prepared)
-
-
-def content_vectors(model: PipelineModel, items: DataFrame) -> DataFrame:
-    """(item_id, features): one L2-normalised vector per item."""
-    return model.transform(_labelled(items)).select(ITEM, FEATURES)
-
-
-def _labelled(items: DataFrame) -> DataFrame:
-    # A constant token keeps each vocabulary non-empty; its IDF (or its share in every item) is uninformative.
-    category = F.transform(
-        F.split(F.lower(F.coalesce(F.col("category"), F.lit(""))), r"[|]"),
-        lambda c: F.concat(F.lit("c:"), F.trim(c)),
-    )
-    brand = F.array(F.concat(F.lit("b:"), F.lower(F.coalesce(F.col("brand"), F.lit("")))))
-    tags = F.col("tags") if "tags" in items.columns else F.array().cast("array<string>")
-    labels = F.array_distinct(
-        F.concat(category, brand, F.transform(tags, lambda t: F.concat(F.lit("t:"), t)))
-    )
-    return items.select(
-        ITEM,
-        F.concat_ws(" ", F.lit("_"), F.coalesce(F.col("title"), F.lit(""))).alias("_title"),
-        labels.alias("_labels"),
-    )
+# ---- content vectors ------------------------------------------------------------------------------------------
 
 
 def vectors_long(vectors: DataFrame) -> DataFrame:
