@@ -454,10 +454,9 @@ def fit_cold_run(
     of the run's ALS model), saves it to models/recommend_cold_start/<version>/cold_start.json and scores
     the cold items for every user of the ALS model. None without cold items. `versions`: the ALS and
     content model versions the cold model builds on (part of its params)."""
-    cold_items = cold_items_of(catalogue, pairs, settings.min_users).persist()
+    cold_items = cold_items_of(catalogue, pairs, settings.min_users)
     count = cold_items.count()
     if count == 0:
-        cold_items.unpersist()
         ctx.note("cold start: no cold items (every active item has interactions)")
         return None
     started = time.perf_counter()
