@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -327,7 +328,7 @@ def recommend(
     try:
         cold = None
         if recommender is not None:
-            fit_factors = lambda indexed: fit(indexed, tuned.chosen, settings.seed, blocks)  # noqa: E731
+            fit_factors = partial(fit, params=tuned.chosen, seed=settings.seed, blocks=blocks)
             cold = cold_start(ctx, settings, inputs, pairs, recommender, fit_factors, content, rows_version)
         if cold is not None:
             cached += [rows.persist(), cold.scores.persist()]
