@@ -530,11 +530,7 @@ def test_the_demo_shops_cold_new_items_reach_users_of_their_taste_groups(demo):
     content["match"] = [
         str(g) in groups[i] for i, g in zip(content.item_id, content.taste_group, strict=True)
     ]
-    # Measured on 2026-12-02: see docs/jobs/recommend.md (new items on the demo shop).
     reached = content.groupby("item_id").user_id.nunique()
-    print(
-        f"cold items {len(cold)}, reached {len(reached)}, rows {len(content)}, match {content.match.mean():.3f}"
-    )
     assert len(reached) >= len(cold) // 2 and reached.min() >= 10
     assert content.match.mean() >= 0.8
     # Far above the share of users in those taste groups.
