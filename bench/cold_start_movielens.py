@@ -19,8 +19,10 @@ by marketlake.recommend.tune on the training part) against the same ALS with the
 rating in the training part are the cold items, at most `recommend.cold_start.max_per_list` per list.
 
 Baselines printed: random scores; popularity among cold items is undefined (none has a rating); the user
-content profile alone. Items: ../shared/data/movielens-100k/items.tsv (title, year, genres); genres are
-the category, the year's bucket a tag.
+content profile alone. Items: ../shared/data/movielens-100k/items.tsv as the movielens_items mapping shapes
+it (title "Toy Story (1995) | Animation Children's Comedy", the first genre the category), plus tags (every
+genre, the year's bucket); content vectors from the job's pipeline (marketlake.content, config
+recommend.content).
 
     python bench/cold_start_movielens.py [--seeds 0 1 2 3 4] [--config conf/X.yaml] [--tuning-budget S]
 
@@ -54,16 +56,22 @@ def log(message: str) -> None:
 
 
 def read_items(spark, path: str):
-    """items.tsv -> silver.items-shaped frame: genres as a '|'-joined category, the year's bucket a tag."""
+    """items.tsv -> silver.items-shaped frame as the movielens_items mapping makes it (title "Toy Story
+    (1995) | Animation Children's Comedy", category the first genre, no brand or price), plus tags: every
+    genre and the year's bucket."""
     rows = []
     with open(path, encoding="utf-8") as handle:
         next(handle)
         for line in handle:
             item_id, title, year, genres = (line.rstrip("\n").split("\t") + ["", "", ""])[:4]
             bucket = sum(int(year) >= edge for edge in YEAR_EDGES) if year.isdigit() else -1
-            rows.append((item_id, title, "|".join(genres.split()), None, [f"year{bucket}"]))
+            names = genres.split()
+            full = f"{title} ({year}) | {' '.join(names)}"
+            tags = [f"genre:{g.lower()}" for g in names] + [f"year{bucket}"]
+            rows.append((item_id, full, names[0] if names else None, None, None, tags))
     return spark.createDataFrame(
-        rows, "item_id string, title string, category string, brand string, tags array<string>"
+        rows,
+        "item_id string, title string, category string, brand string, price double, tags array<string>",
     )
 
 
@@ -115,20 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(config)
     spark.sparkContext.setLogLevel("ERROR")
     with tempfile.TemporaryDirectory(prefix="cold-bench-") as scratch, checkpoints(spark, f"{scratch}/cp"):
-        return run(spark, args, settings)
+        return run(spark, args, settings, config.recommend.content)
 
 
-def run(spark, args, settings) -> int:
+def run(spark, args, settings, content) -> int:
     from pyspark.sql import functions as F
 
-    from marketlake.coldstart import content_model, content_vectors
+    from marketlake.content import item_content_model, item_vectors
     from marketlake.recommend import interactions, window_events
 
     started = time.perf_counter()
     events = ratings_as_events(spark, os.path.join(args.data, "u.data")).persist()
     run_date = events.agg(F.max("event_date")).first()[0]
     items = read_items(spark, os.path.join(args.data, "items.tsv"))
-    vectors = content_vectors(content_model(items), items).persist()
+    vectors = item_vectors(item_content_model(items, content), items).persist()
     dims = vectors.first()["features"].size
     rated = settings.model_copy(update={"rating_value": True})
     pairs = (
@@ -164,7 +172,7 @@ def run(spark, args, settings) -> int:
 def cold_seed(spark, pairs, vectors, item_ids, settings, blocks, seed) -> dict:
     from pyspark.sql import functions as F
 
-    from marketlake.coldstart import cold_scores, fit_cold_model
+    from marketlake.coldstart import cold_scores, fit_cold_model, full_regression
     from marketlake.recommend import ITEM, ITEM_INDEX, USER, USER_INDEX, default_params, dense_index, fit
 
     cold_ids = sorted(random.Random(seed).sample(item_ids, int(len(item_ids) * COLD_FRACTION)))
@@ -183,8 +191,9 @@ def cold_seed(spark, pairs, vectors, item_ids, settings, blocks, seed) -> dict:
     cold_model = fit_cold_model(
         spark, warm_pairs, vectors, users, items, fit_factors, settings.cold_start, seed
     )
+    regression = full_regression(warm_pairs, vectors, model, users, items, settings.cold_start)
     scores = cold_scores(
-        spark, cold_model.blend, warm_pairs, vectors, model, users, items, cold, settings.cold_start
+        spark, cold_model.blend, regression, warm_pairs, vectors, model, users, items, cold
     ).toPandas()
     ratings = pairs.join(F.broadcast(cold), ITEM, "left_semi").select(USER, ITEM, "rating").toPandas()
     user_ids = sorted(scores[USER].unique())
@@ -193,7 +202,7 @@ def cold_seed(spark, pairs, vectors, item_ids, settings, blocks, seed) -> dict:
     ii = {i: n for n, i in enumerate(item_order)}
     shape = (len(user_ids), len(item_order))
     matrix = {}
-    for column in ("score", "profile", "als_score", "popularity"):
+    for column in ("score", "profile", "als_score", "popularity", "appeal"):
         m = np.zeros(shape)
         m[scores[USER].map(ui), scores[ITEM].map(ii)] = scores[column].to_numpy()
         matrix[column] = m
@@ -201,6 +210,8 @@ def cold_seed(spark, pairs, vectors, item_ids, settings, blocks, seed) -> dict:
     known = ratings[ratings[USER].isin(ui) & ratings[ITEM].isin(ii)]
     truth[known[USER].map(ui), known[ITEM].map(ii)] = known["rating"].to_numpy()
     order = np.array([int(i) for i in item_order])
+    if os.environ.get("COLD_BENCH_DUMP"):  # the score matrices, for looking into what limits the blend
+        np.savez(f"{os.environ['COLD_BENCH_DUMP']}/seed{seed}.npz", truth=truth, items=order, **matrix)
     out = {
         "blend": per_user_metrics(user_ids, order, matrix["score"], truth),
         "random": per_user_metrics(user_ids, order, np.random.default_rng(seed).random(shape), truth),
@@ -220,7 +231,7 @@ def cold_seed(spark, pairs, vectors, item_ids, settings, blocks, seed) -> dict:
 def warm_part(spark, events, vectors, settings, blocks, run_date) -> dict:
     from pyspark.sql import functions as F
 
-    from marketlake.coldstart import cold_scores, fit_cold_model, merge_cold
+    from marketlake.coldstart import cold_scores, fit_cold_model, full_regression, merge_cold
     from marketlake.recommend import (
         ITEM,
         ITEM_INDEX,
@@ -265,9 +276,8 @@ def warm_part(spark, events, vectors, settings, blocks, run_date) -> dict:
         settings.cold_start,
         settings.seed,
     )
-    scores = cold_scores(
-        spark, cold_model.blend, train_pairs, vectors, model, users, items, cold, settings.cold_start
-    )
+    regression = full_regression(train_pairs, vectors, model, users, items, settings.cold_start)
+    scores = cold_scores(spark, cold_model.blend, regression, train_pairs, vectors, model, users, items, cold)
     rows = (
         top.join(users, USER_INDEX)
         .join(items, ITEM_INDEX)

@@ -11,12 +11,12 @@ from pyspark.sql import functions as F
 from marketlake.coldstart import (
     CONTENT_SOURCE,
     cold_scores,
-    content_model,
-    content_vectors,
     fit_cold_model,
+    full_regression,
     merge_cold,
 )
-from marketlake.config import ColdStartConfig
+from marketlake.config import ColdStartConfig, ContentConfig
+from marketlake.content import item_content_model, item_vectors
 from marketlake.recommend import (
     ITEM,
     ITEM_INDEX,
@@ -65,7 +65,7 @@ def run_cold_start(spark, touched_extra=(), max_per_list=2):
     users = dense_index(pairs, USER, USER_INDEX, 4)
     items = dense_index(pairs, ITEM, ITEM_INDEX, 4)
     settings = ColdStartConfig(max_per_list=max_per_list, validation_fraction=0.25)
-    vectors = content_vectors(content_model(catalogue), catalogue)
+    vectors = item_vectors(item_content_model(catalogue, ContentConfig()), catalogue)
 
     def fit_factors(indexed):
         return fit(indexed, PARAMS, 42, 2)
@@ -74,7 +74,8 @@ def run_cold_start(spark, touched_extra=(), max_per_list=2):
     model = fit_factors(indexed)
     cold_items = catalogue.select(ITEM).join(items, ITEM, "left_anti")
     cold = fit_cold_model(spark, pairs, vectors, users, items, fit_factors, settings, 42)
-    scores = cold_scores(spark, cold.blend, pairs, vectors, model, users, items, cold_items, settings)
+    regression = full_regression(pairs, vectors, model, users, items, settings)
+    scores = cold_scores(spark, cold.blend, regression, pairs, vectors, model, users, items, cold_items)
     warm = (
         als_top(model, TOP_N)
         .join(users, USER_INDEX)

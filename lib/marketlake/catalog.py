@@ -305,7 +305,7 @@ NEXT_ITEMS = Table(
 )
 USER_RECOMMENDATIONS = Table(
     "gold.user_recommendations",
-    grain="one user x rank x as_of_date (sources: als, segment_popular, global_popular)",
+    grain="one user x rank x as_of_date (sources: als, content, segment_popular, global_popular)",
     columns=(
         ("user_id", "string"),
         ("rank", "int"),

@@ -1,6 +1,7 @@
 """Cold start: recommending items nobody has interacted with yet (issue 17), from their content.
 
-An item ALS has never seen has no factors. Its content (title, category, brand, tags) places it:
+An item ALS has never seen has no factors. Its content vector (marketlake.content.item_vectors, the model of
+gold.similar_items: title words and tags, category, brand, price) places it:
 
 - Regression: a ridge regression, fitted on the warm items, from an item's content vector to its ALS
   factors and to two priors: popularity (log1p of its users) and appeal (the mean over its users of their
@@ -19,23 +20,22 @@ An item ALS has never seen has no factors. Its content (title, category, brand, 
 - Merge: each user's best `max_per_list` cold items by that score, never an item the user has any event
   for, enter the list where their `als_score` places them among the user's ALS rows (the same scale);
   fallback rows come after them; the warm rows keep their order, and the list is cut at top_n again.
+- The recommend job's step (fit_cold_run): cold items are the active items with fewer than `min_users`
+  users in the window; the fitted model is saved as JSON beside the run's other models.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
+from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import (
-    IDF,
-    CountVectorizer,
-    Normalizer,
-    RegexTokenizer,
-    StopWordsRemover,
     VectorAssembler,
 )
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -44,7 +44,9 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from marketlake.config import ColdStartConfig
+from marketlake.content import active_items, item_vectors
 from marketlake.errors import UsageError
+from marketlake.models import model_version
 from marketlake.recommend import (
     ALS_SOURCE,
     ITEM,
@@ -56,62 +58,23 @@ from marketlake.recommend import (
     STRENGTH,
     USER,
     USER_INDEX,
+    Recommender,
 )
+
+if TYPE_CHECKING:
+    from marketlake.runner import JobContext
 
 CONTENT_SOURCE = "content"
 FEATURES, FACTORS = "features", "factors"
 DIM, VALUE = "dim", "value"
 ALS_SCORE, PROFILE, POPULARITY, APPEAL = "als_score", "profile", "popularity", "appeal"
 CENTRED = "centred"
-TITLE_VOCABULARY = 2000
 
 # Fits ALS on a subset of the interactions (user_index, item_index, strength) with the job's parameters.
 FitFactors = Callable[[DataFrame], ALSModel]
 
 
-# ---- content vectors (a small local builder; marketlake.content.item_vectors has the same output) --------------
-
-
-def content_model(items: DataFrame) -> PipelineModel:
-    """silver.items-shaped frame (item_id, title, category, brand, optional tags array<string>) -> a fitted
-    pipeline: TF-IDF of the title's words and one-hot labels (category words, brand, tags), each block
-    L2-normalised, assembled and L2-normalised again."""
-    prepared = _labelled(items)
-    stages: list[Estimator[Any] | Transformer] = [
-        RegexTokenizer(inputCol="_title", outputCol="_words", pattern=r"[^\p{L}\p{N}]+", minTokenLength=2),
-        StopWordsRemover(inputCol="_words", outputCol="_kept"),
-        CountVectorizer(inputCol="_kept", outputCol="_tf", vocabSize=TITLE_VOCABULARY, minDF=2.0),
-        IDF(inputCol="_tf", outputCol="_tfidf"),
-        Normalizer(inputCol="_tfidf", outputCol="_title_vec"),
-        CountVectorizer(inputCol="_labels", outputCol="_label_counts", binary=True),
-        Normalizer(inputCol="_label_counts", outputCol="_label_vec"),
-        VectorAssembler(inputCols=["_label_vec", "_title_vec"], outputCol="_assembled"),
-        Normalizer(inputCol="_assembled", outputCol=FEATURES),
-    ]
-    return Pipeline(stages=stages).fit(prepared)
-
-
-def content_vectors(model: PipelineModel, items: DataFrame) -> DataFrame:
-    """(item_id, features): one L2-normalised vector per item."""
-    return model.transform(_labelled(items)).select(ITEM, FEATURES)
-
-
-def _labelled(items: DataFrame) -> DataFrame:
-    # A constant token keeps each vocabulary non-empty; its IDF (or its share in every item) is uninformative.
-    category = F.transform(
-        F.split(F.lower(F.coalesce(F.col("category"), F.lit(""))), r"[|]"),
-        lambda c: F.concat(F.lit("c:"), F.trim(c)),
-    )
-    brand = F.array(F.concat(F.lit("b:"), F.lower(F.coalesce(F.col("brand"), F.lit("")))))
-    tags = F.col("tags") if "tags" in items.columns else F.array().cast("array<string>")
-    labels = F.array_distinct(
-        F.concat(category, brand, F.transform(tags, lambda t: F.concat(F.lit("t:"), t)))
-    )
-    return items.select(
-        ITEM,
-        F.concat_ws(" ", F.lit("_"), F.coalesce(F.col("title"), F.lit(""))).alias("_title"),
-        labels.alias("_labels"),
-    )
+# ---- content vectors ------------------------------------------------------------------------------------------
 
 
 def vectors_long(vectors: DataFrame) -> DataFrame:
@@ -346,23 +309,35 @@ def fit_cold_model(
     return ColdModel(blend=fit_blend(features, held_out_pairs), regression=regression)
 
 
+def full_regression(
+    pairs: DataFrame,
+    vectors: DataFrame,
+    model: ALSModel,
+    users: DataFrame,
+    items: DataFrame,
+    settings: ColdStartConfig,
+) -> ContentRegression:
+    """The regression fitted on every warm item of `model` (the run's ALS), the one that scores cold items."""
+    _, item_factors = factors_by_id(model, users, items)
+    return fit_regression(
+        vectors, item_targets(pairs, item_factors), settings.ridge, settings.max_feature_dim
+    )
+
+
 def cold_scores(
     spark: SparkSession,
     blend: Blend,
+    regression: ContentRegression,
     pairs: DataFrame,
     vectors: DataFrame,
     model: ALSModel,
     users: DataFrame,
     items: DataFrame,
     cold_items: DataFrame,
-    settings: ColdStartConfig,
 ) -> DataFrame:
     """(user_id, item_id, score, als_score, profile, popularity, appeal) for every user of the model and
-    every cold item (item_id): the regression refitted on all warm items of `model`, the blend applied."""
-    user_factors, item_factors = factors_by_id(model, users, items)
-    regression = fit_regression(
-        vectors, item_targets(pairs, item_factors), settings.ridge, settings.max_feature_dim
-    )
+    every cold item (item_id); `regression`: full_regression of the same model, the blend applied."""
+    user_factors, _ = factors_by_id(model, users, items)
     long_vectors = vectors_long(vectors)
     cold_long = long_vectors.join(cold_items, ITEM, "left_semi")
     features = cold_features(
@@ -435,3 +410,96 @@ def merge_cold(
             "as_of_date",
         )
     )
+
+
+# ---- the recommend job's step -------------------------------------------------------------------------------------
+
+MODEL_NAME = "recommend_cold_start"
+MODEL_FILE = "cold_start.json"
+
+
+def cold_items_of(catalogue: DataFrame, pairs: DataFrame, min_users: int) -> DataFrame:
+    """(item_id): the active items of the catalogue with fewer than `min_users` distinct users in the
+    interactions (with the default 1: the items ALS does not know)."""
+    known = (
+        pairs.groupBy(ITEM).agg(F.countDistinct(USER).alias("_users")).filter(F.col("_users") >= min_users)
+    )
+    return active_items(catalogue).select(ITEM).join(known.select(ITEM), ITEM, "left_anti")
+
+
+@dataclass
+class ColdRun:
+    """The run's fitted cold-start model: the scores of its cold items and what ops.models records."""
+
+    scores: DataFrame  # cold_scores
+    cold_items: int
+    version: str
+    path: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def fit_cold_run(
+    ctx: JobContext,
+    settings: ColdStartConfig,
+    content: PipelineModel,
+    catalogue: DataFrame,
+    pairs: DataFrame,
+    recommender: Recommender,
+    fit_factors: FitFactors,
+    versions: dict[str, str | None],
+    seed: int,
+) -> ColdRun | None:
+    """Fits the cold model of the run (the blend on pseudo-cold warm items, the regression on all warm items
+    of the run's ALS model), saves it to models/recommend_cold_start/<version>/cold_start.json and scores
+    the cold items for every user of the ALS model. None without cold items. `versions`: the ALS and
+    content model versions the cold model builds on (part of its params)."""
+    cold_items = cold_items_of(catalogue, pairs, settings.min_users)
+    count = cold_items.count()
+    if count == 0:
+        ctx.note("cold start: no cold items (every active item has interactions)")
+        return None
+    started = time.perf_counter()
+    params: dict[str, Any] = {
+        "model": "cold-start-hybrid",
+        **settings.model_dump(),
+        "seed": seed,
+        **{f"{name}_model_version": version for name, version in sorted(versions.items())},
+    }
+    version = model_version(ctx.run_date, params)
+    vectors = item_vectors(content, catalogue)
+    model, users, items = recommender.model, recommender.users, recommender.items
+    strengths = pairs.select(USER, ITEM, STRENGTH)
+    fitted = fit_cold_model(ctx.spark, strengths, vectors, users, items, fit_factors, settings, seed)
+    regression = full_regression(strengths, vectors, model, users, items, settings)
+    path = ctx.lake.model_path(MODEL_NAME, version)
+    ctx.lake.files.write_text(f"{path}/{MODEL_FILE}", model_json(fitted.blend, regression))
+    scores = cold_scores(
+        ctx.spark, fitted.blend, regression, strengths, vectors, model, users, items, cold_items
+    )
+    interacts, engages = fitted.blend.interacts, fitted.blend.engages
+    metrics = {
+        "cold_items": count,
+        "fit_seconds": round(time.perf_counter() - started, 3),
+        "content_dims": regression.weights.shape[0] - 1,
+        **{f"interacts_{n}": c for n, c in zip(interacts.inputs, interacts.coefficients, strict=True)},
+        "interacts_intercept": interacts.intercept,
+        **{f"engages_{n}": c for n, c in zip(engages.inputs, engages.coefficients, strict=True)},
+        "engages_intercept": engages.intercept,
+    }
+    return ColdRun(scores, count, version, path, params, metrics)
+
+
+def model_json(blend: Blend, regression: ContentRegression) -> str:
+    """The fitted cold model as JSON: the two logits and the regression's weights (rows: content dims, then
+    the intercept; columns: the ALS factors, then popularity and appeal)."""
+    logits = {
+        name: {
+            "inputs": list(logit.inputs),
+            "coefficients": list(logit.coefficients),
+            "intercept": logit.intercept,
+        }
+        for name, logit in (("interacts", blend.interacts), ("engages", blend.engages))
+    }
+    weights = [[round(float(w), 12) for w in row] for row in regression.weights]
+    return json.dumps({**logits, "rank": regression.rank, "weights": weights}, separators=(",", ":"))

@@ -212,8 +212,11 @@ class AlsSearchSpace(Section):
 
 class ColdStartConfig(Section):
     """Items without interactions (issue 17, marketlake.coldstart): scored from their content and merged
-    into user lists. The recommend job does not call it yet (docs/jobs/recommend.md)."""
+    into user lists by the recommend job (docs/jobs/recommend.md)."""
 
+    enabled: bool = True
+    # Active items with fewer distinct users than this in the window are cold (1: those ALS does not know).
+    min_users: int = Field(default=1, ge=1)
     # Cold items per list at most; 0: none.
     max_per_list: int = Field(default=2, ge=0, le=100)
     # Ridge penalty of the regression from item content vectors to ALS factors and priors.

@@ -82,12 +82,16 @@ def item_content_model(items: DataFrame, settings: ContentConfig) -> PipelineMod
     """silver.items-shaped frame (item_id, title, category, brand, price, optional `tags`: array<string>)
     -> a fitted PipelineModel whose output column `features` is each item's unit-length content vector."""
     words = "concat(_title_words, coalesce(transform(tags, t -> lower(t)), array()))"
+    # QuantileDiscretizer cannot fit on no value at all (a catalogue without prices, such as MovieLens):
+    # then every item gets the same price, one bucket that tells no item apart.
+    priced = items.filter(F.col("price").isNotNull()).limit(1).count() > 0
+    price = "cast(price AS double)" if priced else "0.0"
     fitted = Pipeline(
         stages=[
             SQLTransformer(
                 statement="SELECT *, coalesce(title, '') AS _title_text, "
                 "cast(category AS string) AS _category, cast(brand AS string) AS _brand, "
-                "cast(price AS double) AS _price FROM __THIS__"
+                f"{price} AS _price FROM __THIS__"
             ),
             RegexTokenizer(inputCol="_title_text", outputCol="_title_tokens", pattern=r"[^\p{L}\p{N}]+"),
             StopWordsRemover(inputCol="_title_tokens", outputCol="_title_words"),
@@ -522,21 +526,31 @@ def content_params(settings: ContentConfig, columns: list[str], als_version: str
 MODEL_NAME = "item_content"
 
 
+@dataclass(frozen=True)
+class ContentRun:
+    """The run's content model, for the other users of the item vectors (cold start)."""
+
+    model: PipelineModel
+    version: str
+    catalogue: DataFrame  # silver.items as read
+
+
 def write_similar_items(
     ctx: JobContext,
     settings: ContentConfig,
     factors: DataFrame | None,
     pairs: DataFrame,
     als_version: str | None,
-) -> None:
+) -> ContentRun | None:
     """Fit the content model on silver.items, save it (models/item_content/<version>, a row in ops.models)
     and overwrite the run date's partition of gold.similar_items. `factors`: (item_id, factors) of the
-    run's ALS model, None without one; `pairs`: the run's interactions (user_id, item_id, ...)."""
+    run's ALS model, None without one; `pairs`: the run's interactions (user_id, item_id, ...). Returns
+    the fitted model (None without silver.items)."""
     lake, run_date = ctx.lake, ctx.run_date
     items_table, similar_table = catalog.SILVER_ITEMS.name, catalog.SIMILAR_ITEMS.name
     if not lake.exists(items_table):
         ctx.note(f"{items_table} does not exist: no content model, {similar_table} not written")
-        return
+        return None
     catalogue = lake.read(items_table)
     kept: list[DataFrame] = []
     try:
@@ -581,3 +595,4 @@ def write_similar_items(
             [c for c in ("title", TAGS, "category", "brand", "price") if c in catalogue.columns],
         )
     ctx.counts.update(similar_items=written, content_items=count)
+    return ContentRun(model, version, catalogue)

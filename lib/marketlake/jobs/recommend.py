@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -22,8 +23,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from marketlake import catalog
+from marketlake.coldstart import MODEL_NAME as COLD_MODEL_NAME
+from marketlake.coldstart import ColdRun, fit_cold_run, merge_cold
 from marketlake.config import Config, RecommendConfig, with_overrides
-from marketlake.content import item_factors, write_similar_items
+from marketlake.content import ContentRun, item_factors, write_similar_items
 from marketlake.errors import UsageError
 from marketlake.models import model_version, record_model
 from marketlake.recommend import (
@@ -390,6 +393,7 @@ def recommend(
     params = model_params(settings, tuned.chosen, blocks)
     version = model_version(run_date, params)
     als_candidates, path, train_seconds, factors = None, None, 0.0, None
+    recommender: Recommender | None = None
     rows_version: str | None = version  # the model the rows name: none without interactions
     if indexed.limit(1).count():
         with ctx.step(f"fit ALS on all interactions ({tuned.chosen.describe()})") as step:
@@ -399,13 +403,14 @@ def recommend(
             path = lake.model_path(MODEL_NAME, version)
             save_recommender(model, users, items, path)
             step.detail = f"saved {path}"
-        als_candidates = Recommender(model, users, items).top(settings.top_n, inputs.exclude, inputs.inactive)
+        recommender = Recommender(model, users, items)
+        als_candidates = recommender.top(settings.top_n, inputs.exclude, inputs.inactive)
         factors = item_factors(model, items)
     else:
         rows_version = None
         ctx.note("no interactions in the window: no model, popular items only")
     # gold.similar_items: content look-alikes of every active item, blended with the ALS item factors.
-    write_similar_items(ctx, settings.content, factors, pairs, rows_version)
+    content = write_similar_items(ctx, settings.content, factors, pairs, rows_version)
     listed = settings.top_n + most_excluded(inputs.exclude, USER)
     active_pairs = pairs if inputs.inactive is None else pairs.join(inputs.inactive, ITEM, "left_anti")
     segment_lists = (
@@ -417,8 +422,21 @@ def recommend(
     rows = assemble(
         als_candidates, fallbacks, inputs.exclude, inputs.inactive, settings.top_n, rows_version, run_date
     )
-    with ctx.step(RECOMMENDATIONS) as step:
-        step.rows = lake.overwrite_as_of(RECOMMENDATIONS, rows, run_date).rows
+    cached: list[DataFrame] = []
+    try:
+        cold = None
+        if recommender is not None:
+            fit_factors = partial(fit, params=tuned.chosen, seed=settings.seed, blocks=blocks)
+            cold = cold_start(ctx, settings, inputs, pairs, recommender, fit_factors, content, rows_version)
+        if cold is not None:
+            cached += [rows.persist(), cold.scores.persist()]
+            touched = pairs.select(USER, ITEM).unionByName(inputs.exclude.select(USER, ITEM))
+            rows = merge_cold(cached[0], cached[1], touched, settings.cold_start.max_per_list, settings.top_n)
+        with ctx.step(RECOMMENDATIONS) as step:
+            step.rows = lake.overwrite_as_of(RECOMMENDATIONS, rows, run_date).rows
+    finally:
+        for frame in cached:
+            frame.unpersist()
     with ctx.step("sources") as step:
         written = lake.read_as_of(RECOMMENDATIONS, run_date)
         by_source = {
@@ -440,6 +458,19 @@ def recommend(
                 metrics,
                 sorted(t for t, w in settings.event_weights.items() if w > 0),
             )
+    if cold is not None:
+        with ctx.step(f"{catalog.MODELS.name} ({COLD_MODEL_NAME})"):
+            cold_rows = by_source.get("content", 0)
+            record_model(
+                ctx,
+                COLD_MODEL_NAME,
+                cold.version,
+                cold.path,
+                cold.params,
+                {**cold.metrics, "cold_rows": cold_rows},
+                ["item content vectors", "ALS factors", "interaction strengths"],
+            )
+        ctx.counts.update(cold_items=cold.cold_items)
     ctx.counts.update(
         {
             "recommendations": sum(by_source.values()),
@@ -447,6 +478,45 @@ def recommend(
             "trials": len(tuned.trials),
         }
     )
+
+
+def cold_start(
+    ctx: JobContext,
+    settings: RecommendConfig,
+    inputs: Inputs,
+    pairs: DataFrame,
+    recommender: Recommender,
+    fit_factors: Callable[[DataFrame], Any],
+    content: ContentRun | None,
+    als_version: str | None,
+) -> ColdRun | None:
+    """The run's cold-start model and the scores of its cold items (marketlake.coldstart), or None when
+    it is off, capped to nothing, or has no content model or no cold items."""
+    cold = settings.cold_start
+    if not cold.enabled or cold.max_per_list == 0:
+        ctx.note("cold start: off (recommend.cold_start.enabled: false or max_per_list: 0)")
+        return None
+    if content is None:
+        ctx.note(f"cold start: no content model (no {ITEMS}), no cold items in the lists")
+        return None
+    with ctx.step("cold start model") as step:
+        run = fit_cold_run(
+            ctx,
+            cold,
+            content.model,
+            content.catalogue,
+            pairs,
+            recommender,
+            fit_factors,
+            {"als": als_version, "content": content.version},
+            settings.seed,
+        )
+        if run is not None:
+            step.rows = run.cold_items
+            step.detail = (
+                f"{run.cold_items} cold items, at most {cold.max_per_list} per list; saved {run.path}"
+            )
+    return run
 
 
 def model_params(settings: RecommendConfig, chosen: AlsParams, blocks: int) -> dict[str, Any]:
