@@ -504,6 +504,19 @@ class ServeConfig(Section):
         return self
 
 
+class PrivacyConfig(Section):
+    """Erasure (the erase job) and its suppression list (docs/jobs/erase.md, docs/privacy.md)."""
+
+    # The key of the keyed hashes in ops.erasures (never the id itself): this environment variable, or else
+    # the key file, generated on first use (mode 600). Both must stay outside the lake: a key beside the
+    # hashes would let anyone holding the lake test guesses against them.
+    key_env: str = "MARKETLAKE_ERASURE_KEY"
+    key_file: str = "~/.config/marketlake/erasure.key"
+    # The log retention an erased table gets back once its log has been cut to the erasure: Delta's own
+    # default (30 days) unless housekeeping's retention says otherwise.
+    log_retention_hours: int = Field(default=720, ge=0)
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -519,6 +532,7 @@ class Config(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     propensity: PropensityConfig = Field(default_factory=PropensityConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})
