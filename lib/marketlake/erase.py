@@ -67,7 +67,7 @@ def _words(text: Column) -> Column:
 
 
 def _first(found: Column) -> Column:
-    return F.element_at(found, 1)
+    return F.try_element_at(found, F.lit(1))
 
 
 def first_token(schema: T.StructType, tokens: list[str]) -> Column:
