@@ -96,7 +96,7 @@ class Outcome:
 
     @property
     def anything(self) -> bool:
-        return any(self.rows.values()) or bool(self.files)
+        return any(self.rows.values()) or any(self.files.values())
 
 
 def run(ctx: JobContext, args: argparse.Namespace) -> None:
