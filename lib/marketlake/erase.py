@@ -173,7 +173,7 @@ def _text_mask(column: pa.ChunkedArray | pa.Array, tokens: list[str]) -> pa.Arra
         parents = pc.list_parent_indices(column)
         hit = pc.fill_null(pc.is_in(flat, pa.array(tokens)), False)
         rows = set(pc.filter(parents, hit).to_pylist())
-        return pa.array([i in rows for i in range(len(column))])
+        return pa.array([i in rows for i in range(len(column))], type=pa.bool_())
     return None
 
 
@@ -182,7 +182,7 @@ def scrub_parquet(data: bytes, tokens: list[str], drop_ids: set[int] | None = No
     `drop_ids`, the rows whose `id` is one of them: ALS factors numbered by a removed user); how many went.
     The schema, its metadata included, stays."""
     table = pq.read_table(io.BytesIO(data))
-    remove = pa.array([False] * table.num_rows)
+    remove = pa.array([False] * table.num_rows, type=pa.bool_())
     for name in table.column_names:
         mask = _text_mask(table.column(name), tokens)
         if mask is not None:
