@@ -73,7 +73,12 @@ def _first(found: Column) -> Column:
 def first_token(schema: T.StructType, tokens: list[str]) -> Column:
     """The first token of `tokens` (match form) that a row mentions, null when none: exact values of text
     columns, elements of text arrays, words of raw text, binary and nested values."""
-    wanted = F.array(*[F.lit(t) for t in sorted(tokens)])
+    wanted = sorted(tokens)
+
+    def named(values: Column) -> Column:
+        # A filter with IN (a hash set built once per task), not array_intersect (a set per row).
+        return _first(F.filter(values, lambda word: word.isin(*wanted)))
+
     found: list[Column] = []
     for field in schema.fields:
         column, kind = F.col(f"`{field.name}`"), field.dataType
@@ -81,13 +86,13 @@ def first_token(schema: T.StructType, tokens: list[str]) -> Column:
             value = F.when(F.instr(column, "@") > 0, F.lower(column)).otherwise(column)
             found.append(F.when(value.isin(*tokens), value))
         elif isinstance(kind, T.StringType):
-            found.append(_first(F.array_intersect(_words(column), wanted)))
+            found.append(named(_words(column)))
         elif isinstance(kind, T.BinaryType):
-            found.append(_first(F.array_intersect(_words(column.cast("string")), wanted)))
+            found.append(named(_words(column.cast("string"))))
         elif isinstance(kind, T.ArrayType) and isinstance(kind.elementType, T.StringType):
-            found.append(_first(F.array_intersect(column, wanted)))
+            found.append(named(column))
         elif isinstance(kind, (T.ArrayType, T.MapType, T.StructType)):
-            found.append(_first(F.array_intersect(_words(F.to_json(column)), wanted)))
+            found.append(named(_words(F.to_json(column))))
     return F.coalesce(*found) if found else F.lit(None).cast("string")
 
 
