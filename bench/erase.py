@@ -53,6 +53,9 @@ def main() -> int:
     parser.add_argument("--subjects", type=int, default=100)
     parser.add_argument("--out", help="where the lake goes (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the lake afterwards")
+    parser.add_argument(
+        "--offset", type=int, default=0, help="pick other subjects (to erase again from a kept lake)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("MARKETLAKE_ERASURE_KEY", "bench-erasure-key-0123456789abcdef")
     out = args.out or tempfile.mkdtemp(prefix="bench-erase-")
@@ -114,7 +117,8 @@ def main() -> int:
     seconds = time.perf_counter() - started
     assert code == 0, "erase failed"
     runs = pl.read_delta(os.path.join(root, "ops", "job_runs")).filter(pl.col("job") == "erase")
-    counts = {e["key"]: e["value"] for e in runs.sort("started_at")["counts"].to_list()[-1]}
+    last = runs.sort("started_at")["counts"].to_list()[-1]
+    counts = dict(last) if isinstance(last, dict) else {e["key"]: e["value"] for e in last}
     load = os.getloadavg()
     print(f"erase {args.subjects} subjects from {args.events:,} events: {seconds:.1f}s (goal 60 s)")
     print(f"baseline (rewrite every table): {baseline:.1f}s; ratio baseline/erase {baseline / seconds:.2f}")
