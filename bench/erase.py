@@ -118,7 +118,10 @@ def main() -> int:
     assert code == 0, "erase failed"
     runs = pl.read_delta(os.path.join(root, "ops", "job_runs")).filter(pl.col("job") == "erase")
     last = runs.sort("started_at")["counts"].to_list()[-1]
-    counts = dict(last) if isinstance(last, dict) else {e["key"]: e["value"] for e in last}
+    if isinstance(last, dict) and set(last) == {"key", "value"} and isinstance(last["key"], list):
+        counts = dict(zip(last["key"], last["value"], strict=True))
+    else:
+        counts = dict(last) if isinstance(last, dict) else {e["key"]: e["value"] for e in last}
     load = os.getloadavg()
     print(f"erase {args.subjects} subjects from {args.events:,} events: {seconds:.1f}s (goal 60 s)")
     print(f"baseline (rewrite every table): {baseline:.1f}s; ratio baseline/erase {baseline / seconds:.2f}")

@@ -221,15 +221,16 @@ def test_erase_on_a_small_lake_leaves_no_residue_and_is_idempotent(spark, tmp_pa
     assert main("erase", ["--lake", root, "--run-date", RUN_DATE, "--user-id", "u1"]) == 0
     assert {t: _version(root, t) for t in versions} == versions
     runs = pl.read_delta(f"{root}/ops/job_runs").filter(pl.col("job") == "erase").sort("started_at")
-    assert (
-        runs["counts"].to_list()[-1]
-        and dict((e["key"], e["value"]) for e in runs["counts"].to_list()[-1])["subjects_already_erased"] == 1
-    )
+    assert _counts(runs["counts"].to_list()[-1])["subjects_already_erased"] == 1
 
 
 def _counts(value) -> dict:
     """A map column as polars hands it over: a dict, or a list of key/value structs."""
-    return dict(value) if isinstance(value, dict) else {e["key"]: e["value"] for e in value}
+    if isinstance(value, dict):
+        if set(value) == {"key", "value"} and isinstance(value["key"], list):
+            return dict(zip(value["key"], value["value"], strict=True))
+        return dict(value)
+    return {e["key"]: e["value"] for e in value}
 
 
 def _version(root: str, table: str) -> int:
