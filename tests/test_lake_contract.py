@@ -345,6 +345,24 @@ def test_write_killed_before_commit_is_invisible_and_vacuumed(rs_lake, spark):
     assert lake.read("silver.events").count() == 600
 
 
+def test_vacuum_of_removed_files_only_spares_a_write_in_flight(rs_lake, spark):
+    lake = rs_lake
+    lake.write("gold.t", events(spark, n=50, days=1))
+    replaced = {a["path"] for a in delta_files(lake, "gold.t").to_pylist()}
+    lake.write("gold.t", events(spark, n=20, days=1), mode="overwrite")
+    table = lake.path("gold.t")
+    # a concurrent writer's files, staged and moved in place, not committed yet
+    schema = lake.read("gold.t").schema
+    in_flight = lake.engine._stage("gold.t", table, events(spark, n=5, days=1, offset=900), schema, [])
+    assert in_flight
+
+    deleted = lake.vacuum("gold.t", retention_hours=0, removed_only=True)
+
+    assert {os.path.basename(p) for p in deleted} == {os.path.basename(p) for p in replaced}
+    assert all(os.path.exists(os.path.join(table, f.relative_path)) for f in in_flight)
+    assert lake.read("gold.t").count() == 20
+
+
 def test_vacuum_keeps_files_within_retention(rs_lake, spark):
     lake = rs_lake
     lake.write("gold.t", events(spark, n=50, days=1))

@@ -590,6 +590,30 @@ INGESTED_FILES = Table(
     written_by=("ingest",),
     read_by=("ingest",),
 )
+ERASURES = Table(
+    "ops.erasures",
+    grain="one erasure request: one subject (a keyed hash, never the id), what was removed",
+    columns=(
+        ("subject_hash", "string"),
+        ("requested_at", "timestamp"),
+        ("run_id", "string"),
+        ("status", "string"),
+        ("tables", "array<string>"),
+        ("rows_removed", "map<string,bigint>"),
+        ("files", "map<string,bigint>"),
+        ("user_hashes", "array<string>"),
+    ),
+    partition_by=(),
+    keys=("subject_hash", "run_id"),
+    written_by=("erase",),
+    read_by=("erase", "ingest"),
+    about="subject_hash is HMAC-SHA256 (privacy.key_env or privacy.key_file, outside the lake) of the subject as "
+    "given (a user id, or an email in lower case); user_hashes the same hash of each user id (and pseudonym) the "
+    "subject maps to: ingest suppresses their later events (counted as erased_subject). status: erased, or "
+    "nothing_found (an unknown subject, or a request already done). rows_removed: rows per table (tables that "
+    "lost rows in `tables`); files: rewritten or deleted files per folder (landing, exports, reports, models, "
+    "checkpoints). A re-run of a request finds nothing and appends no row.",
+)
 
 TABLES: tuple[Table, ...] = (
     BRONZE_EVENTS,
@@ -617,6 +641,7 @@ TABLES: tuple[Table, ...] = (
     JOB_RUNS,
     MODELS,
     INGESTED_FILES,
+    ERASURES,
 )
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 

@@ -620,6 +620,19 @@ class RetentionConfig(Section):
         return self.layers.get(table.split(".")[0])
 
 
+class PrivacyConfig(Section):
+    """Erasure (the erase job) and its suppression list (docs/jobs/erase.md, docs/privacy.md)."""
+
+    # The key of the keyed hashes in ops.erasures (never the id itself): this environment variable, or else
+    # the key file, generated on first use (mode 600). Both must stay outside the lake: a key beside the
+    # hashes would let anyone holding the lake test guesses against them.
+    key_env: str = "MARKETLAKE_ERASURE_KEY"
+    key_file: str = "~/.config/marketlake/erasure.key"
+    # Files no commit names (a write that died) are deleted by an erasure once older than this; a younger
+    # one may belong to a write still running beside it, whose commit would then name a missing file.
+    orphan_hours: int = Field(default=1, ge=0)
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -638,6 +651,7 @@ class Config(Section):
     propensity: PropensityConfig = Field(default_factory=PropensityConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _log_outlives_vacuum(self) -> Config:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # both load Spark: imported when a job runs, not when the run
 log = logging.getLogger("marketlake")
 
 JOB_RUNS = catalog.JOB_RUNS.name
+# What ops.job_runs records for the value of a private argument.
+WITHHELD = "<withheld>"
 # Set by spark-submit.sh: a file for the failure line, which it copies to the caller's stderr (see print_error).
 ERROR_FILE_VARIABLE = "MARKETLAKE_ERROR_FILE"
 
@@ -61,6 +63,8 @@ class Job:
     finish: Callable[[JobContext], None] | None = None
     # Has a --force option that the pipeline's --force is passed on to (job_arguments).
     accepts_force: bool = False
+    # Arguments whose values name a person (erase's --user-id): ops.job_runs records only that one was given.
+    private_arguments: tuple[str, ...] = ()
 
 
 @dataclass
@@ -195,7 +199,7 @@ def run_job(job: Job, args: argparse.Namespace, spark: SparkSession, config: Con
         status, message, code = "failed", f"{summary}: {_first_line(exc)}", 1
     seconds = time.perf_counter() - started
     try:
-        record_run(ctx, args, status, message, started_at, seconds)
+        record_run(ctx, args, status, message, started_at, seconds, job.private_arguments)
     except Exception as exc:  # the run's own outcome matters more than its bookkeeping
         log.warning("%s | could not append to %s: %s", job.name, JOB_RUNS, _first_line(exc))
     counts_text = " ".join(f"{k}={v}" for k, v in ctx.counts.items())
@@ -234,11 +238,16 @@ def record_run(
     message: str,
     started_at: dt.datetime,
     seconds: float,
+    private: tuple[str, ...] = (),
 ) -> None:
     from marketlake.lake.schema import spark_schema
 
     schema = spark_schema(catalog.JOB_RUNS)
-    arguments = {k: str(v) for k, v in vars(args).items() if v is not None and k != "func"}
+    arguments = {
+        k: WITHHELD if k in private else str(v)
+        for k, v in vars(args).items()
+        if v is not None and k != "func"
+    }
     row = (
         ctx.run_id,
         ctx.job,

@@ -44,14 +44,18 @@ from marketlake.ingest.pseudonym import keyed_hash, load_key
 from marketlake.ingest.sources import SourceFile, file_uri, list_source_files, read_records
 from marketlake.ingest.transform import (
     ACCEPTED,
+    ARRIVAL,
     BLANK,
     DUPLICATE,
+    ERASED,
+    ERASED_SUBJECT,
     REJECTED,
     SILVER_COLUMNS,
     classify,
     derived_id,
     key_facts,
     map_columns,
+    suppressed,
     validate_events,
     validate_items,
     validate_users,
@@ -59,6 +63,7 @@ from marketlake.ingest.transform import (
 from marketlake.lake import NO_TABLE, Lake
 from marketlake.lake.schema import spark_schema
 from marketlake.mapping import KEYS, SourceMapping
+from marketlake.privacy import ErasedHashes, erased_hashes
 
 if TYPE_CHECKING:
     from marketlake.runner import JobContext
@@ -101,6 +106,7 @@ class IngestResult:
         return (
             f"{self.entity}: {c['records_read']:,} records read = {c['accepted']:,} accepted + "
             f"{c['rejected']:,} rejected + {c['duplicates']:,} duplicates"
+            + (f" + {c[ERASED_SUBJECT]:,} of erased subjects" if c.get(ERASED_SUBJECT) else "")
             + (f" ({c['blank_lines']:,} blank lines skipped)" if c.get("blank_lines") else "")
         )
 
@@ -212,8 +218,9 @@ def read_and_validate(
     batch.records, source_columns = read_records(spark, new, mapping, request.format, settings.pii_columns)
     # Cached: every later step reads these rows. Only what they need: not the file sizes (bronze's), nor
     # `_malformed` (folded into `_reason`), nor the lineage constants (added on the way out).
+    erased = erased_hashes(lake, ctx.config)
     validated = (
-        batch.records.transform(validate_records(source_columns, request, settings, ctx.run_date))
+        batch.records.transform(validate_records(source_columns, request, settings, ctx.run_date, erased))
         .drop("_source_size", "_malformed")
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
@@ -299,6 +306,9 @@ def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
     if entity == "events":
         with ctx.step(f"events: {BRONZE}") as step:
             records = batch.records.withColumns(lineage.columns())
+            if counts.get(ERASED_SUBJECT):  # an erased subject's raw lines are not kept either
+                erased = batch.classified.filter(F.col("_outcome") == ERASED).select(*ARRIVAL)
+                records = records.join(F.broadcast(erased), ARRIVAL, "left_anti")
             step.rows = lake.retry_on_conflict(BRONZE, lambda version: write_bronze(lake, records, version))
     with ctx.step(f"{entity}: {silver_table(entity)}") as step:
         decided_at = batch.silver_version
@@ -353,10 +363,14 @@ def validated_records(
 
 
 def validate_records(
-    source_columns: list[str], request: IngestRequest, settings: IngestConfig, run_date: dt.date
+    source_columns: list[str],
+    request: IngestRequest,
+    settings: IngestConfig,
+    run_date: dt.date,
+    erased: ErasedHashes | None = None,
 ) -> Callable[[DataFrame], DataFrame]:
     """Records as read -> the entity's canonical columns, typed and validated: the pure part of ingestion
-    before deduplication, composed."""
+    before deduplication, composed. `erased`: the suppression list (`suppressed`)."""
     entity, mapping = request.entity, request.mapping
     id_hash = derived_id
     pseudonymise = None
@@ -375,7 +389,7 @@ def validate_records(
         mapped = records.transform(map_columns(mapping, source_columns, id_hash, settings.max_field_bytes))
         if pseudonymise is not None and entity in ("events", "users"):
             mapped = mapped.withColumn("user_id", pseudonymise(F.col("user_id")))
-        return mapped.transform(validate)
+        return suppressed(mapped.transform(validate), erased)
 
     return transform
 
@@ -395,6 +409,9 @@ def summarise(tally: list[Row]) -> dict[str, int]:
         "blank_lines": by_outcome.get(BLANK, 0),
     }
     counts["records_read"] = counts["accepted"] + counts["rejected"] + counts["duplicates"]
+    if by_outcome.get(ERASED):
+        counts[ERASED_SUBJECT] = by_outcome[ERASED]
+        counts["records_read"] += by_outcome[ERASED]
     ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     for reason, count in ranked[:REASONS_NAMED]:
         counts[f"rejected.{reason}"] = count

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from marketlake.ingest.pseudonym import keyed_hash
 from marketlake.mapping import CANONICAL, KEYS, SourceMapping
+
+if TYPE_CHECKING:
+    from marketlake.privacy import ErasedHashes
 
 META = [
     "_raw",
@@ -31,6 +36,9 @@ META = [
 ARRIVAL = ["_source_file", "_arrival_block", "_arrival_row"]
 
 ACCEPTED, DUPLICATE, REJECTED, BLANK = "accepted", "duplicate", "rejected", "blank"
+# A record of a subject the erase job removed: neither stored (bronze, silver, quarantine) nor quarantined,
+# only counted (ops.erasures' user_hashes is the suppression list).
+ERASED, ERASED_SUBJECT = "erased", "erased_subject"
 CONFLICTING_DUPLICATE = "conflicting_duplicate"
 INVALID_UTF8 = "invalid_utf8"
 # The reason of a record its reader could not parse, by the mapping's format.
@@ -329,6 +337,19 @@ def validate_items(mapping: SourceMapping) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
+def suppressed(records: DataFrame, erased_hashes: ErasedHashes | None) -> DataFrame:
+    """Validated records -> the same, with `_reason` erased_subject on every record whose user_id's keyed
+    hash is on the suppression list (whatever else was wrong with it: an erased subject's record is not
+    quarantined either). classify makes them `erased`; nothing stores them."""
+    if erased_hashes is None or not erased_hashes.hashes or "user_id" not in records.columns:
+        return records
+    hashed = keyed_hash(erased_hashes.key)(F.col("user_id"))
+    return records.withColumn(
+        "_reason",
+        F.when(hashed.isin(*sorted(erased_hashes.hashes)), F.lit(ERASED_SUBJECT)).otherwise(F.col("_reason")),
+    )
+
+
 # ---- deduplication ---------------------------------------------------------------------------------
 
 
@@ -393,6 +414,7 @@ def classify(
         first = F.col("_n").isNull() | (F.struct(*ARRIVAL) == F.col("_first_arrival"))
         outcome = (
             F.when(F.col("_blank"), BLANK)
+            .when(F.col("_reason") == ERASED_SUBJECT, ERASED)
             .when(F.col("_reason").isNotNull(), REJECTED)
             .when(in_silver & (own_hash == F.col("_existing_hash")), DUPLICATE)
             .when(in_silver & F.lit(conflicts_with_existing), REJECTED)

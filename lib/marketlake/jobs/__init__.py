@@ -29,7 +29,9 @@ PIPELINE_ORDER = [
 GENERATE = "generate"
 # Jobs that answer a question rather than build tables: run on their own, never by the pipeline or the DAG.
 QUESTIONS = ["plan"]
-ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS]
+# Jobs run on request, never by the pipeline or the DAG: erase removes subjects (docs/jobs/erase.md).
+ON_DEMAND = ["erase"]
+ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS, *ON_DEMAND]
 
 
 def _present(names: list[str]) -> list[str]:
@@ -44,7 +46,7 @@ def available_jobs() -> list[str]:
 def get_job(name: str) -> Job:
     if name not in ALL_JOBS or importlib.util.find_spec(f"marketlake.jobs.{name}") is None:
         raise UsageError(
-            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS])])}"
+            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS, *ON_DEMAND])])}"
         )
     job: Job = importlib.import_module(f"marketlake.jobs.{name}").JOB
     return job

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from marketlake.config import Config
 from marketlake.errors import MarketlakeError, UsageError
-from marketlake.jobs import GENERATE, QUESTIONS, available_jobs, get_job
+from marketlake.jobs import GENERATE, ON_DEMAND, QUESTIONS, available_jobs, get_job
 from marketlake.runner import JOB_RUNS, Job, JobContext, job_arguments, run_job
 
 
@@ -40,6 +40,8 @@ def _selected(args: argparse.Namespace) -> list[str]:
                 raise UsageError(
                     f"--only: {name} answers a question and is no pipeline step; run it on its own"
                 )
+            if name in ON_DEMAND:
+                raise UsageError(f"--only: {name} runs on request and is no pipeline step; run it on its own")
         jobs = [name for name in jobs if name in wanted]
     if args.generate or GENERATE in wanted:
         jobs = [GENERATE, *jobs]

@@ -336,11 +336,15 @@ class Lake(Layout):
         table = table_name(table)
         return self.engine.history(table, self.path(table), limit)
 
-    def vacuum(self, table: TableRef, retention_hours: int | None = None) -> list[str]:
-        """Delete files that no version within the retention needs (and staged files of dead writes)."""
+    def vacuum(
+        self, table: TableRef, retention_hours: int | None = None, removed_only: bool = False
+    ) -> list[str]:
+        """Delete files that no version within the retention needs (and staged files of dead writes).
+        removed_only: only files a commit removed (the log's tombstones), never a file no commit names yet,
+        which may be a concurrent write's before its commit: safe at any retention beside running writers."""
         table = table_name(table)
         hours = self.config.vacuum_retention_hours if retention_hours is None else retention_hours
-        return self.engine.vacuum(table, self.path(table), hours)
+        return self.engine.vacuum(table, self.path(table), hours, removed_only)
 
     def compact(
         self,

@@ -532,13 +532,17 @@ class DeltaRsEngine:
 
     # ---- vacuum ----------------------------------------------------------------------------------
 
-    def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
-        """Delete files no snapshot within the retention needs, and staged files of writes that died."""
+    def vacuum(self, table: str, uri: str, retention_hours: int, removed_only: bool = False) -> list[str]:
+        """Delete files no snapshot within the retention needs, and staged files of writes that died
+        (removed_only: the files the log's tombstones name, nothing else)."""
         delta_table = self._open(table, uri)
 
         def vacuum(dry_run: bool) -> list[str]:
             return delta_table.vacuum(
-                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+                retention_hours=retention_hours,
+                dry_run=dry_run,
+                enforce_retention_duration=False,
+                full=not removed_only,
             )
 
         # deltalake names the removed files it still knows of from the log even when they are gone already,
@@ -546,6 +550,8 @@ class DeltaRsEngine:
         deleted = [p for p in vacuum(True) if self.files.exists(_join(uri, urllib.parse.unquote(p)))]
         if deleted:
             vacuum(False)
+        if removed_only:
+            return deleted
         cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=retention_hours)
         for write in self.files.list(_join(uri, STAGING), recursive=False):
             newest = max([write.mtime] + [e.mtime for e in self.files.list(write.uri)], key=_as_utc)

@@ -202,12 +202,16 @@ class DeltaSparkEngine:
         merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
         return self._result(table, uri)
 
-    def vacuum(self, table: str, uri: str, retention_hours: int) -> list[str]:
+    def vacuum(self, table: str, uri: str, retention_hours: int, removed_only: bool = False) -> list[str]:
         # delta-spark has no per-call way past its retention check (a retention under the table's
         # deletedFileRetentionDuration is refused unless this session conf is off), so it is turned off for
-        # this call only and restored after.
+        # this call only and restored after. LITE (Delta 3.3+) deletes only what the log names as removed.
         with _session_conf(self.spark, "spark.databricks.delta.retentionDurationCheck.enabled", "false"):
-            self._open(table, uri).vacuum(float(retention_hours))
+            if removed_only:
+                self._open(table, uri)
+                self.spark.sql(f"VACUUM delta.`{uri}` LITE RETAIN {int(retention_hours)} HOURS")
+            else:
+                self._open(table, uri).vacuum(float(retention_hours))
         return []  # delta-spark reports the count in its own log, not the paths
 
     def compact(
