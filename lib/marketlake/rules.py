@@ -141,9 +141,11 @@ class ItemsetEstimate:
         )
 
 
-# Frequent items are coded through one literal map in the query plan; past this many the plan would be
-# too large, and FPGrowth runs on the item strings instead (same results, slower).
-MAX_CODED_ITEMS = 100_000
+# Frequent items are coded through one literal map in the query plan. Spark looks a key up in a map by
+# scanning its keys (most frequent first here, so a basket's usual items are found early; an infrequent
+# item scans them all): past this many frequent items the scans would cost more than the codes save,
+# and FPGrowth runs on the item strings instead (same results).
+MAX_CODED_ITEMS = 1_000
 # Joins the item names into the one string literal the plan splits (a character no item_id holds).
 SEPARATOR = "\x1f"
 
