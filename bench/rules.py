@@ -7,13 +7,15 @@ with numpy from a fixed seed. Both sides get them already in memory and untimed:
 DataFrame of item arrays, mlxtend as a sparse one-hot DataFrame (its faster input).
 
 Timed, per side:
-- spark: `marketlake.rules.mine_rules` (FPGrowth fit, its frequent itemsets cached and counted, its
-  associationRules, the lift filter and sorted antecedents: what the job runs before writing), forced
-  with a count;
+- spark: `marketlake.rules.mine_rules` (the items counted, the baskets coded as integer arrays of their
+  frequent items, FPGrowth fit, its frequent itemsets cached and counted, its associationRules decoded
+  to item names, the lift filter and sorted antecedents: what the job runs before writing), forced with
+  a count;
 - mlxtend: `fpgrowth` + `association_rules` (metric confidence), then the same lift filter and the
   restriction to one consequent item that Spark's FPGrowth has by construction (mlxtend also builds the
   rules with several consequent items, so its side does a little more rule work).
-The guard (`estimate_itemsets`) is timed apart and shown, not counted in the ratio. After timing, the
+The guard (`estimate_itemsets`, counting the items itself; the job counts them once for the guard
+and the fit) is timed apart and shown, not counted in the ratio. After timing, the
 two sides' frequent itemset counts and rule sets are compared, rule for rule (support, confidence,
 lift to 1e-9); a mismatch is an error.
 

@@ -21,9 +21,10 @@ from chispa import assert_df_equality
 from conftest import DEMO_END, SHARED_DATA
 from pyspark.sql import functions as F
 
+from marketlake import rules as rules_module
 from marketlake.jobs import main
 from marketlake.lake import Lake
-from marketlake.rules import baskets, cross_sell, level_bound, min_count
+from marketlake.rules import baskets, cross_sell, frequent_items, level_bound, min_count, mine_rules
 
 ONLINE_RETAIL = SHARED_DATA / "online-retail-sample" / "OnlineRetail.csv"
 NON_PRODUCT = {"POST", "DOT", "M", "m", "D", "C2", "CRUK", "S", "B", "PADS", "AMAZONFEE", "BANK CHARGES"}
@@ -265,6 +266,37 @@ def test_baskets_are_orders_or_sessions_up_to_the_run_date(spark):
         [("s1", ["a", "b", "c", "d"]), ("s2", ["c"])], "basket_id string, items array<string>"
     )
     assert_df_equality(sessions, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_rules_over_item_codes_equal_rules_over_item_names(spark, monkeypatch):
+    """FPGrowth over the frequent items' integer codes gives the same rules as over the names: the
+    infrequent items (z*) are dropped, the baskets left empty still count, antecedents decode in order."""
+    data = [
+        ["a", "b", "c"],
+        ["a", "b"],
+        ["a", "c", "z1"],
+        ["b", "c"],
+        ["a", "b", "c", "z2"],
+        ["z3"],
+        ["d", "a"],
+    ]
+    frame = spark.createDataFrame(
+        [(i, items) for i, items in enumerate(data)], "basket_id long, items array<string>"
+    )
+    items = frequent_items(frame, len(data), 0.25, 100)
+    assert items.names == ("a", "b", "c") and items.min_count == 2 and items.codable
+
+    def mined(**kwargs):
+        with mine_rules(frame, 0.25, 0.1, 0.0, **kwargs) as result:
+            return result.itemsets, sorted(tuple(r) for r in result.rules.collect())
+
+    coded = mined(items=items)
+    assert coded == mined()
+    monkeypatch.setattr(rules_module, "MAX_CODED_ITEMS", 0)  # too many to code: FPGrowth over the names
+    assert not items.codable
+    by_name = mined()
+    assert coded == by_name and coded[0] == 7  # a, b, c, ab, ac, bc, abc
+    assert (["a", "b"], ["c"], 2 / 7, 2 / 3, (2 / 3) / (4 / 7)) in by_name[1]
 
 
 def test_cross_sell_ranks_single_item_rules_by_lift_then_confidence(spark):

@@ -23,6 +23,11 @@ frequent s-subsets are bounded by the s-cliques of its graph of frequent pairs: 
 C(x, s) where C(x, 2) = e (Lovasz's form of the Kruskal-Katona theorem). Both are true upper bounds, so
 a run the guard lets through has at most `limit` frequent itemsets; the price is that it can stop one
 whose baskets could in principle (but do not) overlap that much.
+
+Items as integers: one aggregation counts the items (`frequent_items`); the guard and FPGrowth then work
+on baskets of frequent-item codes (`FrequentItems.encode`), and the rules are decoded back to item_ids.
+Dropping the infrequent items changes no frequent itemset, and every basket is kept (empty ones too), so
+FPGrowth's basket count, min_count and every support, confidence and lift are the same as on the strings.
 """
 
 from __future__ import annotations
@@ -136,40 +141,106 @@ class ItemsetEstimate:
         )
 
 
-def _histogram(frame: DataFrame, column: str) -> dict[int, int]:
-    # Baskets by a small integer (frequent items per basket, at most the largest basket's size).
-    rows = frame.groupBy(column).count().collect()
-    return {int(row[column]): int(row["count"]) for row in rows}
+# Frequent items are coded through one literal map in the query plan. Spark looks a key up in a map by
+# scanning its keys (most frequent first here, so a basket's usual items are found early; an infrequent
+# item scans them all): past this many frequent items the scans would cost more than the codes save,
+# and FPGrowth runs on the item strings instead (same results).
+MAX_CODED_ITEMS = 1_000
+# Joins the item names into the one string literal the plan splits (a character no item_id holds).
+SEPARATOR = "\x1f"
 
 
-def estimate_itemsets(baskets: DataFrame, n_baskets: int, min_support: float, limit: int) -> ItemsetEstimate:
-    """Bound the number of frequent itemsets of `baskets` (basket_id, items) at `min_support`."""
-    m = min_count(min_support, n_baskets)
-    lines = baskets.select("basket_id", F.explode("items").alias("item"))
-    with ExitStack() as cached:
-        frequent = cached.enter_context(
-            _cached(lines.groupBy("item").count().filter(F.col("count") >= m).select("item"))
+@dataclass(frozen=True)
+class FrequentItems:
+    """The items in at least min_count baskets, most frequent first (ties by item): code i is names[i]."""
+
+    baskets: int
+    min_count: int
+    count: int  # frequent items (names is empty when they are more than the caller's limit)
+    names: tuple[str, ...]
+
+    @property
+    def codable(self) -> bool:
+        return (
+            len(self.names) == self.count
+            and self.count <= MAX_CODED_ITEMS
+            and not any(SEPARATOR in name for name in self.names)
         )
+
+    def _names(self) -> Column:
+        # One string literal split into an array: the optimizer folds it into one constant (a literal per
+        # item would cost a call to the JVM each).
+        return F.split(F.lit(SEPARATOR.join(self.names)), SEPARATOR)
+
+    def encode(self, items: Column) -> Column:
+        """array of item_ids -> sorted array of the frequent ones' codes (infrequent items dropped)."""
+        if not self.names:
+            return F.array().cast("array<int>")
+        codes = F.map_from_arrays(self._names(), F.sequence(F.lit(0), F.lit(len(self.names) - 1)))
+        return F.array_sort(F.filter(F.transform(items, lambda item: codes[item]), lambda c: c.isNotNull()))
+
+    def decode(self, codes: Column) -> Column:
+        """array of codes -> array of item_ids."""
+        names = self._names()
+        return F.transform(codes, lambda code: names[code])
+
+
+def frequent_items(baskets: DataFrame, n_baskets: int, min_support: float, limit: int) -> FrequentItems:
+    """Count every item of `baskets` (items: array of distinct items) in one aggregation; the names of the
+    frequent ones only when they are at most `limit`."""
+    m = min_count(min_support, n_baskets)
+    counts = baskets.select(F.explode("items").alias("item")).groupBy("item").count()
+    with _cached(counts.filter(F.col("count") >= m)) as frequent:
         n_frequent = frequent.count()
-
-        def estimate(bound: int, pairs: int | None = None) -> ItemsetEstimate:
-            return ItemsetEstimate(n_baskets, m, n_frequent, pairs, bound, limit)
-
         if n_frequent > limit:
-            return estimate(n_frequent)
+            return FrequentItems(n_baskets, m, n_frequent, ())
+        rows = frequent.collect()
+    ranked = sorted(rows, key=lambda row: (-row["count"], row["item"]))
+    return FrequentItems(n_baskets, m, n_frequent, tuple(row["item"] for row in ranked))
+
+
+def _histogram(frame: DataFrame, column: Column) -> dict[int, int]:
+    # Baskets by a small integer (frequent items per basket, at most the largest basket's size).
+    rows = frame.groupBy(column.alias("x")).count().collect()
+    return {int(row["x"]): int(row["count"]) for row in rows}
+
+
+def estimate_itemsets(
+    baskets: DataFrame,
+    n_baskets: int,
+    min_support: float,
+    limit: int,
+    items: FrequentItems | None = None,
+) -> ItemsetEstimate:
+    """Bound the number of frequent itemsets of `baskets` (basket_id, items) at `min_support`; `items`:
+    their frequent items when already counted (`frequent_items`)."""
+    items = items or frequent_items(baskets, n_baskets, min_support, limit)
+    m, n_frequent = items.min_count, items.count
+
+    def estimate(bound: int, pairs: int | None = None) -> ItemsetEstimate:
+        return ItemsetEstimate(n_baskets, m, n_frequent, pairs, bound, limit)
+
+    if n_frequent > limit:
+        return estimate(n_frequent)
+    if items.codable:
+        kept = baskets.select("basket_id", items.encode(F.col("items")).alias("items"))
+    else:  # too many frequent items to code: keep the strings, joined with the frequent ones
+        names = baskets.sparkSession.createDataFrame([(name,) for name in items.names], "item string")
         kept = (
-            lines.join(frequent, "item")
+            baskets.select("basket_id", F.explode("items").alias("item"))
+            .join(F.broadcast(names), "item")
             .groupBy("basket_id")
             .agg(F.array_sort(F.collect_list("item")).alias("items"))
-            .withColumn("k", F.size("items"))
         )
-        per_size = _histogram(kept, "k")
-        bound = level_bound(per_size, m, n_frequent, 1, limit)
-        pair_rows = sum(n * math.comb(k, 2) for k, n in per_size.items())
-        if bound <= limit or pair_rows > MAX_PAIR_ROWS:
-            return estimate(bound)
+    per_size = _histogram(kept, F.size("items"))
+    per_size.pop(0, None)  # baskets without a frequent item hold no frequent itemset
+    bound = level_bound(per_size, m, n_frequent, 1, limit)
+    pair_rows = sum(n * math.comb(k, 2) for k, n in per_size.items())
+    if bound <= limit or pair_rows > MAX_PAIR_ROWS:
+        return estimate(bound)
 
-        pairs = kept.filter(F.col("k") >= 2).select(
+    with ExitStack() as cached:
+        pairs = kept.filter(F.size("items") >= 2).select(
             "basket_id", F.explode(_pairs(F.col("items"))).alias("pair")
         )
         frequent_pairs = cached.enter_context(
@@ -180,10 +251,8 @@ def estimate_itemsets(baskets: DataFrame, n_baskets: int, min_support: float, li
             return estimate(n_frequent + n_pairs, n_pairs)
         edges = pairs.join(frequent_pairs, "pair").groupBy("basket_id").count()
         # The smallest whole x with C(x, 2) >= edges: C(x, s) still bounds the basket's s-cliques.
-        cliques = edges.select(
-            F.ceil((F.lit(1.0) + F.sqrt(F.lit(1.0) + F.col("count") * 8)) / 2).cast("int").alias("x")
-        )
-        higher = level_bound(_histogram(cliques, "x"), m, n_frequent, 3, limit - n_frequent - n_pairs)
+        x = F.ceil((F.lit(1.0) + F.sqrt(F.lit(1.0) + F.col("count") * 8)) / 2).cast("int")
+        higher = level_bound(_histogram(edges, x), m, n_frequent, 3, limit - n_frequent - n_pairs)
         return estimate(n_frequent + n_pairs + higher, n_pairs)
 
 
@@ -227,17 +296,36 @@ class Mined:
 
 @contextmanager
 def mine_rules(
-    baskets: DataFrame, min_support: float, min_confidence: float, min_lift: float
+    baskets: DataFrame,
+    min_support: float,
+    min_confidence: float,
+    min_lift: float,
+    items: FrequentItems | None = None,
 ) -> Iterator[Mined]:
     """FPGrowth (Spark MLlib) over `baskets` (items: array of distinct items); the rules are valid
-    inside the block. The frequent itemsets are cached meanwhile: associationRules reads them twice
-    (candidates, then their antecedents' counts), and each read would otherwise run FP-growth again."""
+    inside the block. `items`: the baskets' frequent items when already counted (the guard's), else
+    counted here. FPGrowth runs over the frequent items' integer codes and the rules are decoded. The
+    frequent itemsets are cached meanwhile: associationRules reads them twice (candidates, then their
+    antecedents' counts), and each read would otherwise run FP-growth again."""
     from pyspark.ml.fpm import FPGrowth
 
-    model = FPGrowth(itemsCol="items", minSupport=min_support, minConfidence=min_confidence).fit(baskets)
+    if items is None:
+        items = frequent_items(baskets, baskets.count(), min_support, MAX_CODED_ITEMS)
+    coded = items.codable
+    data = baskets.select(items.encode(F.col("items")).alias("items")) if coded else baskets
+    model = FPGrowth(itemsCol="items", minSupport=min_support, minConfidence=min_confidence).fit(data)
     itemsets = model.freqItemsets.persist()
     try:
-        yield Mined(itemsets.count(), model.associationRules.transform(tidy_rules(min_lift)))
+        rules = model.associationRules
+        if coded:
+            rules = rules.select(
+                items.decode(F.col("antecedent")).alias("antecedent"),
+                items.decode(F.col("consequent")).alias("consequent"),
+                "confidence",
+                "lift",
+                "support",
+            )
+        yield Mined(itemsets.count(), rules.transform(tidy_rules(min_lift)))
     finally:
         itemsets.unpersist()
 

@@ -18,6 +18,7 @@ from marketlake.rules import (
     baskets,
     cross_sell,
     estimate_itemsets,
+    frequent_items,
     guard_message,
     mine_rules,
 )
@@ -66,8 +67,12 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         step.rows = n_baskets = basket_frame.count()
     try:
         with ctx.step("guard") as step:
-            estimate = estimate_itemsets(
+            # One count of the items serves the guard and FPGrowth (their codes).
+            items = frequent_items(
                 basket_frame, n_baskets, rules_config.min_support, rules_config.max_itemsets
+            )
+            estimate = estimate_itemsets(
+                basket_frame, n_baskets, rules_config.min_support, rules_config.max_itemsets, items
             )
             step.detail = estimate.describe()
         # Recorded in ops.job_runs even when the guard stops the run.
@@ -82,7 +87,7 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
         ) as step:
             if n_baskets:
                 thresholds = rules_config.min_support, rules_config.min_confidence, rules_config.min_lift
-                with mine_rules(basket_frame, *thresholds) as mined:
+                with mine_rules(basket_frame, *thresholds, items=items) as mined:
                     n_itemsets = mined.itemsets
                     n_rules = _overwrite(ctx, RULES, mined.rules.transform(as_of(ctx.run_date)))
             else:  # FPGrowth needs at least one basket
