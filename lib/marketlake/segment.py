@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,7 @@ class Fitted:
     distinct: int
     min_stability: float = 0.0
     sampled: int = 0  # users in the k search's sample
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of prepare, search and final
 
     @property
     def chosen(self) -> Trial | None:
@@ -226,12 +228,15 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
 
     `data` should be persisted (every fit reads it), in a fixed order: the same rows in the same order and
     the same settings give the same model."""
+    started = time.perf_counter()
     users = data.count()
     distinct = data.select(*settings.features).distinct().count()
     ks = candidate_ks(settings, users, distinct)
     if not ks:
         return Fitted(None, [], users, distinct, settings.min_stability)
     prep = preprocessing(settings.features, settings.log_features).fit(data)
+    seconds = {"prepare": time.perf_counter() - started}
+    started = time.perf_counter()
 
     def kmeans(frame: DataFrame, k: int, seed: int) -> KMeansModel:
         return KMeans(
@@ -276,8 +281,10 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
                 )
     finally:
         sample.unpersist()
-    fitted = Fitted(None, trials, users, distinct, settings.min_stability, len(points))
+    seconds["search"] = time.perf_counter() - started
+    fitted = Fitted(None, trials, users, distinct, settings.min_stability, len(points), seconds)
     chosen = fitted.chosen
+    started = time.perf_counter()
     if chosen is not None:
         scaled = prep.transform(data).select("user_id", SCALED)
         final_seeds = range(chosen.seed, chosen.seed + settings.final_runs)
@@ -285,6 +292,7 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
             finals = list(pool.map(lambda seed: kmeans(scaled, chosen.k, seed), final_seeds))
         final = min(finals, key=lambda m: m.summary.trainingCost)
         fitted.model = PipelineModel(stages=[*prep.stages, final])
+    seconds["final"] = time.perf_counter() - started
     return fitted
 
 
