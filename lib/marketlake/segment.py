@@ -208,12 +208,12 @@ def take_sample(data: DataFrame, size: int, seed: int) -> DataFrame:
 
 
 def to_numpy(scaled: DataFrame) -> np.ndarray:
-    vectors = scaled.select(vector_to_array(SCALED).alias("v")).toPandas().v.to_list()
+    vectors = scaled.select(vector_to_array(F.col(SCALED)).alias("v")).toPandas().v.to_list()
     return np.vstack(vectors) if vectors else np.zeros((0, 0))
 
 
 def centers(model: KMeansModel) -> np.ndarray:
-    return np.array([c.toArray() for c in model.clusterCenters()])
+    return np.array(model.clusterCenters())
 
 
 def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
