@@ -221,7 +221,8 @@ def measure(spark, settings, users: int, workdir: str) -> dict:
         "partitions": partitions,
         "parallel_fits": workers,
         "fits": len(ks) * len(seeds),
-        "spark_fits": len(ks) * (settings.runs + 2 * settings.stability_splits) + settings.final_runs,
+        "spark_fits": len(ks) * (settings.runs + 2 * settings.stability_splits * settings.stability_runs)
+        + settings.final_runs,
         "sample_size": fitted.sampled,
         "spark_profile_seconds": {key: round(value, 2) for key, value in fitted.seconds.items()},
         "spark_seconds": round(spark_fit, 2),
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_iter": settings.max_iter,
             "sample_size": settings.sample_size,
             "stability_splits": settings.stability_splits,
+            "stability_runs": settings.stability_runs,
             "min_stability": settings.min_stability,
             "final_runs": settings.final_runs,
         },

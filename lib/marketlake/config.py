@@ -153,9 +153,11 @@ class SegmentConfig(Section):
     max_iter: int = Field(default=50, ge=1)
     # Users the k search runs on (chosen by a hash of user_id and seed); the final model sees everyone.
     sample_size: int = Field(default=20_000, ge=100)
-    # Stability of a k: mean adjusted Rand index between the fits on the two halves of the sample, over
-    # this many random halvings; a k is stable at min_stability or above.
+    # Stability of a k: the median adjusted Rand index between the fits on the two halves of the sample,
+    # over this many random halvings, each half fitted `stability_runs` times (the lowest cost kept: a single
+    # run stuck in a local optimum would read as instability); a k is stable at min_stability or above.
     stability_splits: int = Field(default=3, ge=1)
+    stability_runs: int = Field(default=2, ge=1)
     min_stability: float = Field(default=0.9, ge=0.0, le=1.0)
     # KMeans runs of the final fit on everyone (seeds from the chosen k's best seed on); the lowest cost kept.
     final_runs: int = Field(default=1, ge=1)

@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,7 @@ class Trial:
     seed: int
     cost: float  # of the kept run, on the sample
     silhouette: float  # of the kept run, on the sample
-    stability: float = float("nan")  # mean ARI between fits on two halves of the sample (nan: not measured)
+    stability: float = float("nan")  # median ARI between fits on two halves of the sample (nan: not measured)
     costs: list[float] = field(default_factory=list)  # every run's cost, in seed order
     stabilities: list[float] = field(default_factory=list)  # one ARI per halving
 
@@ -216,14 +216,21 @@ def centers(model: KMeansModel) -> np.ndarray:
     return np.array(model.clusterCenters())
 
 
+def lowest_cost(fits: list[Future[KMeansModel]]) -> KMeansModel:
+    """The fit with the lowest cost (the first on a tie: fits are listed in seed order)."""
+    models = [future.result() for future in fits]
+    return min(models, key=lambda m: m.summary.trainingCost)
+
+
 def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
     """Fit the preprocessing on everyone, search k on a sample of `sample_size` users, and fit KMeans with
     the chosen k on everyone, `workers` fits at a time (Spark runs jobs from several threads side by side;
     each fit's result depends only on its data and seed).
 
     On the sample, for each candidate k: `runs` KMeans runs (the lowest cost kept, and its silhouette), and
-    `stability_splits` random halvings, each half fitted and the two fits' assignments of the whole sample
-    compared by the adjusted Rand index (a k that cuts a real group arbitrarily gets a low mean). The
+    `stability_splits` random halvings, each half fitted (`stability_runs` runs, the lowest cost kept) and the
+    two fits' assignments of the whole sample compared by the adjusted Rand index; the median over the
+    halvings is the stability (a k that cuts a real group arbitrarily gets a low one). The
     chosen k: the highest silhouette among the k's with stability >= min_stability (`choose_k`).
 
     `data` should be persisted (every fit reads it), in a fixed order: the same rows in the same order and
@@ -256,13 +263,11 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
         seeds = list(range(settings.seed, settings.seed + settings.runs))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             runs = {k: [pool.submit(kmeans, scaled_sample, k, seed) for seed in seeds] for k in ks}
+            half_seeds = list(range(settings.seed, settings.seed + settings.stability_runs))
             splits = {
                 k: [
-                    (
-                        pool.submit(kmeans, a, k, settings.seed + i),
-                        pool.submit(kmeans, b, k, settings.seed + i),
-                    )
-                    for i, (a, b) in enumerate(halves)
+                    [[pool.submit(kmeans, half, k, seed) for seed in half_seeds] for half in pair]
+                    for pair in halves
                 ]
                 for k in ks
             }
@@ -273,11 +278,11 @@ def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
                 best = min(range(len(models)), key=lambda i: (costs[i], seeds[i]))
                 score = silhouette_sq(points, nearest(points, centers(models[best])))
                 agreements = [
-                    adjusted_rand(nearest(points, centers(a.result())), nearest(points, centers(b.result())))
-                    for a, b in splits[k]
+                    adjusted_rand(*(nearest(points, centers(lowest_cost(fits))) for fits in pair))
+                    for pair in splits[k]
                 ]
                 trials.append(
-                    Trial(k, seeds[best], costs[best], score, float(np.mean(agreements)), costs, agreements)
+                    Trial(k, seeds[best], costs[best], score, float(np.median(agreements)), costs, agreements)
                 )
     finally:
         sample.unpersist()

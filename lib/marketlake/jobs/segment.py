@@ -106,7 +106,7 @@ def segment(ctx: JobContext, settings: SegmentConfig, data: DataFrame, users: in
     workers = min(MAX_PARALLEL_FITS, ctx.spark.sparkContext.defaultParallelism)
     with ctx.step(f"fit KMeans ({users} users; features {', '.join(settings.features)})") as step:
         fitted = fit(data, settings, workers)
-        fits = len(fitted.trials) * (settings.runs + 2 * settings.stability_splits)
+        fits = len(fitted.trials) * (settings.runs + 2 * settings.stability_splits * settings.stability_runs)
         step.detail = (
             f"k search on {fitted.sampled} users: {fits} fits; final fit on everyone; {workers} at a time"
         )
