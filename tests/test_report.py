@@ -333,6 +333,9 @@ def write_gold(spark, lake: Lake) -> None:
         "silhouette_k2": 0.55,
         "silhouette_k3": 0.61,
         "silhouette_k4": 0.48,
+        "stability_k2": 1.0,
+        "stability_k3": 0.97,
+        "stability_k4": 0.62,
     }
     model_row = (
         "segment_kmeans",
@@ -541,10 +544,10 @@ def test_segment_silhouette_and_rfm_numbers_are_the_gold_tables(spark, reported)
         (p.segment_name, f"{p.size:,}", f"{p.share:.1%}") for p in profiles
     ]
     assert shown[0]["revenue"] == "€1,500.00" and shown[0]["strategy"] == profiles[0].strategy
-    assert [(r["k"], r["silhouette"], r[""]) for r in page.rows("silhouette-by-k")] == [
-        ("2", "0.5500", ""),
-        ("3", "0.6100", "chosen"),
-        ("4", "0.4800", ""),
+    assert [(r["k"], r["silhouette"], r["stability"], r[""]) for r in page.rows("silhouette-by-k")] == [
+        ("2", "0.5500", "1.0000", ""),
+        ("3", "0.6100", "0.9700", "chosen"),
+        ("4", "0.4800", "0.6200", ""),
     ]
     counts = {
         r.rfm_label: r["count"]

@@ -8,6 +8,7 @@ import datetime as dt
 import random
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from chispa import assert_df_equality
@@ -15,7 +16,7 @@ from conftest import DEMO_END
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from marketlake.config import SegmentConfig
 from marketlake.features import NUMERIC
@@ -32,8 +33,13 @@ from marketlake.segment import (
     OCCASIONAL,
     STRATEGIES,
     WINDOW_SHOPPERS,
+    Trial,
+    adjusted_rand,
     candidate_ks,
+    choice_reason,
+    choose_k,
     name_segments,
+    silhouette_sq,
 )
 
 PERSONA_NAMES = {
@@ -71,18 +77,22 @@ def test_segments_recover_the_planted_personas(demo):
     assert model.metrics["k"] == personas.persona.nunique() == 5
 
 
-def test_silhouette_chooses_k_and_every_k_is_recorded(demo):
+def test_the_most_distinct_stable_k_is_chosen_and_every_k_is_recorded(demo):
     lake, _ = demo
     model = latest_model(lake)
-    silhouettes = {
-        int(key.split("_k")[1]): value
-        for key, value in model.metrics.items()
-        if key.startswith("silhouette_k")
-    }
-    assert sorted(silhouettes) == list(range(2, 9))
-    assert max(silhouettes, key=silhouettes.get) == model.metrics["k"]
+
+    def by_k(prefix):
+        return {
+            int(key.split("_k")[1]): value for key, value in model.metrics.items() if key.startswith(prefix)
+        }
+
+    silhouettes, stabilities = by_k("silhouette_k"), by_k("stability_k")
+    assert sorted(silhouettes) == sorted(stabilities) == list(range(2, 9))
+    stable_ks = [k for k, value in stabilities.items() if value >= SegmentConfig().min_stability]
+    assert 5 in stable_ks and max(stable_ks, key=silhouettes.get) == model.metrics["k"]
     assert model.metrics["silhouette"] == silhouettes[5] > 0.5
-    assert model.features == SegmentConfig().features and model.params["runs"] == "5"
+    assert model.metrics["sampled_users"] == 2000  # the demo shop is below the sample size: all of it
+    assert model.features == SegmentConfig().features and model.params["runs"] == "3"
     profiles = lake.read("gold.segment_profiles").collect()
     assert {p.silhouette for p in profiles} == {round(silhouettes[5], 6)} and {p.k for p in profiles} == {5}
 
@@ -316,3 +326,31 @@ def test_the_model_version_is_the_run_date_and_a_hash_of_the_params():
     version = model_version(RUN, params)
     assert version == model_version(RUN, dict(reversed(params.items()))) and version.startswith("2024-03-31-")
     assert model_version(RUN, {**params, "seed": 1}) != version != model_version(dt.date(2024, 4, 1), params)
+
+
+def test_k_is_the_highest_silhouette_among_the_stable_ks():
+    trials = [Trial(4, 42, 1.0, 0.70, 0.99), Trial(5, 42, 1.0, 0.69, 1.0), Trial(6, 42, 1.0, 0.71, 0.8)]
+    assert choose_k(trials, 0.9).k == 4
+    assert choice_reason(trials, 0.9) == (
+        "the highest silhouette among the stable k's (4, 5: stability >= 0.9); "
+        "k=6 had a higher silhouette but stability 0.800"
+    )
+    assert choose_k(trials, 0.995).k == 5
+    # No stable k: the highest silhouette; nan stability (not measured) is never stable.
+    assert choose_k(trials, 1.1).k == 6 and "no k reached stability" in choice_reason(trials, 1.1)
+    assert choose_k([Trial(2, 42, 1.0, 0.5), Trial(3, 42, 1.0, 0.6)], 0.9).k == 3
+    tie = [Trial(3, 42, 1.0, 0.6, 1.0), Trial(2, 42, 1.0, 0.6, 1.0)]
+    assert choose_k(tie, 0.9).k == 2
+    assert choose_k([Trial(2, 42, 1.0, float("nan"))], 0.9).k == 2
+    assert choose_k([Trial(2, 42, 1.0, float("nan")), Trial(3, 42, 1.0, float("nan"))], 0.9) is None
+
+
+def test_the_scores_agree_with_scikit_learn():
+    rng = np.random.default_rng(3)
+    x = np.vstack([rng.normal(c, 1.0, size=(60, 3)) for c in (0.0, 4.0, 9.0)])
+    labels = np.repeat([2, 0, 1], 60)
+    assert silhouette_sq(x, labels) == pytest.approx(silhouette_score(x, labels, metric="sqeuclidean"))
+    noisy = np.where(rng.random(len(labels)) < 0.3, rng.integers(0, 4, len(labels)), labels)
+    assert adjusted_rand(labels, noisy) == pytest.approx(adjusted_rand_score(labels, noisy))
+    assert adjusted_rand(labels, labels + 7) == 1.0
+    assert np.isnan(silhouette_sq(x, np.zeros(len(x), dtype=int)))

@@ -18,14 +18,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.clustering import KMeans, KMeansModel
-from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -83,13 +85,15 @@ def candidate_ks(settings: SegmentConfig, users: int, distinct: int) -> list[int
 
 @dataclass
 class Trial:
-    """The kept (lowest-cost) KMeans run for one k."""
+    """One candidate k, searched on the sample: the kept (lowest-cost) KMeans run and its scores."""
 
     k: int
     seed: int
-    cost: float
-    silhouette: float
+    cost: float  # of the kept run, on the sample
+    silhouette: float  # of the kept run, on the sample
+    stability: float = float("nan")  # median ARI between fits on two halves of the sample (nan: not measured)
     costs: list[float] = field(default_factory=list)  # every run's cost, in seed order
+    stabilities: list[float] = field(default_factory=list)  # one ARI per halving
 
 
 @dataclass
@@ -98,64 +102,202 @@ class Fitted:
     trials: list[Trial]
     users: int
     distinct: int
+    min_stability: float = 0.0
+    sampled: int = 0  # users in the k search's sample
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of prepare, search and final
 
     @property
     def chosen(self) -> Trial | None:
-        scored = [t for t in self.trials if not math.isnan(t.silhouette)]
-        if not scored:
-            return self.trials[0] if len(self.trials) == 1 else None
-        return max(scored, key=lambda t: (round(t.silhouette, 9), -t.k))
+        return choose_k(self.trials, self.min_stability)
+
+    @property
+    def reason(self) -> str:
+        return choice_reason(self.trials, self.min_stability)
 
 
-def silhouette(predictions: DataFrame) -> float:
-    evaluator = ClusteringEvaluator(
-        featuresCol=SCALED, predictionCol=CLUSTER, distanceMeasure="squaredEuclidean"
-    )
-    try:
-        return evaluator.evaluate(predictions)
-    except Exception as exc:  # fewer than two non-empty clusters: no silhouette, this k is not chosen
-        log.warning(
-            "segment | no silhouette: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc
-        )
+def stable(trial: Trial, min_stability: float) -> bool:
+    return not math.isnan(trial.stability) and trial.stability >= min_stability
+
+
+def choose_k(trials: list[Trial], min_stability: float) -> Trial | None:
+    """The highest silhouette among the stable k's (the smaller k on a tie); when no k is stable, the highest
+    silhouette of all. A lone candidate is chosen even without a silhouette."""
+    scored = [t for t in trials if not math.isnan(t.silhouette)]
+    if not scored:
+        return trials[0] if len(trials) == 1 else None
+    pool = [t for t in scored if stable(t, min_stability)] or scored
+    return max(pool, key=lambda t: (round(t.silhouette, 9), -t.k))
+
+
+def choice_reason(trials: list[Trial], min_stability: float) -> str:
+    """One line saying why the chosen k was chosen (the log and the report show it)."""
+    chosen = choose_k(trials, min_stability)
+    if chosen is None:
+        return "no k gave two non-empty segments"
+    if len(trials) == 1:
+        return f"k={chosen.k} is the only candidate"
+    stable_ks = [t.k for t in trials if stable(t, min_stability)]
+    if not stable_ks:
+        return f"no k reached stability {min_stability}: the highest silhouette, k={chosen.k}"
+    scored = [t for t in trials if not math.isnan(t.silhouette)]
+    best = max(scored, key=lambda t: (round(t.silhouette, 9), -t.k))
+    why = f"the highest silhouette among the stable k's ({', '.join(map(str, stable_ks))}: stability >= {min_stability})"
+    if best.k != chosen.k:
+        return f"{why}; k={best.k} had a higher silhouette but stability {best.stability:.3f}"
+    return why
+
+
+# ---- scores on the sample (small numpy arrays on the driver) ---------------------------------------
+
+
+def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """The index of each row's nearest centre (Euclidean), as KMeansModel assigns."""
+    distances = (x * x).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(axis=1)[None, :]
+    return np.asarray(distances.argmin(axis=1))
+
+
+def silhouette_sq(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette with squared Euclidean distances in O(n k): the mean distance from a point to a
+    cluster is |x|^2 - 2 x.mean_c + mean(|y|^2 over c), the formula of Spark's ClusteringEvaluator. A point
+    alone in its cluster scores 0; nan with fewer than two non-empty clusters."""
+    _, labels = np.unique(labels, return_inverse=True)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if k < 2:
         return float("nan")
+    counts = np.bincount(labels, minlength=k).astype(float)
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, x)
+    norms = np.einsum("ij,ij->i", x, x)
+    norm_sums = np.bincount(labels, weights=norms, minlength=k)
+    mean_distance = norms[:, None] - 2 * (x @ (sums / counts[:, None]).T) + (norm_sums / counts)[None, :]
+    rows = np.arange(len(x))
+    own_count = counts[labels]
+    a = np.where(own_count > 1, mean_distance[rows, labels] * own_count / np.maximum(own_count - 1, 1), 0.0)
+    mean_distance[rows, labels] = np.inf
+    b = mean_distance.min(axis=1)
+    top = np.maximum(a, b)
+    s = np.where((own_count > 1) & (top > 0), (b - a) / np.where(top > 0, top, 1.0), 0.0)
+    return float(s.mean())
+
+
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings of the same rows (1: the same partition; about 0: chance)."""
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+
+    def pairs(n: np.ndarray) -> float:
+        return float((n * (n - 1) / 2).sum())
+
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    total = len(a) * (len(a) - 1) / 2
+    expected = rows * cols / total if total else 0.0
+    top = (rows + cols) / 2 - expected
+    return 1.0 if top == 0 else float((index - expected) / top)
+
+
+# ---- the fit ------------------------------------------------------------------------------------------
+
+
+def take_sample(data: DataFrame, size: int, seed: int) -> DataFrame:
+    """At most `size` rows, chosen by a hash of user_id and seed (the same users on every run whatever the
+    partitioning), in one partition sorted by user_id: small fits run fastest without a shuffle per step."""
+    rank = F.xxhash64("user_id", F.lit(seed))
+    return data.orderBy(rank, "user_id").limit(size).coalesce(1).sortWithinPartitions("user_id")
+
+
+def to_numpy(scaled: DataFrame) -> np.ndarray:
+    vectors = scaled.select(vector_to_array(F.col(SCALED)).alias("v")).toPandas().v.to_list()
+    return np.vstack(vectors) if vectors else np.zeros((0, 0))
+
+
+def centers(model: KMeansModel) -> np.ndarray:
+    return np.array(model.clusterCenters())
+
+
+def lowest_cost(fits: list[Future[KMeansModel]]) -> KMeansModel:
+    """The fit with the lowest cost (the first on a tie: fits are listed in seed order)."""
+    models = [future.result() for future in fits]
+    return min(models, key=lambda m: m.summary.trainingCost)
 
 
 def fit(data: DataFrame, settings: SegmentConfig, workers: int = 1) -> Fitted:
-    """Fit the preprocessing once and KMeans for every candidate k and seed, `workers` fits at a time (Spark
-    runs jobs from several threads side by side; each fit's result depends only on its data and seed).
+    """Fit the preprocessing on everyone, search k on a sample of `sample_size` users, and fit KMeans with
+    the chosen k on everyone, `workers` fits at a time (Spark runs jobs from several threads side by side;
+    each fit's result depends only on its data and seed).
+
+    On the sample, for each candidate k: `runs` KMeans runs (the lowest cost kept, and its silhouette), and
+    `stability_splits` random halvings, each half fitted (`stability_runs` runs, the lowest cost kept) and the
+    two fits' assignments of the whole sample compared by the adjusted Rand index; the median over the
+    halvings is the stability (a k that cuts a real group arbitrarily gets a low one). The
+    chosen k: the highest silhouette among the k's with stability >= min_stability (`choose_k`).
+
     `data` should be persisted (every fit reads it), in a fixed order: the same rows in the same order and
     the same settings give the same model."""
+    started = time.perf_counter()
     users = data.count()
     distinct = data.select(*settings.features).distinct().count()
     ks = candidate_ks(settings, users, distinct)
     if not ks:
-        return Fitted(None, [], users, distinct)
+        return Fitted(None, [], users, distinct, settings.min_stability)
     prep = preprocessing(settings.features, settings.log_features).fit(data)
-    # Not persisted: KMeans then caches its own vectors with their norms; iterating over a cached DataFrame
-    # instead decodes every row again on every iteration (2-4 times slower at 10^5 rows).
-    scaled = prep.transform(data).select("user_id", SCALED)
-    seeds = list(range(settings.seed, settings.seed + settings.runs))
+    seconds = {"prepare": time.perf_counter() - started}
+    started = time.perf_counter()
 
-    def kmeans(k: int, seed: int) -> tuple[float, int, KMeansModel]:
-        model = KMeans(
+    def kmeans(frame: DataFrame, k: int, seed: int) -> KMeansModel:
+        return KMeans(
             featuresCol=SCALED, predictionCol=CLUSTER, k=k, seed=seed, maxIter=settings.max_iter
-        ).fit(scaled)
-        return model.summary.trainingCost, seed, model
+        ).fit(frame)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        submitted = {k: [pool.submit(kmeans, k, seed) for seed in seeds] for k in ks}
-        runs = {k: [future.result() for future in futures] for k, futures in submitted.items()}
-        best = {k: min(found, key=lambda run: (run[0], run[1])) for k, found in runs.items()}
-        silhouettes = {
-            k: pool.submit(silhouette, model.transform(scaled)) for k, (_, _, model) in best.items()
-        }
-        trials = [
-            Trial(k, best[k][1], best[k][0], silhouettes[k].result(), [run[0] for run in runs[k]]) for k in ks
+    sample = take_sample(data, settings.sample_size, settings.seed).persist()
+    try:
+        # Not persisted: KMeans then caches its own vectors with their norms; iterating over a cached
+        # DataFrame instead decodes every row again on every iteration (2-4 times slower at 10^5 rows).
+        scaled_sample = prep.transform(sample).select("user_id", SCALED)
+        points = to_numpy(scaled_sample)
+        halves = [
+            scaled_sample.randomSplit([0.5, 0.5], seed=settings.seed + i)
+            for i in range(settings.stability_splits)
         ]
-    fitted = Fitted(None, trials, users, distinct)
+        seeds = list(range(settings.seed, settings.seed + settings.runs))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            runs = {k: [pool.submit(kmeans, scaled_sample, k, seed) for seed in seeds] for k in ks}
+            half_seeds = list(range(settings.seed, settings.seed + settings.stability_runs))
+            splits = {
+                k: [
+                    [[pool.submit(kmeans, half, k, seed) for seed in half_seeds] for half in pair]
+                    for pair in halves
+                ]
+                for k in ks
+            }
+            trials = []
+            for k in ks:
+                models = [future.result() for future in runs[k]]
+                costs = [m.summary.trainingCost for m in models]
+                best = min(range(len(models)), key=lambda i: (costs[i], seeds[i]))
+                score = silhouette_sq(points, nearest(points, centers(models[best])))
+                agreements = [
+                    adjusted_rand(*(nearest(points, centers(lowest_cost(fits))) for fits in pair))
+                    for pair in splits[k]
+                ]
+                trials.append(
+                    Trial(k, seeds[best], costs[best], score, float(np.median(agreements)), costs, agreements)
+                )
+    finally:
+        sample.unpersist()
+    seconds["search"] = time.perf_counter() - started
+    fitted = Fitted(None, trials, users, distinct, settings.min_stability, len(points), seconds)
     chosen = fitted.chosen
+    started = time.perf_counter()
     if chosen is not None:
-        fitted.model = PipelineModel(stages=[*prep.stages, best[chosen.k][2]])
+        scaled = prep.transform(data).select("user_id", SCALED)
+        final_seeds = range(chosen.seed, chosen.seed + settings.final_runs)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            finals = list(pool.map(lambda seed: kmeans(scaled, chosen.k, seed), final_seeds))
+        final = min(finals, key=lambda m: m.summary.trainingCost)
+        fitted.model = PipelineModel(stages=[*prep.stages, final])
+    seconds["final"] = time.perf_counter() - started
     return fitted
 
 

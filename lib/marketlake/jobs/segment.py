@@ -1,5 +1,6 @@
-"""segment: KMeans customer segments from gold.user_features of the run date. Chooses k by silhouette over
-the configured range (or uses a fixed k), saves the model under <lake root>/models/segment_kmeans/<version>,
+"""segment: KMeans customer segments from gold.user_features of the run date. Chooses k on a sample of
+users (the highest silhouette among the k's whose fits on halves of the sample agree) or uses a fixed k,
+fits the final model on everyone, saves the model under <lake root>/models/segment_kmeans/<version>,
 writes gold.user_segments and gold.segment_profiles (size, share, feature means, name, strategy) for the
 run date, and appends the model to ops.models."""
 
@@ -86,14 +87,15 @@ def run(ctx: JobContext, args: argparse.Namespace) -> None:
 def log_trials(ctx: JobContext, fitted: Fitted) -> None:
     for trial in fitted.trials:
         log.info(
-            "%s | kmeans k=%d | silhouette=%.4f cost=%.1f (lowest of %d runs: seed %d; costs %s)",
+            "%s | kmeans k=%d | silhouette=%.4f stability=%.4f (ARI %s) cost=%.1f (lowest of %d runs: seed %d)",
             ctx.job,
             trial.k,
             trial.silhouette,
+            trial.stability,
+            ", ".join(f"{a:.3f}" for a in trial.stabilities),
             trial.cost,
             len(trial.costs),
             trial.seed,
-            ", ".join(f"{c:.1f}" for c in trial.costs),
         )
 
 
@@ -104,7 +106,10 @@ def segment(ctx: JobContext, settings: SegmentConfig, data: DataFrame, users: in
     workers = min(MAX_PARALLEL_FITS, ctx.spark.sparkContext.defaultParallelism)
     with ctx.step(f"fit KMeans ({users} users; features {', '.join(settings.features)})") as step:
         fitted = fit(data, settings, workers)
-        step.detail = f"{len(fitted.trials) * settings.runs} fits, {workers} at a time"
+        fits = len(fitted.trials) * (settings.runs + 2 * settings.stability_splits * settings.stability_runs)
+        step.detail = (
+            f"k search on {fitted.sampled} users: {fits} fits; final fit on everyone; {workers} at a time"
+        )
     log_trials(ctx, fitted)
     chosen = fitted.chosen
     if fitted.model is None:
@@ -115,7 +120,8 @@ def segment(ctx: JobContext, settings: SegmentConfig, data: DataFrame, users: in
         # fit() makes a model only for a chosen k; the version is None only without a model.
         assert chosen is not None and version is not None
         with ctx.step(
-            f"chose k={chosen.k} (silhouette {chosen.silhouette:.4f}); save model {version}"
+            f"chose k={chosen.k} (silhouette {chosen.silhouette:.4f}, stability {chosen.stability:.4f}: "
+            f"{fitted.reason}); save model {version}"
         ) as step:
             path = save_model(fitted.model, lake, MODEL_NAME, version)
             step.detail = path
@@ -156,9 +162,13 @@ def model_metrics(fitted: Fitted) -> dict[str, float]:
         "cost": chosen.cost,
         "users": fitted.users,
         "distinct_users": fitted.distinct,
+        "sampled_users": fitted.sampled,
+        "stability": chosen.stability,
+        "min_stability": fitted.min_stability,
     }
     for trial in fitted.trials:
         metrics[f"silhouette_k{trial.k}"] = trial.silhouette
+        metrics[f"stability_k{trial.k}"] = trial.stability
         metrics[f"cost_k{trial.k}"] = trial.cost
         metrics[f"seed_k{trial.k}"] = trial.seed
     return metrics

@@ -48,7 +48,7 @@ class SegmentsData:
 
 @dataclass(frozen=True)
 class SilhouetteData:
-    scores: Frame  # k, silhouette, chosen: of the segment model the profiles came from
+    scores: Frame  # k, silhouette, stability, chosen: of the segment model the profiles came from
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,8 @@ def gather_propensity(lake: Lake, run_date: dt.date) -> PropensityData:
 
 
 def silhouettes(lake: Lake, profiles: Frame, run_date: dt.date) -> Frame:
-    """(k, silhouette, chosen) of the segment model the run date's profiles came from (ops.models)."""
+    """(k, silhouette, stability, chosen) of the segment model the run date's profiles came from (ops.models);
+    stability is nan for models recorded before the job measured it."""
     if isinstance(profiles, Absent):
         return profiles
     versions = [v for v in profiles.model_version.dropna().unique()]
@@ -299,6 +300,7 @@ def silhouettes(lake: Lake, profiles: Frame, run_date: dt.date) -> Frame:
         {
             "k": ks,
             "silhouette": [metrics[f"silhouette_k{k}"] for k in ks],
+            "stability": [metrics.get(f"stability_k{k}", float("nan")) for k in ks],
             "chosen": [k == metrics.get("k") for k in ks],
         }
     )

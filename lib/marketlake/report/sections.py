@@ -249,8 +249,9 @@ def segments_content(profiles: pd.DataFrame, *, money: Money) -> Content:
 SILHOUETTE = Heading(
     "silhouette",
     "How distinct the segments are",
-    "How clearly the customer groups are apart (the silhouette, at most 1) for each number of segments "
-    "tried; the clearest was chosen.",
+    "How clearly the customer groups are apart (the silhouette, at most 1) and how stable they are (the "
+    "stability: how far two models fitted on different halves of the customers agree, at most 1) for each "
+    "number of segments tried; the clearest among the stable ones (stability at least 0.9) was chosen.",
     "Use it to judge how far to trust the segments: above about 0.5 treat them as distinct customer types, "
     "below about 0.25 as rough groupings only.",
     f"{MODELS.name}, model {SEGMENT_MODEL} (segment job)",
@@ -269,7 +270,12 @@ def silhouette_content(scores: pd.DataFrame) -> Content:
             table(
                 "silhouette-by-k",
                 scores.assign(pick=scores.chosen.map({True: "chosen", False: ""})),
-                {"k": ("k", count), "silhouette": ("silhouette", number), "pick": ("", None)},
+                {
+                    "k": ("k", count),
+                    "silhouette": ("silhouette", number),
+                    **({"stability": ("stability", number)} if scores.stability.notna().any() else {}),
+                    "pick": ("", None),
+                },
                 terms={"silhouette": "silhouette"},
                 technical={"k": "k (number of segments)", "pick": "chosen"},
             ),
