@@ -27,7 +27,9 @@ PIPELINE_ORDER = [
 GENERATE = "generate"
 # Jobs that answer a question rather than build tables: run on their own, never by the pipeline or the DAG.
 QUESTIONS = ["plan"]
-ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS]
+# Jobs that run beside the pipeline, started by a supervisor or a scheduler, never by the pipeline.
+SERVICES = ["stream"]
+ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS, *SERVICES]
 
 
 def _present(names: list[str]) -> list[str]:
@@ -42,7 +44,7 @@ def available_jobs() -> list[str]:
 def get_job(name: str) -> Job:
     if name not in ALL_JOBS or importlib.util.find_spec(f"marketlake.jobs.{name}") is None:
         raise UsageError(
-            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS])])}"
+            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS, *SERVICES])])}"
         )
     job: Job = importlib.import_module(f"marketlake.jobs.{name}").JOB
     return job
