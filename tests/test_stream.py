@@ -10,6 +10,7 @@ import threading
 
 import pytest
 from chispa import assert_df_equality
+from stream_support import land, stand_in
 
 from marketlake import catalog
 from marketlake.config import Config
@@ -17,7 +18,6 @@ from marketlake.jobs import main
 from marketlake.jobs.stream import run as run_stream
 from marketlake.lake import Lake
 from marketlake.runner import JobContext
-from stream_support import land, stand_in
 
 REALTIME = catalog.REALTIME_RECOMMENDATIONS
 EVENT_COLUMNS = [c for c in catalog.SILVER_EVENTS.column_names if c not in ("batch_id", "ingested_at")]
