@@ -74,6 +74,7 @@ def silver(lake: Lake):
     return lake.read(catalog.SILVER_EVENTS).select(*EVENT_COLUMNS)
 
 
+@pytest.mark.slow  # two stream starts and a batch ingest: minutes on a busy 2-core machine
 def test_available_now_ingests_like_batch_ingest_and_merges_the_active_users(spark, config, tmp_path):
     landing = tmp_path / "landing"
     for number in range(4):

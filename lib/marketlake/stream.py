@@ -118,18 +118,18 @@ def app_id(stream_id: str) -> str:
 # ---- pure parts --------------------------------------------------------------------------------------
 
 
-def source_files(files: list[Any]) -> list[SourceFile]:
-    """The file source's rows (path, length, modificationTime) as ingest's SourceFile, in path order."""
+def source_files(files: DataFrame) -> list[SourceFile]:
+    """The file source's rows (path, length, modificationTime) as ingest's SourceFile, in path order:
+    one row per file, metadata only."""
+    rows = files.select("path", "length", F.unix_millis("modificationTime").alias("modified_ms")).collect()
     found = [
         SourceFile(
             file_uri(row["path"]),
             int(row["length"]),
-            int(row["modificationTime"].replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
-            if row["modificationTime"].tzinfo is None
-            else int(row["modificationTime"].timestamp() * 1000),
+            int(row["modified_ms"]),
             GLOB_CHARACTERS.sub(r"\\\1", row["path"]),
         )
-        for row in files
+        for row in rows
     ]
     return sorted(found, key=lambda f: f.uri)
 
@@ -189,7 +189,7 @@ class MicroBatch:
         if self.stopping.is_set():
             raise StopRequested(f"stopping before micro-batch {batch_id}; the next start runs it")
         started = time.perf_counter()
-        files = source_files(frame.select(*FILE_COLUMNS).collect())  # metadata: one row per file
+        files = source_files(frame)
         if not files:
             return
         self.process(files, batch_id)
