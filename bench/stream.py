@@ -281,6 +281,9 @@ def main() -> None:
     parser.add_argument("--search-minutes", type=float, default=1.0)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=300)
+    parser.add_argument(
+        "--drain-seconds", type=float, default=300.0, help="how long a phase's backlog may take to commit"
+    )
     parser.add_argument("--keep", help="work in this folder and leave the lake there")
     parser.add_argument("--run-stream", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -310,7 +313,7 @@ def main() -> None:
         sys.exit(f"the stream did not commit the warm-up file within 600 s; see {work / 'stream.log'}")
     log("warm-up committed; phase 1")
     replayer.replay(args.rate, args.minutes * 60, args.interval, "steady")
-    wait_caught_up(replayer, lake, 120)
+    wait_caught_up(replayer, lake, args.drain_seconds)
     steady = phase_figures(replayer, lake, "steady")
     log(f"steady at {args.rate:g} ev/s: {steady}")
     searched: list[dict[str, Any]] = []
@@ -318,7 +321,7 @@ def main() -> None:
     for rate in [float(r) for r in args.search_rates.split(",") if r.strip()]:
         phase = f"rate-{rate:g}"
         replayer.replay(rate, args.search_minutes * 60, args.interval, phase)
-        caught_up = wait_caught_up(replayer, lake, 60)
+        caught_up = wait_caught_up(replayer, lake, min(args.drain_seconds, 60))
         figures = phase_figures(replayer, lake, phase) | {"rate": rate, "caught_up": caught_up}
         searched.append(figures)
         log(f"search {rate:g} ev/s: {figures}")
