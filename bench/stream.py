@@ -214,7 +214,12 @@ def file_counts(lake: str) -> dict[str, int]:
     return {"files_end": active, "log_entries_end": log_entries, "parquet_files_on_disk": on_disk}
 
 
-def phase_figures(replayer: Replayer, lake: str, phase: str) -> dict[str, Any]:
+def phase_figures(
+    replayer: Replayer, lake: str, phase: str, stopped_at: float | None = None
+) -> dict[str, Any]:
+    """Freshness of the phase's files. A file never merged counts as `stopped_at - landed` (a lower
+    bound: the stream stopped before it) when `stopped_at` is given, else it is left out (and counted
+    as missing)."""
     file_batch, batch_events, committed = read_results(lake)
     fresh: list[float] = []
     missing = 0
@@ -229,6 +234,8 @@ def phase_figures(replayer: Replayer, lake: str, phase: str) -> dict[str, Any]:
         number = int(batch.rsplit(":", 1)[1]) if batch else None
         if number is None or number not in committed:
             missing += 1
+            if stopped_at is not None:
+                fresh.append(stopped_at - landed)
             continue
         fresh.append(committed[number] - landed)
         batches.add(batch or "")
@@ -236,7 +243,7 @@ def phase_figures(replayer: Replayer, lake: str, phase: str) -> dict[str, Any]:
         last_commit = max(last_commit, committed[number])
     if not fresh:
         return {"phase": phase, "files": 0, "missing": missing}
-    sizes = [batch_events[b] for b in batches]
+    sizes = [batch_events[b] for b in batches] or [0]
     return {
         "phase": phase,
         "files": len(fresh),
@@ -244,12 +251,12 @@ def phase_figures(replayer: Replayer, lake: str, phase: str) -> dict[str, Any]:
         "p50_s": round(percentile(fresh, 0.5), 2),
         "p95_s": round(percentile(fresh, 0.95), 2),
         "max_s": round(max(fresh), 2),
-        "events_per_s": round(events / max(last_commit - first_land, 1e-9), 1),
+        "events_per_s": round(events / max(last_commit - first_land, 1e-9), 1) if events else 0.0,
         "batches": len(batches),
         "batch_events_median": statistics.median(sizes),
         "batch_events_max": max(sizes),
         "batch_files_median": statistics.median(
-            [sum(1 for b in file_batch.values() if b == batch) for batch in batches]
+            [sum(1 for b in file_batch.values() if b == batch) for batch in batches] or [0]
         ),
     }
 
@@ -329,11 +336,17 @@ def main() -> None:
             max_rate = rate
         else:
             break
+    stopping = time.time()
     stream.send_signal(signal.SIGTERM)
     try:
-        stream.wait(timeout=300)
+        stream.wait(timeout=600)
     except subprocess.TimeoutExpired:
         stream.kill()
+    stopped_at = time.time()
+    # Final figures from the lake, with the batches that committed while the stream drained; files it
+    # never merged count with the time to the stop request (a lower bound).
+    steady = phase_figures(replayer, lake, "steady", stopping)
+    log(f"steady at {args.rate:g} ev/s, final: {steady} (stream stopped in {stopped_at - stopping:.0f} s)")
     files = file_counts(lake)
     # Baseline: one scheduled batch ingest of the steady phase's files, in its own process.
     baseline_root = str(work / "batch-lake")
