@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,17 @@ def stream_process(
     )
 
 
+def watch(process: subprocess.Popen, started: threading.Event, log: list[str] | None = None) -> None:
+    """Drains the job's log (into `log`); sets `started` at its line saying the query started."""
+    assert process.stderr is not None
+    for line in process.stderr:
+        if log is not None:
+            log.append(line)
+        if "| started marketlake-stream" in line:
+            started.set()
+    started.set()  # ended without starting
+
+
 def kill(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -94,22 +106,27 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(spark, conf
             land(landing, landed)
             landed += 1
         process = stream_process(lake_root, landing, fault)
+        started = threading.Event()
+        threading.Thread(target=watch, args=(process, started), daemon=True).start()
         if fault:
             code = process.wait(timeout=900)
             killed += code == 137  # the hook fired (else the run finished before that write)
             kill(process)  # the JVM child too
         else:
-            # Spark needs 15-40 s to start here; the kill falls in start-up or anywhere in the batches.
-            deadline = time.monotonic() + rng.uniform(20, 60)
+            # Once the query has started (Spark's start takes 15 s to minutes here), anywhere in the
+            # micro-batches: reading files, between two tables' commits, in the merge, in maintenance.
+            started.wait(timeout=900)
+            deadline = time.monotonic() + rng.uniform(0, 10)
             while time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.2)
+                time.sleep(0.1)
             killed += process.poll() is None
             kill(process)
     assert killed >= 5, f"only {killed} of {len(ROUNDS)} rounds killed the stream mid-run"
 
     final = stream_process(lake_root, landing, None, files_per_batch=4)  # the rest, in fewer batches
-    _, err = final.communicate(timeout=900)
-    assert final.returncode == 0, err[-2000:]
+    log: list[str] = []
+    threading.Thread(target=watch, args=(final, threading.Event(), log), daemon=True).start()
+    assert final.wait(timeout=1800) == 0, "".join(log[-20:])
 
     engine = config.lake.model_copy(update={"engine": "delta-rs"})
     lake = Lake(spark, engine, lake_root)
