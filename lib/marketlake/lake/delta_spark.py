@@ -25,7 +25,7 @@ from marketlake.lake.engine import (
     table_folders,
 )
 from marketlake.lake.files import Files
-from marketlake.lake.jvm import class_loads
+from marketlake.lake.jvm import class_loads, delta_log
 from marketlake.lake.schema import align_to_table, check_partition_columns
 
 if TYPE_CHECKING:
@@ -225,11 +225,8 @@ class DeltaSparkEngine:
         """From the JVM DeltaLog's snapshot (untested here: no jars)."""
         if not self.exists(uri):
             return None
-        jvm = self.spark._jvm
-        assert jvm is not None
-        snapshot = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, uri).update(
-            False, jvm.scala.Option.empty(), jvm.scala.Option.empty()
-        )
+        self._open(table, uri)  # brings the log up to date
+        snapshot = delta_log(self.spark, uri).unsafeVolatileSnapshot()
         found = snapshot.transactions().get(app_id)
         return int(found.get()) if found.isDefined() else None
 
@@ -262,9 +259,7 @@ class DeltaSparkEngine:
     def checkpoint(self, table: str, uri: str) -> None:
         # No Python API; the JVM DeltaLog writes one (delta-spark also checkpoints every 10 commits by itself).
         self._open(table, uri)
-        jvm = self.spark._jvm
-        assert jvm is not None
-        jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, uri).checkpoint()
+        delta_log(self.spark, uri).checkpoint()
 
     def expire_log(self, table: str, uri: str, retention_hours: int) -> int:
         # delta-spark deletes expired log entries when it writes a checkpoint.

@@ -26,6 +26,11 @@ def _jvm(spark: SparkSession) -> Any:
     return jvm
 
 
+def delta_log(spark: SparkSession, uri: str) -> Any:
+    """delta-spark's DeltaLog of the table at `uri` (the jars must be on the classpath)."""
+    return _jvm(spark).org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri)
+
+
 def class_loads(spark: SparkSession, name: str) -> bool:
     """Whether the JVM class `name` is on the session's classpath."""
     try:
