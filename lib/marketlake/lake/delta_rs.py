@@ -539,8 +539,8 @@ class DeltaRsEngine:
         """Every `group` value in `df` ends up with exactly df's rows (keyed by `keys`): one Delta MERGE
         through the `deltalake` package, which rewrites only the files holding those groups. Rows of a
         group beyond its new ones are deleted: the source carries a tombstone for each key of the group
-        that the table holds and `df` does not. The source (a micro-batch's worth of rows) passes through
-        the driver as Arrow."""
+        that the table holds and `df` does not. The source (a micro-batch's worth of rows) and the table's
+        key columns pass through the driver as Arrow."""
         current = self._table(uri)
         if current is None:
             return self.write(
@@ -553,12 +553,15 @@ class DeltaRsEngine:
         schema = _spark_schema(current)
         aligned, _ = align_to_table(table, df, schema, merge_schema=False)
         source = _arrow_of(aligned, schema)
-        groups = pc.unique(source.column(group))
-        held = current.to_pyarrow_dataset().to_table(columns=keys, filter=pc.field(group).isin(groups))
+        # The table's keys, filtered here rather than in the scan: files deltalake wrote hold strings as
+        # string_view, and pyarrow's filter pushdown then fails comparing them with string statistics.
+        # Reads the key columns of the whole table (users x list length: small for this table).
+        held = current.to_pyarrow_dataset().to_table(columns=keys).cast(source.select(keys).schema)
+        held = held.filter(pc.is_in(held.column(group), value_set=pc.unique(source.column(group))))
         tombstones = held.join(source.select(keys), keys=keys, join_type="left anti")
         dropped = pa.array([False] * source.num_rows + [True] * tombstones.num_rows)
         padded = pa.concat_tables(
-            [source, _with_nulls(tombstones.cast(source.select(keys).schema), source.schema)]
+            [source, _with_nulls(tombstones.select(keys), source.schema)]
         ).append_column("_drop", dropped)
         on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         columns = {f"`{name}`": f"s.`{name}`" for name in schema.names}
