@@ -615,6 +615,24 @@ ERASURES = Table(
     "checkpoints). A re-run of a request finds nothing and appends no row.",
 )
 
+REALTIME_RECOMMENDATIONS = Table(
+    "gold.realtime_recommendations",
+    grain="one user x rank: the latest list, blending the live session with the daily list",
+    columns=(
+        ("user_id", "string"),
+        ("rank", "int"),
+        ("item_id", "string"),
+        ("score", "double"),
+        ("source", "string"),
+        ("updated_at", "timestamp"),
+        ("last_event_ts", "timestamp"),
+    ),
+    keys=("user_id", "rank"),
+    written_by=("stream",),
+    about="Merged once per micro-batch of the stream for the users active in it: a user's rows are replaced "
+    "whole (a shorter list leaves no old ranks behind). `updated_at`: the micro-batch's time; `last_event_ts`: "
+    "the user's latest event then.",
+)
 TABLES: tuple[Table, ...] = (
     BRONZE_EVENTS,
     SILVER_EVENTS,
@@ -642,27 +660,11 @@ TABLES: tuple[Table, ...] = (
     MODELS,
     INGESTED_FILES,
     ERASURES,
+    REALTIME_RECOMMENDATIONS,
 )
 BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 
-# A table that `serve` reads once the job writing it exists (issue 16, with the columns it gives). It joins
-# TABLES, and docs/tables.md, with that job; until then no lake has it, and serve does not serve it.
-REALTIME_RECOMMENDATIONS = Table(
-    "gold.realtime_recommendations",
-    grain="one user x rank: the latest list, blending the live session with the daily list",
-    columns=(
-        ("user_id", "string"),
-        ("rank", "int"),
-        ("item_id", "string"),
-        ("score", "double"),
-        ("source", "string"),
-        ("updated_at", "timestamp"),
-        ("last_event_ts", "timestamp"),
-    ),
-    keys=("user_id", "rank"),
-    written_by=("stream",),
-)
-PLANNED_TABLES: tuple[Table, ...] = (REALTIME_RECOMMENDATIONS,)
+PLANNED_TABLES: tuple[Table, ...] = ()
 
 
 def table(name: str) -> Table:

@@ -645,6 +645,33 @@ class PrivacyConfig(Section):
     orphan_hours: int = Field(default=1, ge=0)
 
 
+class KafkaSourceConfig(Section):
+    """The stream's Kafka source (needs the spark-sql-kafka jars on the classpath)."""
+
+    bootstrap_servers: str = ""
+    topic: str = ""
+    # Any other option of Spark's Kafka source (kafka.security.protocol, ...); secrets from the environment.
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class StreamConfig(Section):
+    """The `stream` job (issue 16): Structured Streaming ingest with exactly-once commits."""
+
+    # Names the stream: its Delta application id (marketlake-stream:<id>) and its checkpoint folder.
+    id: str = Field(default="events", pattern=r"^[A-Za-z0-9_-]+$")
+    # files: new files in a landing folder; kafka: a topic (values are the records, one JSON event each).
+    source: Literal["files", "kafka"] = "files"
+    path: str | None = None  # default: the events of the shop generate writes, <landing root>/<shop>/events
+    mapping: str = "shop_events"
+    trigger_seconds: float = Field(default=0.0, ge=0)  # 0: the next micro-batch as soon as one ends
+    max_files_per_trigger: int = Field(default=1000, ge=1)
+    # Every this many micro-batches: compact the partitions they touched, checkpoint and expire the log.
+    compact_every_batches: int = Field(default=50, ge=1)
+    log_retention_hours: int = Field(default=168, ge=0)
+    realtime: bool = True  # merge gold.realtime_recommendations for the users active in each micro-batch
+    kafka: KafkaSourceConfig = Field(default_factory=KafkaSourceConfig)
+
+
 class Config(Section):
     lake: LakeConfig = Field(default_factory=LakeConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -674,6 +701,8 @@ class Config(Section):
                 f"lake.vacuum_retention_hours ({self.lake.vacuum_retention_hours})"
             )
         return self
+
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
     def with_lake_root(self, root: str) -> Config:
         return self.model_copy(update={"lake": self.lake.model_copy(update={"root": root})})

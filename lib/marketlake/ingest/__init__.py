@@ -204,8 +204,22 @@ def read_and_validate(
         new = [f for f in files if (f.uri, f.size, f.modified_ms) not in done]
         step.rows = len(new)
         step.detail = f"new of {len(files)} files" + (" (forced)" if request.force else "")
+    return validate_files(ctx, request, new, settings, lineage, files_listed=len(files))
+
+
+def validate_files(
+    ctx: JobContext,
+    request: IngestRequest,
+    new: list[SourceFile],
+    settings: IngestConfig,
+    lineage: Lineage,
+    files_listed: int | None = None,
+) -> Batch:
+    """`new` files of the request as records, validated and classified (cached for the writes), and
+    counted: what batch ingest does with the files it found new, and the stream with a micro-batch's."""
+    spark, lake, entity, mapping = ctx.spark, ctx.lake, request.entity, request.mapping
     counts = {
-        "files": len(files),
+        "files": len(new) if files_listed is None else files_listed,
         "files_new": len(new),
         "records_read": 0,
         "accepted": 0,
@@ -299,17 +313,57 @@ def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
     Each table write is decided from the table's snapshot (what bronze and quarantine already hold, which
     keys silver has) and commits only if no other writer committed since; otherwise it is decided again
     from the new snapshot (Lake.retry_on_conflict). So concurrent runs over the same files store each record
-    once, and the run that loses a race counts what the other committed as duplicates."""
+    once, and the run that loses a race counts what the other committed as duplicates.
+
+    A lake carrying an application transaction (a stream's micro-batch, `Lake.with_app_transaction`)
+    skips each table that already holds it: the batch is a replay after a crash, committed there before."""
     lake, request, counts, entity = ctx.lake, batch.request, batch.counts, batch.request.entity
     # A batch with records was read (records) and decided (classified) by read_and_validate.
     assert batch.records is not None and batch.classified is not None
-    if entity == "events":
+    tables = [BRONZE] if entity == "events" else []
+    tables += [silver_table(entity), quarantine_table(entity), MANIFEST]
+    replayed = [table for table in tables if lake.committed(table)]
+    if replayed:
+        ctx.note(f"{entity}: {', '.join(replayed)} already hold this batch (a replay): not written again")
+        counts["tables_replayed"] = len(replayed)
+    if BRONZE in tables and BRONZE not in replayed:
         with ctx.step(f"events: {BRONZE}") as step:
             records = batch.records.withColumns(lineage.columns())
             if counts.get(ERASED_SUBJECT):  # an erased subject's raw lines are not kept either
                 erased = batch.classified.filter(F.col("_outcome") == ERASED).select(*ARRIVAL)
                 records = records.join(F.broadcast(erased), ARRIVAL, "left_anti")
             step.rows = lake.retry_on_conflict(BRONZE, lambda version: write_bronze(lake, records, version))
+    if silver_table(entity) not in replayed:
+        write_accepted(ctx, batch, lineage)
+    if quarantine_table(entity) not in replayed:
+        with ctx.step(f"{entity}: {quarantine_table(entity)}") as step:
+            rejected = batch.classified.filter(F.col("_outcome") == REJECTED)
+            step.rows = (
+                lake.retry_on_conflict(
+                    quarantine_table(entity), lambda v: write_quarantine(lake, entity, rejected, v)
+                )
+                if counts["rejected"]
+                else 0
+            )
+            counts["quarantined_new"] = step.rows
+    if MANIFEST not in replayed:
+        with ctx.step(f"{entity}: {MANIFEST}") as step:
+            step.rows = record_files(
+                ctx.spark,
+                lake,
+                records_per_file(batch.tally),
+                batch.files,
+                entity,
+                request.mapping.name,
+                lineage.batch_id,
+                lineage.ingest_date,
+                lineage.ingested_at,
+            )
+
+
+def write_accepted(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
+    """The batch's accepted rows into silver, decided again when another run committed there meanwhile."""
+    lake, counts, entity = ctx.lake, batch.counts, batch.request.entity
     with ctx.step(f"{entity}: {silver_table(entity)}") as step:
         decided_at = batch.silver_version
 
@@ -324,28 +378,6 @@ def write_batch(ctx: JobContext, batch: Batch, lineage: Lineage) -> None:
         if batch.silver_version != decided_at:
             counts["decided_again"] = counts.get("decided_again", 0) + 1
             step.detail = "decided again: another run committed to the table meanwhile"
-    with ctx.step(f"{entity}: {quarantine_table(entity)}") as step:
-        rejected = batch.classified.filter(F.col("_outcome") == REJECTED)
-        step.rows = (
-            lake.retry_on_conflict(
-                quarantine_table(entity), lambda v: write_quarantine(lake, entity, rejected, v)
-            )
-            if counts["rejected"]
-            else 0
-        )
-        counts["quarantined_new"] = step.rows
-    with ctx.step(f"{entity}: {MANIFEST}") as step:
-        step.rows = record_files(
-            ctx.spark,
-            lake,
-            records_per_file(batch.tally),
-            batch.files,
-            entity,
-            request.mapping.name,
-            lineage.batch_id,
-            lineage.ingest_date,
-            lineage.ingested_at,
-        )
 
 
 def validated_records(

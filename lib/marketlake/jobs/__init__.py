@@ -31,7 +31,9 @@ GENERATE = "generate"
 QUESTIONS = ["plan"]
 # Jobs run on request, never by the pipeline or the DAG: erase removes subjects (docs/jobs/erase.md).
 ON_DEMAND = ["erase"]
-ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS, *ON_DEMAND]
+# Jobs that run beside the pipeline, started by a supervisor or a scheduler, never by the pipeline.
+SERVICES = ["stream"]
+ALL_JOBS = [GENERATE, *PIPELINE_ORDER, "pipeline", *QUESTIONS, *ON_DEMAND, *SERVICES]
 
 
 def _present(names: list[str]) -> list[str]:
@@ -46,7 +48,7 @@ def available_jobs() -> list[str]:
 def get_job(name: str) -> Job:
     if name not in ALL_JOBS or importlib.util.find_spec(f"marketlake.jobs.{name}") is None:
         raise UsageError(
-            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS, *ON_DEMAND])])}"
+            f"no job named {name!r}; jobs: {', '.join(['pipeline', *_present([GENERATE, *PIPELINE_ORDER, *QUESTIONS, *ON_DEMAND, *SERVICES])])}"
         )
     job: Job = importlib.import_module(f"marketlake.jobs.{name}").JOB
     return job

@@ -15,6 +15,7 @@ classes load in the session, otherwise delta-rs).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import random
@@ -35,6 +36,7 @@ from marketlake.lake.delta_spark import DeltaSparkEngine, delta_spark_available
 from marketlake.lake.engine import (
     NO_TABLE,
     TABLE_NAME,
+    AppTransaction,
     CompactResult,
     DataFile,
     Engine,
@@ -48,6 +50,7 @@ from marketlake.lake.files import Files, absolute
 
 __all__ = [
     "NO_TABLE",
+    "AppTransaction",
     "CompactResult",
     "DataFile",
     "DatedFolder",
@@ -148,6 +151,11 @@ class Layout:
                     found.append(DatedFolder(kind, run_date, entry.uri))
         return found
 
+    def stream_checkpoint_dir(self, stream_id: str) -> str:
+        """A streaming query's checkpoint (Spark's offsets and commits: which files each micro-batch
+        holds); kept across restarts, since a restart resumes from it."""
+        return f"{self.root}/_streams/{stream_id}/checkpoint"
+
 
 class Lake(Layout):
     def __init__(self, spark: SparkSession, config: LakeConfig, root: str | None = None):
@@ -156,6 +164,31 @@ class Lake(Layout):
         self.config = config
         self.files = Files(config.storage_options)
         self.engine = resolve_engine(spark, config.engine, config.storage_options)
+        # Recorded with every write and upsert through this object (see with_app_transaction).
+        self.app_transaction: AppTransaction | None = None
+
+    def with_app_transaction(self, app_id: str, version: int) -> Lake:
+        """This lake, but every write, upsert and merge through the returned object records the Delta
+        application transaction (app_id, version) in its commit: a stream's micro-batch. `committed`
+        says which tables already hold it."""
+        bound = copy.copy(self)
+        bound.app_transaction = AppTransaction(app_id, version)
+        return bound
+
+    def transaction_version(self, table: TableRef, app_id: str) -> int | None:
+        """The last version of application `app_id` committed to `table` (None: none yet)."""
+        table = table_name(table)
+        return self.engine.transaction_version(table, self.path(table), app_id)
+
+    def committed(self, table: TableRef) -> bool:
+        """True when this lake carries an application transaction that `table` already holds (the same
+        or a later version): the write is a replay and must be skipped. deltalake records the
+        transaction but does not skip a repeated version by itself."""
+        txn = self.app_transaction
+        if txn is None:
+            return False
+        done = self.transaction_version(table, txn.app_id)
+        return done is not None and done >= txn.version
 
     @property
     def engine_name(self) -> str:
@@ -256,6 +289,7 @@ class Lake(Layout):
             overwrite_schema=overwrite_schema,
             operation=mode if partitions is None else f"{mode} partitions",
             expected_version=expected_version,
+            app_transaction=self.app_transaction,
         )
         with self._storage_errors(table):
             return self.engine.write(table, self.path(table), df, options)
@@ -277,7 +311,21 @@ class Lake(Layout):
             example = ", ".join(f"{k}={duplicate[0][k]!r}" for k in keys)
             raise TableError(f"{table}: upsert data has more than one row for key {example}")
         with self._storage_errors(table):
-            return self.engine.upsert(table, self.path(table), df, keys, partition_by, expected_version)
+            return self.engine.upsert(
+                table, self.path(table), df, keys, partition_by, expected_version, self.app_transaction
+            )
+
+    def replace_groups(self, table: TableRef, df: DataFrame, group: str, keys: list[str]) -> WriteResult:
+        """One MERGE: for every value of `group` in `df` (a user), the table's rows of that group become
+        exactly df's (keyed by `keys`, unique in `df`): changed rows are updated, new ones inserted, and
+        rows df no longer has (a shorter list) deleted. Other groups are untouched."""
+        table = table_name(table)
+        duplicate = df.groupBy(*keys).count().filter("count > 1").limit(1).collect()
+        if duplicate:
+            example = ", ".join(f"{k}={duplicate[0][k]!r}" for k in keys)
+            raise TableError(f"{table}: merge data has more than one row for key {example}")
+        with self._storage_errors(table):
+            return self.engine.replace_groups(table, self.path(table), df, group, keys, self.app_transaction)
 
     def snapshot_version(self, table: TableRef) -> int:
         """The table's current version, or NO_TABLE when it does not exist yet."""

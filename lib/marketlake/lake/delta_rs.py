@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Schema
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
@@ -39,6 +40,7 @@ from marketlake.lake.engine import (
     LOG_RETENTION,
     NO_TABLE,
     SESSION_SETTINGS,
+    AppTransaction,
     CompactResult,
     DataFile,
     Partitions,
@@ -62,6 +64,23 @@ DRIVER_LISTING_LIMIT = 20_000
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # Table features this engine can read and write faithfully; anything else is refused, not ignored.
 SUPPORTED_FEATURES = {"appendOnly", "invariants", "timestampNtz"}
+# Fault injection for tests (tests/test_stream_faults.py): `<table>:<n>` makes the process exit at once on
+# its n-th write to <table>, after the data files are in place and before the commit: the moment a crash
+# leaves written files that no version references.
+FAULT_BEFORE_COMMIT = "MARKETLAKE_FAULT_EXIT_BEFORE_COMMIT"
+_writes_seen: dict[str, int] = {}
+
+
+def _fault_point(table: str) -> None:
+    wanted = os.environ.get(FAULT_BEFORE_COMMIT)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != table:
+        return
+    _writes_seen[table] = _writes_seen.get(table, 0) + 1
+    if _writes_seen[table] == int(nth or 1):
+        os._exit(137)
 
 
 @dataclass(frozen=True)
@@ -263,6 +282,7 @@ class DeltaRsEngine:
             options.overwrite_schema,
         )
         staged = self._stage(table, uri, df, schema, partition_by)
+        _fault_point(table)
         try:
             filters = _partition_filters(table, options.partitions, partition_by, staged)
             return self._commit(
@@ -278,6 +298,7 @@ class DeltaRsEngine:
                 options.overwrite_schema,
                 options.operation,
                 checked=options.checked,
+                app_transaction=options.app_transaction,
             )
         except BaseException:
             self._discard(uri, staged)
@@ -355,6 +376,7 @@ class DeltaRsEngine:
         overwrite_schema: bool,
         operation: str,
         checked: bool,
+        app_transaction: AppTransaction | None = None,
     ) -> WriteResult:
         adds = [
             AddAction(s.relative_path, s.size, s.partition_values, s.modification_time, True, s.stats)
@@ -366,9 +388,7 @@ class DeltaRsEngine:
         # Blind appends may rebase on commits that landed meanwhile; anything that read the table first
         # (overwrite, upsert, a checked append) must not, or it would act on a stale snapshot.
         retries = None if mode == "append" and not checked else 0
-        properties = CommitProperties(
-            max_commit_retries=retries, custom_metadata={"marketlake.operation": operation}
-        )
+        properties = _commit_properties(operation, retries, app_transaction)
         removed = 0
         if current is None and mode == "append":
             if checked:
@@ -492,6 +512,7 @@ class DeltaRsEngine:
         keys: list[str],
         partition_by: list[str] | None,
         expected_version: int | None = None,
+        app_transaction: AppTransaction | None = None,
     ) -> WriteResult:
         """Rows of `df` replace the table's rows with the same keys; the rest are kept.
 
@@ -510,6 +531,7 @@ class DeltaRsEngine:
                     partition_by=partition_by,
                     operation="upsert",
                     expected_version=NO_TABLE if expected_version is not None else None,
+                    app_transaction=app_transaction,
                 ),
             )
         read_version = current.version()
@@ -527,8 +549,73 @@ class DeltaRsEngine:
                 merge_schema=True,
                 operation="upsert",
                 expected_version=read_version,
+                app_transaction=app_transaction,
             ),
         )
+
+    def replace_groups(
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        group: str,
+        keys: list[str],
+        app_transaction: AppTransaction | None = None,
+    ) -> WriteResult:
+        """Every `group` value in `df` ends up with exactly df's rows (keyed by `keys`): one Delta MERGE
+        through the `deltalake` package, which rewrites only the files holding those groups. Rows of a
+        group beyond its new ones are deleted: the source carries a tombstone for each key of the group
+        that the table holds and `df` does not. The source (a micro-batch's worth of rows) and the table's
+        key columns pass through the driver as Arrow."""
+        current = self._table(uri)
+        if current is None:
+            return self.write(
+                table,
+                uri,
+                df,
+                WriteOptions(operation="merge", expected_version=NO_TABLE, app_transaction=app_transaction),
+            )
+        _check_features(table, current)
+        schema = _spark_schema(current)
+        aligned, _ = align_to_table(table, df, schema, merge_schema=False)
+        source = _arrow_of(aligned, schema)
+        # The table's keys, filtered here rather than in the scan: files deltalake wrote hold strings as
+        # string_view, and pyarrow's filter pushdown then fails comparing them with string statistics.
+        # Reads the key columns of the whole table (users x list length: small for this table).
+        held = current.to_pyarrow_dataset().to_table(columns=keys).cast(source.select(keys).schema)
+        held = held.filter(pc.is_in(held.column(group), value_set=pc.unique(source.column(group))))
+        tombstones = held.join(source.select(keys), keys=keys, join_type="left anti")
+        dropped = pa.array([False] * source.num_rows + [True] * tombstones.num_rows)
+        padded = pa.concat_tables(
+            [source, _with_nulls(tombstones.select(keys), source.schema)]
+        ).append_column("_drop", dropped)
+        on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        columns = {f"`{name}`": f"s.`{name}`" for name in schema.names}
+        properties = _commit_properties("merge", 0, app_transaction)
+        try:
+            metrics = (
+                current.merge(padded, on, source_alias="s", target_alias="t", commit_properties=properties)
+                .when_matched_delete(predicate="s._drop")
+                .when_matched_update(columns, predicate="NOT s._drop")
+                .when_not_matched_insert(columns, predicate="NOT s._drop")
+                .execute()
+            )
+        except CommitFailedError as exc:
+            raise ConcurrentWriteError(
+                f"{table}: another writer committed to the table during the merge; nothing was committed "
+                f"({' '.join(str(exc).split())})"
+            ) from None
+        return WriteResult(
+            self._open(table, uri).version(),
+            int(metrics.get("num_target_files_added", 0)),
+            int(metrics.get("num_target_files_removed", 0)),
+            source.num_rows,
+        )
+
+    def transaction_version(self, table: str, uri: str, app_id: str) -> int | None:
+        """The last version of application `app_id` committed to the table (None: none, or no table)."""
+        delta_table = self._table(uri)
+        return None if delta_table is None else delta_table.transaction_version(app_id)
 
     # ---- vacuum ----------------------------------------------------------------------------------
 
@@ -607,6 +694,44 @@ class DeltaRsEngine:
 
     def _log_entries(self, uri: str) -> set[str]:
         return {entry.uri for entry in self.files.list(_join(uri, DELTA_LOG))}
+
+
+def _commit_properties(
+    operation: str, retries: int | None, app_transaction: AppTransaction | None
+) -> CommitProperties:
+    metadata = {"marketlake.operation": operation}
+    if app_transaction is None:
+        return CommitProperties(max_commit_retries=retries, custom_metadata=metadata)
+    return CommitProperties(
+        max_commit_retries=retries,
+        custom_metadata={**metadata, **app_transaction.metadata},
+        app_transactions=[Transaction(app_transaction.app_id, app_transaction.version)],
+    )
+
+
+def _arrow_of(df: DataFrame, schema: T.StructType) -> pa.Table:
+    """A small DataFrame (a micro-batch's merge source) as an Arrow table of the table's types."""
+    table = df.toArrow()
+    return table.cast(_arrow_schema(schema)) if table.num_rows else _arrow_schema(schema).empty_table()
+
+
+def _arrow_schema(schema: T.StructType) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema, timezone="UTC")
+
+
+def _with_nulls(keys: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`keys` with the other columns of `schema` as nulls, in schema order."""
+    return pa.table(
+        {
+            name: keys.column(name)
+            if name in keys.column_names
+            else pa.nulls(keys.num_rows, schema.field(name).type)
+            for name in schema.names
+        },
+        schema=schema,
+    )
 
 
 def _join(uri: str, relative: str) -> str:

@@ -15,6 +15,7 @@ from marketlake.lake.engine import (
     DELTA_LOG,
     LOG_RETENTION,
     NO_TABLE,
+    AppTransaction,
     CompactResult,
     DataFile,
     PartitionValue,
@@ -25,7 +26,7 @@ from marketlake.lake.engine import (
     table_folders,
 )
 from marketlake.lake.files import Files
-from marketlake.lake.jvm import class_loads, delta_checkpoint
+from marketlake.lake.jvm import class_loads, delta_log
 from marketlake.lake.schema import align_to_table, check_partition_columns
 
 if TYPE_CHECKING:
@@ -138,7 +139,14 @@ class DeltaSparkEngine:
         writer = df.write.format("delta").mode(mode).option("userMetadata", options.operation)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        if expected_version is not None:
+        if options.app_transaction is not None:
+            # The caller's application transaction (a stream's micro-batch): delta-spark records it and
+            # skips a write whose version it already holds. Untested here (no jars); it takes the place of
+            # the marker below, and the expected version is still checked before and after.
+            txn = options.app_transaction
+            writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
+            writer = writer.option("userMetadata", f"{options.operation} {txn.app_id}:{txn.version}")
+        elif expected_version is not None:
             # Delta's idempotent-write marker under one application id per table: a concurrent checked
             # write to the same table commits a transaction with the same id, which delta-spark's conflict
             # check refuses (ConcurrentTransactionException); a marker already at or past ours skips the write.
@@ -179,6 +187,7 @@ class DeltaSparkEngine:
         keys: list[str],
         partition_by: list[str] | None,
         expected_version: int | None = None,
+        app_transaction: AppTransaction | None = None,
     ) -> WriteResult:
         if not self.exists(uri):
             return self.write(
@@ -190,6 +199,7 @@ class DeltaSparkEngine:
                     partition_by=partition_by,
                     operation="upsert",
                     expected_version=expected_version,
+                    app_transaction=app_transaction,
                 ),
             )
         # MERGE reads the table: delta-spark refuses its commit when a concurrent one touched the same files.
@@ -201,6 +211,44 @@ class DeltaSparkEngine:
         )  # new columns: this merge only
         merge.whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
         return self._result(table, uri)
+
+    def replace_groups(
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        group: str,
+        keys: list[str],
+        app_transaction: AppTransaction | None = None,
+    ) -> WriteResult:
+        """As the delta-rs engine's: one MERGE; a target row of a group in `df` that `df` lacks is deleted.
+        Thin and untested here (no jars): the DeltaTable API has no per-merge application transaction, so
+        the stream's skip-by-transaction check does not cover this table on delta-spark."""
+        if not self.exists(uri):
+            return self.write(
+                table, uri, df, WriteOptions(operation="merge", app_transaction=app_transaction)
+            )
+        target = self._open(table, uri)
+        groups = df.select(group).distinct()
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        (
+            target.alias("t")
+            .merge(df.alias("s"), condition)
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .whenNotMatchedBySourceDelete(F.col(f"t.`{group}`").isin([row[0] for row in groups.collect()]))
+            .execute()
+        )
+        return self._result(table, uri)
+
+    def transaction_version(self, table: str, uri: str, app_id: str) -> int | None:
+        """From the JVM DeltaLog's snapshot (untested here: no jars)."""
+        if not self.exists(uri):
+            return None
+        self._open(table, uri)  # brings the log up to date
+        snapshot = delta_log(self.spark, uri).unsafeVolatileSnapshot()
+        found = snapshot.transactions().get(app_id)
+        return int(found.get()) if found.isDefined() else None
 
     def vacuum(self, table: str, uri: str, retention_hours: int, removed_only: bool = False) -> list[str]:
         # delta-spark has no per-call way past its retention check (a retention under the table's
@@ -235,7 +283,7 @@ class DeltaSparkEngine:
     def checkpoint(self, table: str, uri: str) -> None:
         # No Python API; the JVM DeltaLog writes one (delta-spark also checkpoints every 10 commits by itself).
         self._open(table, uri)
-        delta_checkpoint(self.spark, uri)
+        delta_log(self.spark, uri).checkpoint()
 
     def expire_log(self, table: str, uri: str, retention_hours: int) -> int:
         # delta-spark deletes expired log entries when it writes a checkpoint.

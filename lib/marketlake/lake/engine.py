@@ -47,6 +47,21 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class AppTransaction:
+    """A Delta application transaction recorded with a commit (`txn` action): `version` of application
+    `app_id` is in the table. A writer that replays its work (a stream's micro-batch after a restart) asks
+    `transaction_version` first and skips what the table already holds."""
+
+    app_id: str
+    version: int
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Also in the commit's info, where `history` shows it (commit time of a batch)."""
+        return {"marketlake.transaction": f"{self.app_id}:{self.version}"}
+
+
+@dataclass(frozen=True)
 class WriteOptions:
     """How `Engine.write` commits a DataFrame (see `Lake.write` for the meaning of each)."""
 
@@ -57,6 +72,7 @@ class WriteOptions:
     overwrite_schema: bool = False
     operation: str = "append"  # recorded in the commit as marketlake.operation
     expected_version: int | None = None
+    app_transaction: AppTransaction | None = None
 
     @property
     def checked(self) -> bool:
@@ -114,7 +130,20 @@ class Engine(Protocol):
         keys: list[str],
         partition_by: list[str] | None,
         expected_version: int | None = None,
+        app_transaction: AppTransaction | None = None,
     ) -> WriteResult: ...
+
+    def replace_groups(
+        self,
+        table: str,
+        uri: str,
+        df: DataFrame,
+        group: str,
+        keys: list[str],
+        app_transaction: AppTransaction | None = None,
+    ) -> WriteResult: ...
+
+    def transaction_version(self, table: str, uri: str, app_id: str) -> int | None: ...
 
     def vacuum(self, table: str, uri: str, retention_hours: int, removed_only: bool = False) -> list[str]: ...
 

@@ -1,5 +1,5 @@
 """The one module that reaches into Spark's JVM through py4j: whether a class loads (the delta-spark
-probe), a delta-spark checkpoint, and listing input files through Hadoop's FileSystem, which sees every store Spark reads (s3a,
+probe), the DeltaLog of delta-spark (checkpoints, transactions), and listing input files through Hadoop's FileSystem, which sees every store Spark reads (s3a,
 hdfs, abfs, gs, file) the way Spark itself will. Classic sessions only (Spark Connect has no JVM)."""
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ def _jvm(spark: SparkSession) -> Any:
     return jvm
 
 
+def delta_log(spark: SparkSession, uri: str) -> Any:
+    """delta-spark's DeltaLog of the table at `uri` (the jars must be on the classpath)."""
+    return _jvm(spark).org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri)
+
+
 def class_loads(spark: SparkSession, name: str) -> bool:
     """Whether the JVM class `name` is on the session's classpath."""
     try:
@@ -33,11 +38,6 @@ def class_loads(spark: SparkSession, name: str) -> bool:
     except Exception:  # py4j wraps ClassNotFoundException; no JVM at all is a no too
         return False
     return True
-
-
-def delta_checkpoint(spark: SparkSession, uri: str) -> None:
-    """Write a checkpoint of the Delta table at `uri` through delta-spark's DeltaLog (it has no Python API)."""
-    _jvm(spark).org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).checkpoint()
 
 
 def hadoop_files(spark: SparkSession, source: str, hidden: Callable[[str], bool]) -> list[HadoopFile] | None:
