@@ -70,10 +70,11 @@ def table_catalog(home: Path) -> ModuleType:
 def reads(home: Path, order: list[str]) -> dict[str, list[str]]:
     """For each job that reads tables, the jobs that write them (from the catalog). A job missing from the
     DAG (skipped, or not in this version) is replaced by what it reads; a job the catalog knows no reads
-    of waits for every job before it in pipeline order."""
+    of waits for every job before it in pipeline order. Writers outside the pipeline (erase, stream: run on
+    request or beside it) are no tasks and no edges."""
     catalog = table_catalog(home)
     jobs = {job for table in catalog.TABLES for job in table.read_by}
-    return {job: catalog.upstream_jobs(job) for job in order if job in jobs}
+    return {job: [w for w in catalog.upstream_jobs(job) if w in order] for job in order if job in jobs}
 
 
 def pipeline_order(home: Path) -> list[str]:
