@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 ARGS   ?=
 
-.PHONY: venv dev demo test test-fast lint bench clean java-check dag-check test-cluster docs serve
+.PHONY: venv dev demo test test-fast test-heavy lint bench clean java-check dag-check test-cluster docs serve
 
 # Base install (what the jobs need). Idempotent: re-runs only when pyproject.toml changes.
 venv: $(VENV)/.installed
@@ -58,6 +58,11 @@ $(AIRFLOW_VENV)/.installed:
 dag-check: dev java-check $(AIRFLOW_VENV)/.installed
 	AIRFLOW_HOME=$(CURDIR)/$(AIRFLOW_VENV)/home PYTHONPATH=$(CURDIR)/lib \
 	  $(AIRFLOW_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_dag.py $(ARGS)
+
+# The heavy cases (marker `heavy`: stream SIGKILL rounds, segment robustness shops): tens of minutes, not in
+# `make test` nor CI (whose 90 minutes they would overrun); run them before touching the stream or segment.
+test-heavy: dev java-check
+	$(PY) -m pytest -m heavy $(ARGS)
 
 # A Spark standalone master and two workers on 127.0.0.1, the pipeline submitted to them, once
 # undisturbed and once with a worker killed mid-job (tests/test_cluster.py).

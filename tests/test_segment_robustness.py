@@ -17,6 +17,7 @@ _spec.loader.exec_module(robustness)
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("shop", ["2000:100:2", "2000:100:3"])
 def test_the_planted_personas_are_found_where_they_are_separable(spark, tmp_path, shop):
     cache, work = tmp_path / "cache", tmp_path / "work"

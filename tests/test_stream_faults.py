@@ -27,7 +27,7 @@ from marketlake.jobs import main
 from marketlake.jobs.stream import run as run_stream
 from marketlake.lake import Lake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 ROOT = Path(__file__).resolve().parent.parent
 REALTIME = catalog.REALTIME_RECOMMENDATIONS
