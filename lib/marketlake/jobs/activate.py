@@ -28,7 +28,7 @@ import os
 import re
 from typing import Literal
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from marketlake import catalog
@@ -339,16 +339,20 @@ def contacts_path(config: Config) -> str:
     return config.activate.contacts or f"{shop_root(config)}/users.csv"
 
 
+def contacts_file(spark: SparkSession, path: str) -> DataFrame:
+    """The contacts file as it is, by its extension: JSON lines, CSV with a header, else Parquet."""
+    reader = spark.read
+    if path.endswith((".json", ".jsonl", ".ndjson")):
+        return reader.json(path)
+    if path.endswith(".csv"):
+        return reader.option("header", True).csv(path)
+    return reader.parquet(path)
+
+
 def read_contacts(ctx: JobContext) -> DataFrame:
     path = contacts_path(ctx.config)
-    reader = ctx.spark.read
     try:
-        if path.endswith((".json", ".jsonl", ".ndjson")):
-            contacts = reader.json(path)
-        elif path.endswith(".csv"):
-            contacts = reader.option("header", True).csv(path)
-        else:
-            contacts = reader.parquet(path)
+        contacts = contacts_file(ctx.spark, path)
     except Exception as exc:  # AnalysisException: path not found, not parquet ...
         raise UsageError(
             f"activate.contacts: cannot read {path}: {str(exc).strip().splitlines()[0]}"

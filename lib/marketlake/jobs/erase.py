@@ -191,18 +191,12 @@ def resolve_subjects(ctx: JobContext, texts: list[str], key: bytes) -> list[Subj
 
 def contact_rows(ctx: JobContext, texts: list[str]) -> list[tuple[str, str]]:
     """(user id, email in lower case) of the contacts file rows naming a subject."""
-    from marketlake.jobs.activate import contacts_path
+    from marketlake.jobs.activate import contacts_file, contacts_path
 
     path = contacts_path(ctx.config)
     if not ctx.lake.files.exists(path):
         return []
-    reader = ctx.spark.read
-    if path.endswith((".json", ".jsonl", ".ndjson")):
-        contacts = reader.json(path)
-    elif path.endswith(".csv"):
-        contacts = reader.option("header", True).csv(path)
-    else:
-        contacts = reader.parquet(path)
+    contacts = contacts_file(ctx.spark, path)
     if "user_id" not in contacts.columns or "email" not in contacts.columns:
         return []
     ids = [t for t in texts if "@" not in t]
